@@ -1,0 +1,60 @@
+"""Where things live under the build directory (the seed harness's layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_MAPS = REPO_ROOT / "data_maps"
+
+
+@dataclass(frozen=True)
+class BuildPaths:
+    """Every build artefact's location, derived from one root (default ./build)."""
+
+    root: Path = Path("build")
+
+    @property
+    def wheels(self) -> Path:
+        return self.root / "wheels"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models" / "MobileNet"
+
+    @property
+    def fp32_model(self) -> Path:
+        return self.models / "mobilenet_v1_1.0_224.onnx"
+
+    @property
+    def sym_no_bn_model(self) -> Path:
+        return self.models / "mobilenet_sym_no_bn.onnx"
+
+    @property
+    def int8_model(self) -> Path:
+        return self.models / "mobilenet_int8_nhw4.onnx"
+
+    @property
+    def calibration_cache(self) -> Path:
+        return self.models / "calibration.cache"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def imagenet_images(self) -> Path:
+        return self.data / "imagenet"
+
+    @property
+    def embedded_images(self) -> Path:
+        return self.data / "embedded"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "preprocessed_data"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
