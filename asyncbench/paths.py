@@ -32,7 +32,13 @@ class BuildPaths:
         return self.models / "mobilenet_sym_no_bn.onnx"
 
     @property
+    def fp32_nhw4_model(self) -> Path:
+        """The fp32 network wrapped to the engine contract: int8 NHW4 in, int32 top-1 out."""
+        return self.models / "mobilenet_fp32_nhw4.onnx"
+
+    @property
     def int8_model(self) -> Path:
+        """The calibrated INT8 QDQ network with the same contract as fp32_nhw4_model."""
         return self.models / "mobilenet_int8_nhw4.onnx"
 
     @property

@@ -1,0 +1,1 @@
+"""Data maps, preprocessing and (later) the QSL sample arena."""

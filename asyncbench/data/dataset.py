@@ -1,0 +1,81 @@
+"""Which images a run uses: the real ImageNet set when present, else the embedded photos.
+
+A dataset is a folder of images plus two maps (``name label`` per line, label -1 for an
+unlabelled photo). Preprocessed samples land under
+``<preprocessed>/<dataset>/MobileNet/{int8_nhwc4,fp32_nchw}/<image name>.npy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncbench.errors import UserError
+from asyncbench.paths import DATA_MAPS, BuildPaths
+
+UNLABELLED = -1
+VAL_LAYOUT = "int8_nhwc4"
+CAL_LAYOUT = "fp32_nchw"
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    """One line of a data map."""
+
+    name: str
+    label: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An image folder with its validation and calibration maps."""
+
+    name: str
+    image_dir: Path
+    val_map: Path
+    cal_map: Path
+
+    def preprocessed_dir(self, preprocessed_root: Path, layout: str) -> Path:
+        """Folder of the per-image .npy files for one layout."""
+        return preprocessed_root / self.name / "MobileNet" / layout
+
+
+def read_map(path: Path) -> list[MapEntry]:
+    """Parse a data map; a malformed line is a UserError naming file and line."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"data map {path} does not exist: restore it or pass the right path") from None
+    except OSError as e:
+        raise UserError(f"cannot read data map {path}: {e.strerror}") from None
+    entries: list[MapEntry] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise UserError(f"{path}:{lineno}: expected '<image name> <label>', got {line.strip()!r}")
+        name, label_text = parts
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise UserError(f"{path}:{lineno}: label {label_text!r} is not an integer class id") from None
+        if label != UNLABELLED and not 0 <= label < 1000:
+            raise UserError(f"{path}:{lineno}: label {label} is outside the ImageNet classes 0..999 (or -1 for unlabelled)")
+        if name in seen:
+            raise UserError(f"{path}:{lineno}: image {name!r} is listed twice")
+        seen.add(name)
+        entries.append(MapEntry(name, label))
+    if not entries:
+        raise UserError(f"data map {path} lists no images")
+    return entries
+
+
+def resolve_dataset(paths: BuildPaths, data_dir: Path | None = None, maps_dir: Path = DATA_MAPS) -> Dataset:
+    """The real ImageNet set if ``<data>/imagenet`` exists, else the embedded photos."""
+    data = data_dir if data_dir is not None else paths.data
+    imagenet = data / "imagenet"
+    if imagenet.is_dir():
+        return Dataset("imagenet", imagenet, maps_dir / "imagenet" / "val_map.txt", maps_dir / "imagenet" / "cal_map.txt")
+    return Dataset("embedded", data / "embedded", maps_dir / "embedded" / "val_map.txt", maps_dir / "embedded" / "cal_map.txt")
