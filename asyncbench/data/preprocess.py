@@ -1,0 +1,420 @@
+"""NVIDIA's MobileNet image preprocessing, with Pillow and numpy instead of OpenCV.
+
+Each image is converted to RGB, resized (bilinear) so its short side is 256 while keeping
+the aspect ratio, centre-cropped to 224x224 and shifted to int8 (pixel - 128). The
+validation set is stored as the engine's input, NHWC with a zero fourth channel (200,704
+bytes a sample); the calibration set as fp32 NCHW holding the same values.
+
+Outputs are keyed by image name, so a bad image is named and skipped without shifting any
+other image's label; the run then fails with one line listing what was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from asyncbench.data.dataset import CAL_LAYOUT, VAL_LAYOUT, Dataset, read_map, resolve_dataset
+from asyncbench.errors import UsageError, UserError
+from asyncbench.paths import BuildPaths
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
+RESIZE = 256
+CROP = 224
+SUPPORTED_BENCHMARKS = ("mobilenet",)
+_SHOWN_FAILURES = 3
+_CHUNK_MAX = 32  # images a worker takes at once: large enough to amortise IPC, small enough for a live bar
+
+# Set in pool workers so a Ctrl-C drains the queue instead of killing workers mid-write.
+_STOP: Event | None = None
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode one image into the (224, 224, 3) int8 pixel - 128 array MobileNet consumes."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+    width, height = rgb.size
+    if width <= height:
+        size = (RESIZE, round(height * RESIZE / width))
+    else:
+        size = (round(width * RESIZE / height), RESIZE)
+    resized = rgb.resize(size, Image.BILINEAR)
+    left = (size[0] - CROP) // 2
+    top = (size[1] - CROP) // 2
+    crop = resized.crop((left, top, left + CROP, top + CROP))
+    return (np.asarray(crop, dtype=np.int16) - 128).astype(np.int8)
+
+
+def to_nhwc4(x: np.ndarray) -> np.ndarray:
+    """The engine's input layout: channels padded to 4 so each pixel is one aligned 32-bit word."""
+    out = np.zeros(x.shape[:2] + (4,), dtype=np.int8)
+    out[:, :, :3] = x
+    return out
+
+
+def to_fp32_nchw(x: np.ndarray) -> np.ndarray:
+    """The calibrator's layout: planar float32 with the same pixel - 128 values."""
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a preprocessing run did, counted in source images."""
+
+    dataset: str
+    written: int
+    up_to_date: int
+    failed: int
+    seconds: float
+    output_dirs: tuple[Path, ...]
+
+    @property
+    def images_per_second(self) -> float:
+        """Decode throughput: images written per wall-clock second."""
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def describe(self) -> str:
+        """One line for the end of a run."""
+        dirs = ", ".join(str(d) for d in self.output_dirs)
+        return (
+            f"preprocess: {self.dataset}: {self.written} written, {self.up_to_date} up to date, "
+            f"{self.failed} failed in {self.seconds:.1f} s ({self.images_per_second:.0f} images/s) -> {dirs}"
+        )
+
+
+class PreprocessError(UserError):
+    """Some source images were missing or unreadable; every other image was still written."""
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One source image and the outputs wanted from it (None: not in that map)."""
+
+    name: str
+    source: Path
+    val_out: Path | None
+    cal_out: Path | None
+
+
+class _Progress:
+    """A dependency-free progress bar: redrawn in place on a TTY, a line per 10% otherwise."""
+
+    _WIDTH = 30
+    _MIN_REDRAW_S = 0.1
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = enabled and total > 0
+        self.tty = self.enabled and stream.isatty()
+        self.done = 0
+        self.start = time.monotonic()
+        self._last_draw = 0.0
+        self._last_decile = 0
+        self._drawn = False
+
+    def update(self) -> None:
+        """Count one finished image and redraw if it is time to."""
+        if not self.enabled:
+            return
+        self.done += 1
+        now = time.monotonic()
+        if self.tty:
+            if now - self._last_draw >= self._MIN_REDRAW_S or self.done == self.total:
+                self._last_draw = now
+                self.stream.write("\r" + self._line(now))
+                self.stream.flush()
+                self._drawn = True
+        else:
+            decile = self.done * 10 // self.total
+            if decile > self._last_decile:
+                self._last_decile = decile
+                self.stream.write(self._line(now) + "\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        """End the in-place line so whatever is printed next starts on its own line."""
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+    def _line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        filled = self.done * self._WIDTH // self.total
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        minutes, secs = divmod(int(eta + 0.5), 60)
+        return (
+            f"preprocess [{'#' * filled}{'.' * (self._WIDTH - filled)}] {self.done}/{self.total}"
+            f" {rate:.0f} img/s ETA {minutes}:{secs:02d}"
+        )
+
+
+def _failure_reason(e: BaseException) -> str:
+    """A short, single-line cause for a source image that could not be used."""
+    if isinstance(e, FileNotFoundError):
+        return "missing"
+    if isinstance(e, IsADirectoryError):
+        return "is a directory"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    if isinstance(e, UnidentifiedImageError):
+        return "not a readable image"
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"corrupt image ({text})"
+
+
+def _is_fresh(output: Path, source_mtime_ns: int) -> bool:
+    """An output at least as new as its source (timestamps are kernel-tick coarse) needs no rewrite."""
+    try:
+        return output.stat().st_mtime_ns >= source_mtime_ns
+    except FileNotFoundError:
+        return False
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """Write via a same-folder temp file and rename, so an interrupted run leaves no truncated .npy."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _process(task: _Task, force: bool) -> tuple[str, _Task, str]:
+    """Preprocess one image; returns (status, task, detail) and never raises for a bad image."""
+    if _STOP is not None and _STOP.is_set():
+        return "stopped", task, ""
+    try:
+        source_mtime = task.source.stat().st_mtime_ns
+    except OSError as e:
+        return "failed", task, _failure_reason(e)
+    outputs = [p for p in (task.val_out, task.cal_out) if p is not None]
+    if not force:
+        outputs = [p for p in outputs if not _is_fresh(p, source_mtime)]
+        if not outputs:
+            return "up_to_date", task, ""
+    try:
+        pixels = load_image(task.source)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return "failed", task, _failure_reason(e)
+    for out in outputs:
+        array = to_nhwc4(pixels) if out == task.val_out else to_fp32_nchw(pixels)
+        try:
+            _save_atomic(out, array)
+        except OSError as e:
+            return "write_error", task, f"cannot write {out}: {e.strerror or e}"
+    return "written", task, ""
+
+
+def _init_worker(stop: Event) -> None:
+    """Workers ignore Ctrl-C; the parent sets ``stop`` and lets them finish the file in hand."""
+    global _STOP
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _STOP = stop
+
+
+def _check_image_dir(dataset: Dataset) -> None:
+    """Fail before reading maps when the whole image folder is absent, saying how to get it."""
+    if dataset.image_dir.is_dir():
+        return
+    if dataset.name == "embedded":
+        raise UserError(
+            f"preprocess: the embedded photos are not extracted yet ({dataset.image_dir} does not exist): "
+            "run `python -m asyncbench prepare`"
+        )
+    raise UserError(
+        f"preprocess: the {dataset.name} image folder {dataset.image_dir} does not exist: "
+        "put the images there or pass the right -d/--data_dir"
+    )
+
+
+def _failure_message(failures: list[tuple[_Task, str]], total: int, maps: dict[str, list[Path]]) -> str:
+    """One line naming the first few bad images and the map(s) to fix."""
+    failures.sort(key=lambda f: f[0].name)
+    shown = "; ".join(f"{task.source}: {reason}" for task, reason in failures[:_SHOWN_FAILURES])
+    if len(failures) > _SHOWN_FAILURES:
+        shown += f"; and {len(failures) - _SHOWN_FAILURES} more"
+    map_paths = sorted({str(m) for task, _ in failures for m in maps[task.name]})
+    return (
+        f"preprocess: {len(failures)} of {total} images failed ({shown}): "
+        f"fix the files or remove them from {' and '.join(map_paths)}"
+    )
+
+
+def preprocess(
+    dataset: Dataset,
+    out_root: Path,
+    *,
+    val: bool = True,
+    cal: bool = True,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Write every mapped image's .npy in parallel, skipping outputs newer than their source.
+
+    Raises UserError (one line) when the image folder is absent or an output cannot be written,
+    and PreprocessError, after all other images are done, when any source image is missing or
+    unreadable.
+    """
+    if not (val or cal):
+        raise ValueError("nothing to preprocess: val and cal are both False")
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    _check_image_dir(dataset)
+
+    wanted: list[tuple[str, Path]] = []
+    if val:
+        wanted.append((VAL_LAYOUT, dataset.val_map))
+    if cal:
+        wanted.append((CAL_LAYOUT, dataset.cal_map))
+    outputs: dict[str, dict[str, Path]] = {}
+    maps: dict[str, list[Path]] = {}
+    out_dirs: list[Path] = []
+    for layout, map_path in wanted:
+        out_dir = dataset.preprocessed_dir(out_root, layout)
+        out_dirs.append(out_dir)
+        for entry in read_map(map_path):
+            outputs.setdefault(entry.name, {})[layout] = out_dir / f"{entry.name}.npy"
+            maps.setdefault(entry.name, []).append(map_path)
+    tasks = [
+        _Task(name, dataset.image_dir / name, outs.get(VAL_LAYOUT), outs.get(CAL_LAYOUT))
+        for name, outs in outputs.items()
+    ]
+
+    for folder in sorted({p.parent for outs in outputs.values() for p in outs.values()}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"preprocess: cannot create output folder {folder}: {e.strerror or e}") from None
+
+    counts = {"written": 0, "up_to_date": 0}
+    failures: list[tuple[_Task, str]] = []
+    bar = _Progress(len(tasks), sys.stderr, progress)
+    start = time.monotonic()
+    work = functools.partial(_process, force=force)
+    workers = min(workers, len(tasks))
+    try:
+        if workers == 1:
+            _collect(map(work, tasks), counts, failures, bar)
+        else:
+            stop = multiprocessing.Event()
+            chunksize = max(1, min(_CHUNK_MAX, len(tasks) // (workers * 4)))
+            with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(stop,)) as pool:
+                try:
+                    _collect(pool.imap_unordered(work, tasks, chunksize), counts, failures, bar)
+                except BaseException:
+                    stop.set()
+                    raise
+                finally:
+                    pool.close()
+                    pool.join()
+    finally:
+        bar.close()
+    seconds = time.monotonic() - start
+
+    summary = Summary(dataset.name, counts["written"], counts["up_to_date"], len(failures), seconds, tuple(out_dirs))
+    if failures:
+        raise PreprocessError(_failure_message(failures, len(tasks), maps), summary)
+    return summary
+
+
+def _collect(results: Iterable[tuple[str, _Task, str]], counts: dict[str, int], failures: list[tuple[_Task, str]], bar: _Progress) -> None:
+    """Tally worker results; an unwritable output aborts at once since every image would hit it."""
+    for status, task, detail in results:
+        if status == "write_error":
+            raise UserError(f"preprocess: {detail}: check free space and permissions of the output folder")
+        if status == "failed":
+            failures.append((task, detail))
+        else:
+            counts[status] += 1
+        bar.update()
+
+
+def _benchmarks(text: str) -> list[str]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    supported = ", ".join(SUPPORTED_BENCHMARKS)
+    if not names:
+        raise UsageError(f"-b/--benchmarks is empty: the supported benchmark is {supported}")
+    for name in names:
+        if name not in SUPPORTED_BENCHMARKS:
+            raise UsageError(f"-b/--benchmarks: unsupported benchmark {name!r}: the supported benchmark is {supported}")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The seed's preprocess_data.py options, plus idempotency and parallelism controls."""
+    paths = BuildPaths()
+    parser.add_argument("-d", "--data_dir", type=Path, default=paths.data,
+                        help="folder holding imagenet/ or embedded/ (default: %(default)s)")
+    parser.add_argument("-o", "--preprocessed_data_dir", type=Path, default=paths.preprocessed,
+                        help="output root (default: %(default)s)")
+    parser.add_argument("-b", "--benchmarks", default="mobilenet",
+                        help="comma-separated benchmarks to preprocess; only mobilenet is supported")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--val_only", action="store_true", help="preprocess only the validation set")
+    only.add_argument("--cal_only", action="store_true", help="preprocess only the calibration set")
+    parser.add_argument("--force", action="store_true", help="rewrite outputs even when newer than their source")
+    parser.add_argument("-j", "--workers", type=_positive_int, default=None,
+                        help="worker processes (default: one per CPU core)")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true",
+                        help="do not draw the progress bar on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Preprocess the dataset the build directory holds (ImageNet if present, else embedded)."""
+    _benchmarks(args.benchmarks)
+    dataset = resolve_dataset(BuildPaths(), data_dir=args.data_dir)
+    label = "ImageNet" if dataset.name == "imagenet" else dataset.name
+    print(f"preprocess: using the {label} dataset ({dataset.image_dir})", flush=True)
+    try:
+        summary = preprocess(
+            dataset,
+            args.preprocessed_data_dir,
+            val=not args.cal_only,
+            cal=not args.val_only,
+            workers=args.workers,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+    except PreprocessError as e:
+        print(e.summary.describe(), flush=True)
+        raise
+    print(summary.describe())
+    return 0

@@ -1,0 +1,1 @@
+"""Model zoo: real-weight import, model profiles, engine wrapping and INT8 calibration."""

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Seed-compatible entry point: ``python3 scripts/preprocess_data.py -d build/data -o build/preprocessed_data -b mobilenet``.
+
+Runs from a plain checkout (no install), and reports user errors as one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from asyncbench.data.preprocess import add_arguments, run
+from asyncbench.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the seed's options and preprocess; the return value is the process exit status."""
+    parser = argparse.ArgumentParser(
+        prog="preprocess_data.py",
+        description="Preprocess the ImageNet (or embedded) images for the MobileNet benchmark.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; finished outputs are kept and a rerun resumes where this one stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
