@@ -120,3 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+def console_main() -> None:
+    """The `asyncbench` console script."""
+    sys.exit(main())

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Seed-compatible entry point: ``python3 scripts/preprocess_data.py -d build/data -o build/preprocessed_data -b mobilenet``.
+"""Seed-compatible entry point for preprocessing.
+
+    python3 scripts/preprocess_data.py -d build/data -o build/preprocessed_data -b mobilenet [--val_only|--cal_only]
 
 Runs from a plain checkout (no install), and reports user errors as one ``error:`` line.
 """
@@ -30,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; finished outputs are kept and a rerun resumes where this one stopped", file=sys.stderr)
+        print("error: interrupted; finished outputs are kept and a rerun resumes where this one stopped",
+              file=sys.stderr)
         return 130
 
 

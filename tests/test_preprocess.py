@@ -317,7 +317,7 @@ def test_run_val_only_and_cal_only(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (data / "imagenet").mkdir(parents=True)
     ds = _dataset(tmp_path / "t", {"a.png": _noise(300, 300, 1), "b.png": _noise(260, 400, 2)},
                   val=["a.png"], cal=["b.png"])
-    monkeypatch.setattr(pp, "resolve_dataset", lambda paths, data_dir: ds)
+    monkeypatch.setattr(pp, "resolve_dataset", lambda paths, data_dir, maps_dir: ds)
 
     assert pp.run(_args(data_dir=data, preprocessed_data_dir=tmp_path / "v", val_only=True)) == 0
     assert sorted(_outputs(ds, tmp_path / "v", VAL_LAYOUT)) == ["a.png"]

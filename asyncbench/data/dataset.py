@@ -62,7 +62,8 @@ def read_map(path: Path) -> list[MapEntry]:
         except ValueError:
             raise UserError(f"{path}:{lineno}: label {label_text!r} is not an integer class id") from None
         if label != UNLABELLED and not 0 <= label < 1000:
-            raise UserError(f"{path}:{lineno}: label {label} is outside the ImageNet classes 0..999 (or -1 for unlabelled)")
+            raise UserError(f"{path}:{lineno}: label {label} is outside the ImageNet classes 0..999 "
+                            f"(or -1 for unlabelled)")
         if name in seen:
             raise UserError(f"{path}:{lineno}: image {name!r} is listed twice")
         seen.add(name)
@@ -75,7 +76,5 @@ def read_map(path: Path) -> list[MapEntry]:
 def resolve_dataset(paths: BuildPaths, data_dir: Path | None = None, maps_dir: Path = DATA_MAPS) -> Dataset:
     """The real ImageNet set if ``<data>/imagenet`` exists, else the embedded photos."""
     data = data_dir if data_dir is not None else paths.data
-    imagenet = data / "imagenet"
-    if imagenet.is_dir():
-        return Dataset("imagenet", imagenet, maps_dir / "imagenet" / "val_map.txt", maps_dir / "imagenet" / "cal_map.txt")
-    return Dataset("embedded", data / "embedded", maps_dir / "embedded" / "val_map.txt", maps_dir / "embedded" / "cal_map.txt")
+    name = "imagenet" if (data / "imagenet").is_dir() else "embedded"
+    return Dataset(name, data / name, maps_dir / name / "val_map.txt", maps_dir / name / "cal_map.txt")

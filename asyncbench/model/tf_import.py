@@ -206,7 +206,7 @@ class _Converter:
     @staticmethod
     def _pads(padding: str, hw: tuple[int, int], k: list[int], s: list[int]) -> tuple[list[int], tuple[int, int]]:
         begins, ends, out = [], [], []
-        for size, kk, ss in zip(hw, k, s):
+        for size, kk, ss in zip(hw, k, s, strict=True):
             if padding == "SAME":
                 o = math.ceil(size / ss)
                 total = max((o - 1) * ss + kk - size, 0)
@@ -235,7 +235,8 @@ class _Converter:
             wo, group = w.transpose(2, 3, 0, 1).reshape(cin * cm, 1, kh, kw), cin
         s = node.attrs["strides"][1:3]
         pads, out = self._pads(node.attrs["padding"], self.hw[x], [kh, kw], s)
-        conv = _Conv(self.tensor(x), wo.astype(np.float32), np.zeros(wo.shape[0], np.float32), s, pads, group, node.name)
+        bias = np.zeros(wo.shape[0], np.float32)
+        conv = _Conv(self.tensor(x), wo.astype(np.float32), bias, s, pads, group, node.name)
         self.value[node.name], self.hw[node.name] = conv, out
 
     def build(self) -> onnx.ModelProto:
@@ -254,7 +255,8 @@ class _Converter:
             else:
                 nodes.append(helper.make_node(rec.op_type, rec.inputs, [rec.name], name=rec.name, **rec.attrs))
         nodes.append(helper.make_node("Identity", [logits], [LOGITS_NAME], name="logits"))
-        nodes.append(helper.make_node("Softmax", [LOGITS_NAME], [OUTPUT_NAME], name="MobilenetV1/Predictions/Softmax", axis=-1))
+        nodes.append(helper.make_node("Softmax", [LOGITS_NAME], [OUTPUT_NAME],
+                                      name="MobilenetV1/Predictions/Softmax", axis=-1))
         h, w = self.hw[self.input_node]
         classes = int(self.const(self.nodes[_clean(self.output_node)].inputs[1])[-1]) if self.nodes[
             _clean(self.output_node)].op == "Reshape" else -1

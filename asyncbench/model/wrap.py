@@ -24,6 +24,19 @@ def _logits_tensor(graph: onnx.GraphProto, output: str) -> str:
     return producer.input[0] if producer is not None and producer.op_type == "Softmax" else output
 
 
+def _live(nodes: list[onnx.NodeProto], output: str) -> list[onnx.NodeProto]:
+    """The nodes `output` depends on, in their original order (drops e.g. the now unread Softmax)."""
+    producers = {o: i for i, n in enumerate(nodes) for o in n.output}
+    keep: set[int] = set()
+    stack = [output]
+    while stack:
+        i = producers.get(stack.pop())
+        if i is not None and i not in keep:
+            keep.add(i)
+            stack.extend(nodes[i].input)
+    return [n for i, n in enumerate(nodes) if i in keep]
+
+
 def wrap_for_engine(model: onnx.ModelProto, profile: ModelProfile) -> onnx.ModelProto:
     """A new model: input ``input`` int8 [N,224,224,4] -> the network -> output ``top1`` int32 [N]."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
@@ -61,9 +74,13 @@ def wrap_for_engine(model: onnx.ModelProto, profile: ModelProfile) -> onnx.Model
         helper.make_node("ArgMax", ["wrap/imagenet_logits"], ["wrap/argmax"], name="wrap/argmax", axis=1, keepdims=0),
         helper.make_node("Cast", ["wrap/argmax"], [ENGINE_OUTPUT], name="wrap/to_int32", to=TensorProto.INT32),
     ]
-    body = list(g.node)
+    nodes = _live(head + list(g.node) + tail, ENGINE_OUTPUT)
     del g.node[:]
-    g.node.extend(head + body + tail)
+    g.node.extend(nodes)
+    used = {name for n in nodes for name in n.input}
+    kept_inits = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits)
     g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     kept_inputs = [i for i in g.input if i.name != profile.input_name]
     del g.input[:]

@@ -1,0 +1,37 @@
+# Seed-compatible entry points. Each target creates the virtualenv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BUILD  ?= build
+RUN_ARGS ?=
+CACHE  := $(BUILD)/models/MobileNet/calibration.cache
+
+.PHONY: run calibrate prepare preprocess_data test lint clean_build
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+prepare: $(VENV)/.installed
+	$(PY) -m asyncbench prepare --build-dir $(BUILD)
+
+preprocess_data: prepare
+	$(PY) scripts/preprocess_data.py -d $(BUILD)/data -o $(BUILD)/preprocessed_data -b mobilenet
+
+calibrate: $(VENV)/.installed
+	$(PY) -m asyncbench calibrate --build-dir $(BUILD) $(RUN_ARGS)
+
+# Runs use the calibration cache; it is made once here when absent.
+$(CACHE): | $(VENV)/.installed
+	$(PY) -m asyncbench calibrate --build-dir $(BUILD)
+
+run: $(VENV)/.installed $(CACHE)
+	$(PY) -m asyncbench evaluate --build-dir $(BUILD) $(RUN_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .

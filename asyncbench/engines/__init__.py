@@ -1,0 +1,1 @@
+"""Inference engines: one interface (``Engine``) over every backend the runtime can drive."""

@@ -1,0 +1,156 @@
+"""An ``Engine`` on ONNX Runtime's CPU provider: the portable baseline every machine can run.
+
+``InferenceSession.run`` releases the GIL for the whole computation, so worker threads driving
+this engine do not stall the asyncio event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import onnxruntime as ort
+
+from asyncbench.engines.base import (
+    RESULT_DTYPE,
+    SAMPLE_DTYPE,
+    SAMPLE_SHAPE,
+    EngineError,
+    LatencyRecorder,
+    run_warmup,
+)
+from asyncbench.errors import UserError
+
+_ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16"}
+
+
+def _describe(arg: ort.NodeArg) -> str:
+    """``int8 [N, 224, 224, 4]`` from ONNX Runtime's ``tensor(int8)`` and shape list."""
+    kind = arg.type
+    if kind.startswith("tensor(") and kind.endswith(")"):
+        kind = kind[len("tensor(") : -1]
+        kind = _ORT_TYPES.get(kind, kind)
+    dims = ", ".join("N" if d is None else str(d) for d in (arg.shape or []))
+    return f"{kind} [{dims}]"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class OnnxRuntimeEngine:
+    """Runs a contract model (int8 NHW4 in, int32 top-1 out) with ONNX Runtime on the CPU."""
+
+    device = "cpu"
+    sample_shape: tuple[int, ...] = SAMPLE_SHAPE
+    sample_dtype: np.dtype = SAMPLE_DTYPE
+
+    def __init__(self, model_path: Path, max_batch_size: int = 32, intra_op_threads: int | None = None) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be at least 1, got {intra_op_threads}")
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise UserError(
+                f"model {model_path} does not exist: run `python -m asyncbench calibrate` "
+                "(or `python -m asyncbench prepare`) to build it"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = intra_op_threads
+        try:
+            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ONNX Runtime's load errors share no public base class
+            raise UserError(f"cannot load model {model_path}: {_first_line(e)}") from e
+
+        self.name = f"onnxruntime-cpu:{model_path.name}"
+        self.model_path = model_path
+        self.max_batch_size = max_batch_size
+        self._fixed_batch = self._check_contract(session, model_path, max_batch_size)
+        self._input_name = session.get_inputs()[0].name
+        self._output_name = session.get_outputs()[0].name
+        self._session: ort.InferenceSession | None = session
+        self._latency = LatencyRecorder()
+
+    @staticmethod
+    def _check_contract(session: ort.InferenceSession, path: Path, max_batch_size: int) -> int | None:
+        """Reject a model that does not take int8 NHW4 and return int32 classes; its fixed N, if any."""
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        expected_in = f"one int8 [N, {', '.join(map(str, SAMPLE_SHAPE))}] input"
+        if len(inputs) != 1:
+            found = ", ".join(_describe(a) for a in inputs) or "none"
+            raise UserError(f"model {path}: expected {expected_in}, found {len(inputs)} inputs ({found})")
+        model_in = inputs[0]
+        shape = model_in.shape or []
+        dims_ok = len(shape) == 4 and list(shape[1:]) == list(SAMPLE_SHAPE)
+        if model_in.type != "tensor(int8)" or not dims_ok:
+            raise UserError(f"model {path}: expected {expected_in}, found {_describe(model_in)}")
+        out_shape = outputs[0].shape if len(outputs) == 1 else None
+        rank_ok = not out_shape or len(out_shape) == 1  # ONNX Runtime reports [] when it cannot infer a shape
+        if len(outputs) != 1 or outputs[0].type != "tensor(int32)" or not rank_ok:
+            found = ", ".join(_describe(a) for a in outputs) or "none"
+            raise UserError(f"model {path}: expected one int32 [N] output (top-1 class), found {found}")
+        fixed = shape[0] if isinstance(shape[0], int) else None
+        if fixed is not None and fixed < max_batch_size:
+            raise UserError(
+                f"model {path} has a fixed batch size of {fixed} but a max batch size of {max_batch_size} "
+                f"was requested: use a max batch size of at most {fixed} or a model with a dynamic batch dimension"
+            )
+        return fixed
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Top-1 classes of ``batch``; ONNX Runtime computes with the GIL released."""
+        if not isinstance(batch, np.ndarray):
+            raise TypeError(f"batch must be a numpy array, got {type(batch).__name__}")
+        if batch.dtype != SAMPLE_DTYPE:
+            raise ValueError(f"batch must be int8, got {batch.dtype}")
+        if batch.ndim != 4 or batch.shape[1:] != SAMPLE_SHAPE:
+            raise ValueError(f"batch must have shape (n, {', '.join(map(str, SAMPLE_SHAPE))}), got {batch.shape}")
+        n = batch.shape[0]
+        if not 1 <= n <= self.max_batch_size:
+            raise ValueError(f"batch size {n} is outside 1..{self.max_batch_size} for {self.name}")
+        session = self._session
+        if session is None:
+            raise EngineError(f"{self.name} is closed")
+        feed = np.ascontiguousarray(batch)
+        if self._fixed_batch is not None and n < self._fixed_batch:
+            feed = np.concatenate([feed, np.zeros((self._fixed_batch - n, *SAMPLE_SHAPE), SAMPLE_DTYPE)])
+        start = time.perf_counter()
+        try:
+            (result,) = session.run([self._output_name], {self._input_name: feed})
+        except Exception as e:  # ONNX Runtime's run errors share no public base class
+            raise EngineError(f"{self.name} failed on a batch of {n}: {_first_line(e)}") from e
+        elapsed = time.perf_counter() - start
+        result = result[:n]
+        if result.dtype != RESULT_DTYPE or result.shape != (n,):
+            raise EngineError(f"{self.name} returned {result.dtype} {result.shape}, expected int32 ({n},)")
+        self._latency.record(n, elapsed)
+        return result
+
+    def latency(self, batch_size: int) -> float | None:
+        """Median of the recent ``infer`` durations at this batch size (None before any)."""
+        return self._latency.median(batch_size)
+
+    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Run each size a few times so first-call allocations do not land on a real query."""
+        return run_warmup(self, batch_sizes)
+
+    def close(self) -> None:
+        """Drop the session (and its thread pool); later ``infer`` calls raise EngineError."""
+        self._session = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

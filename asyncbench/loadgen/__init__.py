@@ -1,0 +1,1 @@
+"""MLPerf LoadGen integration: the accuracy checker (and later the SUT/QSL glue)."""
