@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from asyncbench.config import ENGINES, LOOPS, SCENARIOS, TEST_MODES, RunConfig
 from asyncbench.data import preprocess as preprocess_mod
-from asyncbench.data.dataset import Dataset, resolve_dataset
+from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
 from asyncbench.errors import UsageError, UserError
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
@@ -42,6 +43,94 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be greater than 0")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _scenarios(text: str) -> list[str]:
+    by_lower = {s.lower(): s for s in SCENARIOS}
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n.lower() not in by_lower]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown scenario {','.join(bad) or text!r}: use {', '.join(SCENARIOS)}")
+    return [by_lower[n.lower()] for n in names]
+
+
+def _choice(options: tuple[str, ...], what: str):  # noqa: ANN202 - argparse type callable
+    by_lower = {o.lower(): o for o in options}
+
+    def parse(text: str) -> str:
+        if text.lower() not in by_lower:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}: use {', '.join(options)}")
+        return by_lower[text.lower()]
+
+    return parse
+
+
+def _file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} does not exist or is not a file")
+    return path
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be at least 1")
+    return sizes
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """`run`: LoadGen scenarios; seed spellings (--scenarios=A,B, --test_mode) are accepted too."""
+    _common(p)
+    p.add_argument("--scenario", "--scenarios", dest="scenarios", type=_scenarios, default=["Offline"],
+                   help="SingleStream, MultiStream, Server, Offline, or a comma list run one after another")
+    p.add_argument("--test-mode", "--test_mode", dest="test_mode", type=_choice(TEST_MODES, "test mode"),
+                   default="PerformanceOnly", help=", ".join(TEST_MODES))
+    p.add_argument("--target-qps", type=_positive_float, help="Server target QPS / Offline expected QPS")
+    p.add_argument("--engine", type=_choice(ENGINES, "engine"), default="auto", help=", ".join(ENGINES))
+    p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="onnxruntime model (default int8)")
+    p.add_argument("--max-batch-size", type=_positive, help="largest batch the batcher forms")
+    p.add_argument("--max-queue-delay-us", type=_non_negative, help="batcher delay from the oldest pending sample")
+    p.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="e.g. 8,16: dispatched as soon as formed")
+    p.add_argument("--min-duration", type=_positive_float, help="seconds (default: a quick 10 s run)")
+    p.add_argument("--min-query-count", type=_positive)
+    p.add_argument("--performance-sample-count", type=_positive)
+    p.add_argument("--user-conf", type=_file, help="user.conf applied after mlperf.conf")
+    p.add_argument("--mlperf-conf", type=_file, help="mlperf.conf (default: LoadGen's built-in)")
+    p.add_argument("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
+    p.add_argument("--loop", type=_choice(LOOPS, "event loop"), default="uvloop", help="uvloop (default) or asyncio")
+    p.add_argument("--inflight", type=_positive, default=2, help="batches in the engine at once")
+    p.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads")
+    p.add_argument("--engine-timeout", type=_positive_float, default=60.0,
+                   help="seconds a batch may take before the run fails as stalled")
+    p.add_argument("--null", dest="null_spec", default="",
+                   help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5")
+    p.add_argument("--trace", action="store_true", help="write LoadGen's (large) trace log")
+    p.add_argument("--submission-length", action="store_true",
+                   help="use mlperf.conf's durations instead of the quick defaults")
+
+
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--build-dir", type=Path, default=Path("build"), help="build root (default: build)")
     if data:
@@ -69,7 +158,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, default=None, help="onnxruntime intra-op threads")
     p = sub.add_parser("accuracy", help="top-1 from LoadGen's mlperf_log_accuracy.json")
     accuracy_mod.add_arguments(p)
+    p = sub.add_parser("run", help="run LoadGen scenarios through the asyncio pipeline (the default command)")
+    _add_run_arguments(p)
     return parser
+
+
+SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run")
+
+
+def _with_default_command(argv: Sequence[str]) -> list[str]:
+    """`python -m asyncbench --scenario Server ...` means `run`."""
+    argv = list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        return argv
+    return argv if argv and argv[0] in SUBCOMMANDS else ["run", *argv]
+
+
+def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
+    from asyncbench.engines.factory import create_engine
+    from asyncbench.runtime.runner import batch_sizes_upto, run_scenario
+
+    dataset = _prepare_inputs(args, paths, val=True, cal=False)
+    worst = 0
+    for scenario in args.scenarios:
+        cfg = RunConfig(
+            scenario=scenario, test_mode=args.test_mode, engine=args.engine, precision=args.precision,
+            target_qps=args.target_qps, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+            preferred_batch_sizes=args.preferred_batch_sizes, min_duration_s=args.min_duration,
+            min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
+            user_conf=args.user_conf, mlperf_conf=args.mlperf_conf, log_dir=args.log_dir, build_dir=args.build_dir,
+            loop=args.loop, inflight=args.inflight, threads=args.threads, engine_timeout_s=args.engine_timeout,
+            null_spec=args.null_spec, trace=args.trace, submission_length=args.submission_length)
+        engine = create_engine(cfg, paths)
+        try:
+            engine.warmup(batch_sizes_upto(engine.max_batch_size))
+            result = run_scenario(cfg, engine, dataset, paths.preprocessed, args.log_dir or paths.logs)
+        finally:
+            engine.close()
+        if cfg.test_mode == "AccuracyOnly" and result.failure is None:
+            acc = accuracy_mod.compute_accuracy(
+                accuracy_mod.load_accuracy_log(result.log_dir / "mlperf_log_accuracy.json"),
+                [e.label for e in read_map(dataset.val_map)], source=str(result.log_dir))
+            print(acc.line())
+        worst = max(worst, result.exit_code)
+    return worst
 
 
 def _dataset(args: argparse.Namespace, paths: BuildPaths) -> Dataset:
@@ -90,7 +222,7 @@ def _prepare_inputs(args: argparse.Namespace, paths: BuildPaths, *, val: bool, c
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
         if args.command == "preprocess":
             return preprocess_mod.run(args)
         if args.command == "accuracy":
@@ -104,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from asyncbench.model.calibrate import calibrate
 
             calibrate(paths, _prepare_inputs(args, paths, val=False, cal=True), method=args.method)
+        elif args.command == "run":
+            return _run(args, paths)
         elif args.command == "evaluate":
             from asyncbench.evaluate import evaluate
             from asyncbench.model.calibrate import ensure_engine_models

@@ -34,6 +34,7 @@ class Engine(Protocol):
     max_batch_size: int
     sample_shape: tuple[int, ...]
     sample_dtype: np.dtype
+    reads_input: bool  # False only for engines that ignore pixels (null): the host gather is skipped
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Top-1 classes (int32, shape ``(n,)``) of a C-contiguous ``(n, *sample_shape)`` batch.

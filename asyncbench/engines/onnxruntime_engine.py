@@ -47,6 +47,7 @@ class OnnxRuntimeEngine:
     """Runs a contract model (int8 NHW4 in, int32 top-1 out) with ONNX Runtime on the CPU."""
 
     device = "cpu"
+    reads_input = True
     sample_shape: tuple[int, ...] = SAMPLE_SHAPE
     sample_dtype: np.dtype = SAMPLE_DTYPE
 

@@ -1,0 +1,164 @@
+"""An ``Engine`` that computes nothing: it waits out a latency model and answers class 0.
+
+It lets the runtime and the LoadGen glue be measured and tested without a model: the wait is
+``fixed_s + per_sample_s * n`` and blocks with the GIL released, like a real engine's compute.
+Failures and stalls can be injected at a chosen batch to exercise the runtime's error paths.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+
+from asyncbench.engines.base import (
+    RESULT_DTYPE,
+    SAMPLE_DTYPE,
+    SAMPLE_SHAPE,
+    EngineError,
+    LatencyRecorder,
+    run_warmup,
+)
+from asyncbench.errors import UsageError
+
+
+class NullEngine:
+    """Sleeps ``fixed_s + per_sample_s * n`` per batch of ``n`` and returns ``n`` zeros (class 0).
+
+    Batches are counted from 0 across every ``infer`` call that passes validation, warm-up
+    included. The batch numbered ``fail_after_batches`` raises EngineError (only that one);
+    the batch numbered ``stall_after_batches`` waits ``stall_s`` instead of the model, or until
+    ``close()``, which makes it raise EngineError.
+    """
+
+    name = "null"
+    device = "cpu"
+    # It never looks at pixels, so the pipeline skips the host gather: harness-overhead figures then
+    # measure batching, hand-offs and completion, not a memory copy (the GPU path gathers by DMA).
+    reads_input = False
+    sample_shape: tuple[int, ...] = SAMPLE_SHAPE
+    sample_dtype: np.dtype = SAMPLE_DTYPE
+
+    def __init__(
+        self,
+        max_batch_size: int = 1024,
+        fixed_s: float = 0.0,
+        per_sample_s: float = 0.0,
+        fail_after_batches: int | None = None,
+        stall_after_batches: int | None = None,
+        stall_s: float = 3600.0,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        for label, seconds in (("fixed_s", fixed_s), ("per_sample_s", per_sample_s), ("stall_s", stall_s)):
+            if not (math.isfinite(seconds) and seconds >= 0):
+                raise ValueError(f"{label} must be a finite number of seconds >= 0, got {seconds}")
+        for label, count in (("fail_after_batches", fail_after_batches), ("stall_after_batches", stall_after_batches)):
+            if count is not None and count < 0:
+                raise ValueError(f"{label} must be at least 0, got {count}")
+        self.max_batch_size = max_batch_size
+        self.fixed_s = fixed_s
+        self.per_sample_s = per_sample_s
+        self.fail_after_batches = fail_after_batches
+        self.stall_after_batches = stall_after_batches
+        self.stall_s = stall_s
+        self._closed = threading.Event()
+        self._count_lock = threading.Lock()
+        self._batches = 0
+        self._latency = LatencyRecorder()
+
+    def expected_latency(self, n: int) -> float:
+        """Seconds the model says a batch of ``n`` takes (what ``infer`` waits, stalls aside)."""
+        return self.fixed_s + self.per_sample_s * n
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Zeros for ``batch`` after the modelled wait; the wait releases the GIL."""
+        if not isinstance(batch, np.ndarray):
+            raise TypeError(f"batch must be a numpy array, got {type(batch).__name__}")
+        if batch.dtype != SAMPLE_DTYPE:
+            raise ValueError(f"batch must be int8, got {batch.dtype}")
+        if batch.ndim != 4 or batch.shape[1:] != SAMPLE_SHAPE:
+            raise ValueError(f"batch must have shape (n, {', '.join(map(str, SAMPLE_SHAPE))}), got {batch.shape}")
+        n = batch.shape[0]
+        if not 1 <= n <= self.max_batch_size:
+            raise ValueError(f"batch size {n} is outside 1..{self.max_batch_size} for {self.name}")
+        if self._closed.is_set():
+            raise EngineError(f"{self.name} is closed")
+        with self._count_lock:
+            index = self._batches
+            self._batches += 1
+        if index == self.fail_after_batches:
+            raise EngineError(f"injected failure on batch {index} (a batch of {n}) of {self.name}")
+        wait = self.stall_s if index == self.stall_after_batches else self.expected_latency(n)
+        start = time.perf_counter()
+        # Event.wait blocks in C with the GIL released, and close() can cut it short.
+        if wait > 0 and self._closed.wait(wait):
+            raise EngineError(f"{self.name} was closed while batch {index} (a batch of {n}) was running")
+        self._latency.record(n, time.perf_counter() - start)
+        return np.zeros(n, RESULT_DTYPE)
+
+    def latency(self, batch_size: int) -> float | None:
+        """Median of the recent ``infer`` durations at this batch size (None before any)."""
+        return self._latency.median(batch_size)
+
+    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Same contract as the real engines, so the runtime need not special-case this one."""
+        return run_warmup(self, batch_sizes)
+
+    def close(self) -> None:
+        """Release any call stalled or waiting; later ``infer`` calls raise EngineError."""
+        self._closed.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# spec key -> (NullEngine argument, factor from the key's unit, integer?, smallest value)
+_SPEC_KEYS: dict[str, tuple[str, float, bool, int]] = {
+    "fixed_us": ("fixed_s", 1e-6, False, 0),
+    "per_sample_us": ("per_sample_s", 1e-6, False, 0),
+    "stall_s": ("stall_s", 1.0, False, 0),
+    "fail_after": ("fail_after_batches", 1, True, 0),
+    "stall_after": ("stall_after_batches", 1, True, 0),
+    "max_batch": ("max_batch_size", 1, True, 1),
+}
+
+
+def parse_null_spec(text: str) -> dict[str, Any]:
+    """``NullEngine`` keyword arguments from a command-line value like ``fixed_us=50,per_sample_us=2``.
+
+    Times are given in the unit their key names (microseconds, or seconds for ``stall_s``) so a
+    command line stays readable; an empty value means the defaults.
+    """
+    valid = ", ".join(_SPEC_KEYS)
+    result: dict[str, Any] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, sep, raw = (s.strip() for s in item.partition("="))
+        if not sep:
+            raise UsageError(f"null engine spec item {item!r} is not key=value (valid keys: {valid})")
+        if key not in _SPEC_KEYS:
+            raise UsageError(f"null engine spec: unknown key {key!r} (valid keys: {valid})")
+        argument, factor, integer, minimum = _SPEC_KEYS[key]
+        if argument in result:
+            raise UsageError(f"null engine spec: {key} is given twice")
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum:
+            kind = "an integer" if integer else "a number"
+            raise UsageError(f"null engine spec: {key} must be {kind} >= {minimum}, got {raw!r}")
+        result[argument] = value * factor
+    return result

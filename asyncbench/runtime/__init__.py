@@ -1,0 +1,1 @@
+"""The asyncio runtime: channels and the dynamic batcher that the LoadGen pipeline is built from."""

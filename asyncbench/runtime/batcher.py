@@ -1,0 +1,231 @@
+"""Dynamic batching in the manner of Triton Inference Server's dynamic batcher.
+
+The policy is the pure function `decide`, so every rule can be tested without an event loop.
+`Batcher` drives it: LoadGen's issue calls arrive through the synchronous `submit`, batches leave
+through a bounded `Channel`, and a full channel holds the batcher back (backpressure) while
+`submit` keeps accepting, so that held samples can still merge into bigger batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from itertools import pairwise
+
+from asyncbench.runtime.channel import Channel
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Triton's dynamic-batching knobs; the queue delay is measured from the oldest pending sample."""
+
+    max_batch_size: int
+    max_queue_delay_ns: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        sizes = tuple(self.preferred_batch_sizes)  # a list from a config file is accepted too
+        object.__setattr__(self, "preferred_batch_sizes", sizes)
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_ns < 0:
+            raise ValueError(f"max_queue_delay_ns must be >= 0, got {self.max_queue_delay_ns}")
+        if any(not 1 <= size <= self.max_batch_size for size in sizes):
+            raise ValueError(f"preferred_batch_sizes {list(sizes)} must each lie in 1..max_batch_size "
+                             f"({self.max_batch_size})")
+        if any(a >= b for a, b in pairwise(sizes)):
+            raise ValueError(f"preferred_batch_sizes {list(sizes)} must be sorted ascending, without repeats")
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Send the `size` oldest pending samples now."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Hold the pending samples until the clock reaches `until_ns`, or until an arrival (None: only an arrival)."""
+
+    until_ns: int | None
+
+
+def decide(pending: int, oldest_arrival_ns: int | None, now_ns: int, policy: BatchPolicy,
+           more_coming: bool = True) -> Dispatch | Wait:
+    """Triton's rule: a full batch, then the largest preferred batch that can be formed, go at once; a smaller
+    batch waits until the oldest sample has waited the queue delay, or until no more samples can come."""
+    if pending == 0:
+        return Wait(None)
+    if pending < 0 or oldest_arrival_ns is None:
+        raise ValueError(f"decide() needs pending >= 0 and, with samples pending, the oldest arrival time; "
+                         f"got pending={pending}, oldest_arrival_ns={oldest_arrival_ns}")
+    if pending >= policy.max_batch_size:
+        return Dispatch(policy.max_batch_size)
+    for size in reversed(policy.preferred_batch_sizes):
+        if size <= pending:
+            return Dispatch(size)
+    deadline = oldest_arrival_ns + policy.max_queue_delay_ns
+    if now_ns >= deadline or not more_coming:
+        return Dispatch(pending)
+    return Wait(deadline)
+
+
+@dataclass
+class Batch:
+    """Samples cut together: LoadGen ids, QSL indices, when the oldest arrived, and the batch's number."""
+
+    ids: list[int]
+    indices: list[int]
+    oldest_arrival_ns: int
+    seq: int
+
+
+class Batcher:
+    """Holds submitted samples and sends them to `out` in batches cut by `decide`.
+
+    `clock` and `sleep_until` (awaitable that returns once `clock()` >= its argument) are injectable
+    so that tests drive time by hand; by default they are time.monotonic_ns and the loop's timers.
+    """
+
+    def __init__(self, policy: BatchPolicy, out: Channel[Batch], clock: Callable[[], int] = time.monotonic_ns,
+                 sleep_until: Callable[[int], Awaitable[None]] | None = None) -> None:
+        self.policy = policy
+        self._out = out
+        self._clock = clock
+        self._sleep_until = sleep_until or self._loop_sleep_until
+        self._chunks: deque[tuple[list[int], list[int], int]] = deque()  # (ids, indices, arrival_ns) per submit
+        self._offset = 0  # samples of the front chunk already dispatched
+        self._pending = 0
+        self._wake = asyncio.Event()  # set by submit/close/drain and by the deadline sleeper
+        self._closed = False
+        self._seq = 0
+        self._histogram: dict[int, int] = {}
+        self._timer: asyncio.Future[None] | None = None
+        self._timer_due = 0
+
+    @property
+    def pending_count(self) -> int:
+        """Samples submitted and not yet dispatched (nor drained)."""
+        return self._pending
+
+    def histogram(self) -> dict[int, int]:
+        """How many batches of each size were dispatched, by size."""
+        return dict(sorted(self._histogram.items()))
+
+    def submit(self, ids: list[int], indices: list[int]) -> None:
+        """Accept one LoadGen issue call (on the loop thread); the lists are kept, not copied."""
+        if self._closed:
+            raise RuntimeError("Batcher.submit() after close()")
+        if len(ids) != len(indices):
+            raise ValueError(f"submit() needs one index per id, got {len(ids)} ids and {len(indices)} indices")
+        if ids:
+            self._chunks.append((ids, indices, self._clock()))
+            self._pending += len(ids)
+            self._wake.set()
+
+    def close(self) -> None:
+        """No more submits: run() dispatches what is left, closes `out` and returns."""
+        self._closed = True
+        self._wake.set()
+
+    def drain(self) -> tuple[list[int], list[int]]:
+        """Remove and return every pending sample (ids, indices), oldest first, so an abort can fail them."""
+        taken = self._take(self._pending)
+        self._wake.set()
+        return taken
+
+    async def run(self) -> None:
+        """Dispatch batches until close() and nothing is left.
+
+        `out` is closed however run() ends, so its consumers never wait on a batcher that is gone. A
+        batch whose send fails (run() cancelled, `out` closed by someone else) goes back to the front of
+        the pending samples, where drain() finds it.
+        """
+        try:
+            while True:
+                self._wake.clear()
+                oldest = self._chunks[0][2] if self._chunks else None
+                decision = decide(self._pending, oldest, self._clock(), self.policy, not self._closed)
+                if isinstance(decision, Dispatch):
+                    await self._dispatch(decision.size)
+                elif self._closed:
+                    return
+                else:
+                    self._arm(decision.until_ns)
+                    await self._wake.wait()
+        finally:
+            self._out.close()
+            self._disarm()
+
+    async def _dispatch(self, size: int) -> None:
+        oldest = self._chunks[0][2]
+        ids, indices = self._take(size)
+        try:
+            await self._out.send(Batch(ids, indices, oldest, self._seq))
+        except BaseException:
+            self._put_back(ids, indices, oldest)
+            raise
+        self._seq += 1
+        self._histogram[size] = self._histogram.get(size, 0) + 1
+
+    def _take(self, n: int) -> tuple[list[int], list[int]]:
+        """The n oldest pending samples; a batch that ends inside a chunk leaves the rest of it in place."""
+        ids: list[int] = []
+        indices: list[int] = []
+        self._pending -= n
+        while n:
+            chunk_ids, chunk_indices, _ = self._chunks[0]
+            start = self._offset
+            stop = min(start + n, len(chunk_ids))
+            ids += chunk_ids[start:stop]
+            indices += chunk_indices[start:stop]
+            n -= stop - start
+            if stop == len(chunk_ids):
+                self._chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset = stop
+        return ids, indices
+
+    def _put_back(self, ids: list[int], indices: list[int], arrival_ns: int) -> None:
+        """Undo the _take of a batch that was never sent: its samples become the oldest pending ones again."""
+        if self._offset:
+            front_ids, front_indices, front_arrival = self._chunks[0]
+            self._chunks[0] = (front_ids[self._offset:], front_indices[self._offset:], front_arrival)
+            self._offset = 0
+        self._chunks.appendleft((ids, indices, arrival_ns))
+        self._pending += len(ids)
+
+    def _arm(self, until_ns: int | None) -> None:
+        """Keep one sleeper per deadline: the deadline follows the oldest sample, so arrivals rarely move it."""
+        timer = self._timer
+        if timer is not None and until_ns == self._timer_due and not timer.done():
+            return
+        self._disarm()
+        if until_ns is not None:
+            self._timer = asyncio.ensure_future(self._sleep_until(until_ns))
+            self._timer.add_done_callback(self._on_timer)
+            self._timer_due = until_ns
+
+    def _on_timer(self, timer: asyncio.Future[None]) -> None:
+        if not timer.cancelled():
+            self._wake.set()
+
+    def _disarm(self) -> None:
+        """Stop the deadline sleeper; one that has finished is reaped, so a failing sleep_until fails run()."""
+        timer, self._timer = self._timer, None
+        if timer is None:
+            return
+        if not timer.done():
+            timer.cancel()
+        elif not timer.cancelled():
+            timer.result()
+
+    async def _loop_sleep_until(self, until_ns: int) -> None:
+        """Sleep on the loop's timers until the clock reaches `until_ns` (uvloop's timers round to 1 ms)."""
+        while (left := until_ns - self._clock()) > 0:
+            await asyncio.sleep(left / 1e9)

@@ -1,0 +1,345 @@
+"""One LoadGen run end to end: engine, QSL arena, batching policy, event loop, logs, summary.
+
+Threads: the event loop (uvloop unless asked otherwise) owns the pipeline. LoadGen's StartTest
+runs on its own thread; its issue callback only hands each call's (ids, indices) lists to the loop
+with one call_soon_threadsafe, and never raises. Engine work runs on the pipeline's worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlperf_loadgen as lg
+import numpy as np
+import structlog
+
+from asyncbench.config import RunConfig
+from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map
+from asyncbench.data.qsl import SampleArena
+from asyncbench.engines.base import Engine
+from asyncbench.errors import UserError
+from asyncbench.loadgen.logs import RunSummary, parse_summary
+from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
+from asyncbench.runtime.batcher import BatchPolicy
+from asyncbench.runtime.pipeline import Pipeline
+
+SERVER_DEFAULT_TARGET_NS = 10_000_000
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports back to the CLI."""
+
+    log_dir: Path
+    summary: RunSummary | None
+    failure: str | None
+    histogram: dict[int, int]
+    exit_code: int
+
+
+def loadgen_complete(ids: Sequence[int], top1: np.ndarray | None) -> None:
+    """One QuerySamplesComplete per batch; `top1` stays referenced until the call returns."""
+    if top1 is None:
+        responses = [lg.QuerySampleResponse(i, 0, 0) for i in ids]
+    else:
+        top1 = np.ascontiguousarray(top1, dtype=np.int32)
+        base = top1.ctypes.data
+        responses = [lg.QuerySampleResponse(i, base + 4 * k, 4) for k, i in enumerate(ids)]
+    lg.QuerySamplesComplete(responses)
+
+
+def batch_sizes_upto(limit: int) -> list[int]:
+    """Powers of two up to and including `limit` (the sizes whose latency the Server preset measures)."""
+    sizes, b = [], 1
+    while b < limit:
+        sizes.append(b)
+        b *= 2
+    return [*sizes, limit]
+
+
+def server_policy(latency: Callable[[int], float | None], engine_max: int, target_ns: int,
+                  max_batch_size: int | None, max_queue_delay_us: int | None) -> tuple[BatchPolicy, str]:
+    """Server batching from the p99 target and the engine's measured latency per batch size.
+
+    A sample can wait the queue delay, then for a busy worker (one batch), then run (one batch).
+    Pick the largest batch B with 2 * latency(B) <= 25% of the target, and a delay of what is
+    left of 40% of the target, capped at 10% of it: the rest is headroom for the harness and the
+    tail. Explicit --max-batch-size / --max-queue-delay-us win.
+    """
+    target_s = target_ns / 1e9
+    chosen = 1
+    for b in batch_sizes_upto(max_batch_size or engine_max):
+        lat = latency(b)
+        if lat is not None and 2 * lat <= 0.25 * target_s:
+            chosen = b
+    chosen = max_batch_size or chosen
+    lat = latency(chosen) or 0.0
+    auto_delay = min(0.4 * target_s - 2 * lat, 0.1 * target_s)
+    delay_us = max_queue_delay_us if max_queue_delay_us is not None else max(0, int(auto_delay * 1e6))
+    budget = 0.6 * target_s
+    note = (f"Server batching: max batch {chosen}, max queue delay {delay_us} us "
+            f"(engine latency at batch {chosen}: {lat * 1e3:.3f} ms; p99 target {target_ns / 1e6:g} ms)")
+    if 2 * (latency(1) or 0.0) > budget:
+        note += "; the engine alone is too slow for this latency target, expect INVALID"
+    return BatchPolicy(chosen, delay_us * 1000), note
+
+
+def make_policy(cfg: RunConfig, engine: Engine, target_ns: int) -> tuple[BatchPolicy, str]:
+    """The scenario preset, overridden by explicit CLI values."""
+    preset = cfg.preset
+    if cfg.scenario == "Server":
+        policy, note = server_policy(engine.latency, engine.max_batch_size, target_ns, cfg.max_batch_size,
+                                     cfg.max_queue_delay_us)
+        return BatchPolicy(policy.max_batch_size, policy.max_queue_delay_ns, cfg.preferred_batch_sizes), note
+    max_batch = cfg.max_batch_size or preset.max_batch_size or engine.max_batch_size
+    delay_us = cfg.max_queue_delay_us if cfg.max_queue_delay_us is not None else (preset.max_queue_delay_us or 0)
+    policy = BatchPolicy(min(max_batch, engine.max_batch_size), delay_us * 1000, cfg.preferred_batch_sizes)
+    return policy, f"{cfg.scenario} batching: max batch {policy.max_batch_size}, max queue delay {delay_us} us"
+
+
+def new_log_dir(root: Path, scenario: str) -> Path:
+    """build/logs/<timestamp>_<scenario>/ plus a `latest` link to it."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = root / f"{stamp}_{scenario}"
+    path.mkdir(parents=True, exist_ok=False)
+    latest = root / "latest"
+    try:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(path.name)
+    except OSError:
+        pass  # a filesystem without symlinks still gets the run's own folder
+    return path
+
+
+def _event_log(path: Path) -> structlog.typing.FilteringBoundLogger:
+    """A structlog JSON-lines logger writing to the run's folder."""
+    handle = path.open("a")
+    return structlog.wrap_logger(
+        structlog.PrintLogger(file=handle),
+        processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
+    )
+
+
+class Inbox:
+    """Hands LoadGen's issue calls to the loop, waking it once per burst rather than once per call.
+
+    The LoadGen thread appends under a lock and schedules a drain only if none is pending; the
+    loop drains every call queued so far in one go. At high Server rates many issue calls share
+    one wake-up, which is where a per-call call_soon_threadsafe spends its time.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sink: Callable[[list[int], list[int]], None]) -> None:
+        self._loop, self._sink = loop, sink
+        self._queue: list[tuple[list[int], list[int]]] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def put(self, ids: list[int], indices: list[int]) -> None:
+        """Any thread: queue one issue call."""
+        with self._lock:
+            self._queue.append((ids, indices))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            queued, self._queue = self._queue, []
+            self._scheduled = False
+        for ids, indices in queued:
+            self._sink(ids, indices)
+
+
+class _Signals:
+    """First Ctrl-C / SIGTERM aborts the run cleanly; a second one exits at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_abort: Callable[[str], None]) -> None:
+        self.loop, self.on_abort, self.count = loop, on_abort, 0
+        self.installed: list[int] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._handle, sig)
+                self.installed.append(sig)
+
+    def _handle(self, sig: int) -> None:
+        self.count += 1
+        name = signal.Signals(sig).name
+        if self.count > 1:
+            print(f"error: {name} again: exiting now without waiting for LoadGen", file=sys.stderr, flush=True)
+            os._exit(130)
+        print(f"\n{name}: aborting; completing every outstanding sample as failed so LoadGen can finish "
+              f"(press Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+        self.on_abort(f"interrupted by {name}")
+
+    def remove(self) -> None:
+        for sig in self.installed:
+            self.loop.remove_signal_handler(sig)
+
+
+async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, settings: lg.TestSettings,
+                log_settings: lg.LogSettings, performance_count: int, *, inflight: int,
+                timeout_s: float | None, complete: Callable[[Sequence[int], np.ndarray | None], None] = loadgen_complete,
+                log: structlog.typing.FilteringBoundLogger | None = None) -> Pipeline:
+    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline for its counters."""
+    loop = asyncio.get_running_loop()
+    pipeline = Pipeline(engine, arena, policy, complete, inflight=inflight, timeout_s=timeout_s)
+    callback_errors: list[str] = []
+
+    inbox = Inbox(loop, pipeline.submit)
+
+    def issue(ids: list[int], indices: list[int]) -> None:
+        try:
+            inbox.put(ids, indices)
+        except BaseException as e:  # noqa: BLE001 - an exception escaping a LoadGen callback kills the process
+            callback_errors.append(f"issue: {e!r}")
+
+    def flush() -> None:
+        return None
+
+    def load(indices: list[int]) -> None:
+        try:
+            arena.load(indices)
+        except BaseException as e:  # noqa: BLE001 - see issue(); the run fails instead, every sample completed
+            callback_errors.append(f"load_samples: {e}")
+            loop.call_soon_threadsafe(pipeline.abort, f"loading samples failed: {e}")
+
+    def unload(indices: list[int]) -> None:
+        try:
+            arena.unload(indices)
+        except BaseException as e:  # noqa: BLE001
+            callback_errors.append(f"unload_samples: {e!r}")
+
+    sut = lg.ConstructFastSUT(issue, flush)
+    qsl = lg.ConstructQSL(arena.total, performance_count, load, unload)
+    signals = _Signals(loop, pipeline.abort)
+    run_task = asyncio.create_task(pipeline.run(), name="pipeline")
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="loadgen") as pool:
+            await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, log_settings)
+        pipeline.close()
+        await run_task
+    finally:
+        signals.remove()
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+    if callback_errors and pipeline.failure is None:
+        pipeline.failure = "; ".join(callback_errors)
+    if log is not None:
+        log.info("pipeline_done", issued=pipeline.issued, completed=pipeline.completed,
+                 failed=pipeline.failed_samples, failure=pipeline.failure, histogram=pipeline.batcher.histogram())
+    return pipeline
+
+
+def loop_runner(kind: str) -> asyncio.Runner:
+    """An asyncio.Runner on uvloop (default) or the standard loop."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise UserError("uvloop is not installed: pip install uvloop, or pass --loop asyncio") from None
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
+
+
+def dataset_arena(dataset: Dataset, preprocessed: Path) -> SampleArena:
+    """The arena over the validation map's preprocessed samples."""
+    names = [e.name for e in read_map(dataset.val_map)]
+    folder = dataset.preprocessed_dir(preprocessed, VAL_LAYOUT)
+    missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(names)} validation samples are not preprocessed "
+                        f"(first: {folder / missing[0]}.npy): run `python3 scripts/preprocess_data.py -d build/data "
+                        f"-o build/preprocessed_data -b mobilenet --val_only`")
+    return SampleArena(folder, names)
+
+
+def engine_peak_qps(engine: Engine) -> float | None:
+    """Best samples/s over the batch sizes the engine's warm-up measured."""
+    rates = [b / lat for b in batch_sizes_upto(engine.max_batch_size) if (lat := engine.latency(b))]
+    return max(rates) if rates else None
+
+
+def options_from(cfg: RunConfig, total: int, peak_qps: float | None = None) -> LoadGenOptions:
+    """LoadGen options: explicit values, else a quick run unless a submission-length run was asked for.
+
+    Without --target-qps, Offline expects the engine's measured peak (so LoadGen issues enough
+    samples to fill the duration) and Server targets half of it.
+    """
+    quick = not cfg.submission_length and cfg.test_mode != "SubmissionRun"
+    min_duration = cfg.min_duration_s if cfg.min_duration_s is not None else (
+        cfg.preset.quick_min_duration_s if quick else None)
+    min_queries = cfg.min_query_count if cfg.min_query_count is not None else (
+        cfg.preset.quick_min_query_count if quick else None)
+    target = cfg.target_qps
+    if target is None and peak_qps and cfg.scenario in ("Offline", "Server"):
+        target = round(min(peak_qps, 500_000.0) * (1.0 if cfg.scenario == "Offline" else 0.5), 1)
+    return LoadGenOptions(
+        scenario=cfg.scenario, mode=cfg.test_mode, target_qps=target, min_duration_s=min_duration,
+        min_query_count=min_queries, performance_sample_count=cfg.performance_sample_count or min(total, 1024),
+        user_conf=cfg.user_conf, mlperf_conf=cfg.mlperf_conf)
+
+
+def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, log_root: Path,
+                 say: Callable[[str], None] = print) -> RunResult:
+    """One scenario through LoadGen; prints notes as it goes and returns the parsed result."""
+    arena = dataset_arena(dataset, preprocessed)
+    opts = options_from(cfg, arena.total, engine_peak_qps(engine))
+    settings, notes = build_test_settings(opts)
+    if cfg.target_qps is None and opts.target_qps is not None:
+        notes.append(f"{cfg.scenario} target QPS {opts.target_qps:g} from the engine's measured peak "
+                     f"(pass --target-qps to choose)")
+    log_dir = new_log_dir(log_root, cfg.scenario)
+    events = _event_log(log_dir / "asyncbench_events.jsonl")
+    target_ns = int(getattr(settings, "server_target_latency_ns", 0) or SERVER_DEFAULT_TARGET_NS)
+    policy, policy_note = make_policy(cfg, engine, target_ns)
+    for note in [*notes, policy_note]:
+        say(f"note: {note}")
+    events.info("run_start", scenario=cfg.scenario, mode=cfg.test_mode, engine=engine.name, loop=cfg.loop,
+                max_batch_size=policy.max_batch_size, max_queue_delay_ns=policy.max_queue_delay_ns,
+                notes=notes, log_dir=str(log_dir))
+    with loop_runner(cfg.loop) as runner:
+        pipeline = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
+                                    opts.performance_sample_count, inflight=cfg.inflight,
+                                    timeout_s=cfg.engine_timeout_s, log=events))
+    summary_path = log_dir / "mlperf_log_summary.txt"
+    summary = parse_summary(summary_path) if summary_path.is_file() else None
+    histogram = pipeline.batcher.histogram()
+    events.info("run_end", result=getattr(summary, "result", None), failure=pipeline.failure, histogram=histogram,
+                stage_seconds=vars(pipeline.times))
+    say(format_report(cfg, engine, summary, pipeline, log_dir))
+    exit_code = 1 if pipeline.failure else 0
+    if pipeline.failure:
+        say(f"error: run failed: {pipeline.failure} ({pipeline.failed_samples} samples completed as failed; "
+            f"LoadGen logs in {log_dir})")
+    return RunResult(log_dir, summary, pipeline.failure, histogram, exit_code)
+
+
+def format_report(cfg: RunConfig, engine: Engine, summary: RunSummary | None, pipeline: Pipeline,
+                  log_dir: Path) -> str:
+    """The human summary printed after each scenario."""
+    lines = [f"== {cfg.scenario} / {cfg.test_mode} on {engine.name} ({cfg.loop})"]
+    if summary is not None and summary.result is not None:
+        lines.append(f"result: {summary.result}" + ("" if summary.result == "VALID" else
+                                                    "".join(f"\n  - {r}" for r in summary.reasons)))
+        if summary.metric_name:
+            lines.append(f"{summary.metric_name}: {summary.metric_value:g}")
+        pct = summary.latency_ns
+        lines.append("latency: " + ", ".join(f"{k} {pct[k] / 1e6:.3f} ms" for k in ("p50", "p90", "p99") if k in pct))
+    hist = pipeline.batcher.histogram()
+    lines.append("batch sizes: " + (", ".join(f"{b}x{n}" for b, n in sorted(hist.items())) or "none"))
+    t = pipeline.times
+    lines.append(f"stage time: gather {t.gather:.3f} s, execute {t.execute:.3f} s, complete {t.complete:.3f} s "
+                 f"over {t.batches} batches / {t.samples} samples")
+    lines.append(f"logs: {log_dir}")
+    return "\n".join(lines)
