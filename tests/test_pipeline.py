@@ -1,0 +1,118 @@
+"""Exactly-once completion through the pipeline, with injected failures, stalls and aborts.
+
+Runs without LoadGen (a recording completer stands in for QuerySamplesComplete) on both plain
+asyncio and uvloop. Engine waits are the null engine's latency model; nothing sleeps to wait for
+a condition: each test drives the pipeline to completion and then checks the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asyncbench.data.qsl import SampleArena
+from asyncbench.engines.null import NullEngine
+from asyncbench.runtime.batcher import BatchPolicy
+from asyncbench.runtime.pipeline import Pipeline
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+class Ledger:
+    """Records every completion so tests can check the exactly-once invariant."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[int], bool]] = []
+
+    def __call__(self, ids: Sequence[int], top1: np.ndarray | None) -> None:
+        if top1 is not None:
+            assert len(top1) == len(ids) and top1.dtype == np.int32
+        self.calls.append((list(ids), top1 is not None))
+
+    def counts(self) -> Counter[int]:
+        return Counter(i for ids, _ in self.calls for i in ids)
+
+    def failed(self) -> set[int]:
+        return {i for ids, ok in self.calls if not ok for i in ids}
+
+
+def _run(loop_kind: str, coro_fn):  # noqa: ANN001, ANN202 - test helper
+    factory = uvloop.new_event_loop if loop_kind == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro_fn())
+
+
+def _arena(n: int = 64) -> SampleArena:
+    return SampleArena(Path("/nonexistent"), [f"s{i}" for i in range(n)])  # the null engine never gathers
+
+
+async def _drive(pipeline: Pipeline, chunks: list[list[int]], abort_at: int | None = None) -> None:
+    task = asyncio.create_task(pipeline.run())
+    for k, ids in enumerate(chunks):
+        if abort_at == k:
+            pipeline.abort("test abort")
+        pipeline.submit(ids, [i % 64 for i in ids])
+        await asyncio.sleep(0)  # let the stages interleave with arrivals
+    pipeline.close()
+    await asyncio.wait_for(task, 30)
+
+
+chunk_lists = st.lists(st.integers(1, 40), min_size=1, max_size=25)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=chunk_lists, fail_after=st.one_of(st.none(), st.integers(0, 10)),
+       max_batch=st.integers(1, 16), inflight=st.integers(1, 3), abort_at=st.one_of(st.none(), st.integers(0, 30)))
+def test_every_sample_completed_exactly_once(loop_kind: str, sizes: list[int], fail_after: int | None,
+                                             max_batch: int, inflight: int, abort_at: int | None) -> None:
+    ids, chunks, next_id = [], [], 0
+    for size in sizes:
+        chunks.append(list(range(next_id, next_id + size)))
+        ids.extend(chunks[-1])
+        next_id += size
+    ledger = Ledger()
+    engine = NullEngine(max_batch_size=max_batch, fail_after_batches=fail_after)
+    pipeline = Pipeline(engine, _arena(), BatchPolicy(max_batch, 0), ledger, inflight=inflight, timeout_s=10)
+    _run(loop_kind, lambda: _drive(pipeline, chunks, abort_at))
+    counts = ledger.counts()
+    assert set(counts) == set(ids) and all(c == 1 for c in counts.values())
+    assert pipeline.issued == pipeline.completed == len(ids)
+    if pipeline.failure is None:
+        assert not ledger.failed()
+    else:
+        assert ("injected" in pipeline.failure) or pipeline.failure == "test abort"
+    assert all(len(batch) <= max_batch for batch, _ in ledger.calls if _)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_stalled_engine_fails_the_run_once(loop_kind: str) -> None:
+    ledger = Ledger()
+    engine = NullEngine(max_batch_size=4, stall_after_batches=1, stall_s=30)
+    pipeline = Pipeline(engine, _arena(), BatchPolicy(4, 0), ledger, inflight=2, timeout_s=0.3)
+    try:
+        _run(loop_kind, lambda: _drive(pipeline, [list(range(k * 4, k * 4 + 4)) for k in range(6)]))
+    finally:
+        engine.close()  # releases the stalled worker thread
+    assert pipeline.failure is not None and "stalled" in pipeline.failure
+    counts = ledger.counts()
+    assert set(counts) == set(range(24)) and set(counts.values()) == {1}
+    assert ledger.failed()
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_batches_respect_policy_and_results_align(loop_kind: str) -> None:
+    ledger = Ledger()
+    pipeline = Pipeline(NullEngine(max_batch_size=8), _arena(), BatchPolicy(8, 0), ledger, inflight=2)
+    _run(loop_kind, lambda: _drive(pipeline, [list(range(100))]))
+    assert pipeline.failure is None
+    assert [len(ids) for ids, _ in ledger.calls] == [8] * 12 + [4]
+    assert pipeline.batcher.histogram() == {8: 12, 4: 1}

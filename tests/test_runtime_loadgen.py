@@ -1,0 +1,105 @@
+"""The real LoadGen driving the pipeline: every scenario, both engines, both event loops."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from asyncbench.config import RunConfig
+from asyncbench.data.dataset import resolve_dataset
+from asyncbench.engines.factory import create_engine
+from asyncbench.paths import REPO_ROOT, BuildPaths
+from asyncbench.runtime.runner import batch_sizes_upto, run_scenario
+from conftest import run_cli
+
+# Short runs sized by query count (LoadGen's early stopping needs enough queries, not seconds).
+QUICK = {
+    "SingleStream": {"min_duration_s": 0.3, "min_query_count": 8},
+    "MultiStream": {"min_duration_s": 0.3, "min_query_count": 3},
+    "Server": {"min_duration_s": 0.5, "min_query_count": 20, "target_qps": 20.0},
+    "Offline": {"min_duration_s": 0.3, "min_query_count": 1, "target_qps": 50.0},
+}
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("engine", ["null", "onnxruntime"])
+@pytest.mark.parametrize("scenario", list(QUICK))
+def test_scenario_completes_through_loadgen(calibrated: BuildPaths, tmp_path: Path, scenario: str, engine: str,
+                                            loop: str) -> None:
+    cfg = RunConfig(scenario=scenario, engine=engine, loop=loop, build_dir=calibrated.root,
+                    null_spec="fixed_us=200,per_sample_us=5", max_batch_size=8, **QUICK[scenario])
+    eng = create_engine(cfg, calibrated)
+    said: list[str] = []
+    try:
+        eng.warmup(batch_sizes_upto(eng.max_batch_size))
+        result = run_scenario(cfg, eng, resolve_dataset(calibrated), calibrated.preprocessed, tmp_path, said.append)
+    finally:
+        eng.close()
+    assert result.failure is None and result.exit_code == 0
+    assert result.summary is not None and result.summary.scenario == scenario
+    assert result.summary.result in ("VALID", "INVALID")
+    assert sum(result.histogram.values()) >= 1
+    assert all(size <= 8 for size in result.histogram)
+    assert (result.log_dir / "mlperf_log_detail.txt").is_file()
+    assert (result.log_dir / "asyncbench_events.jsonl").read_text().count('"event"') >= 2
+    assert any("batch sizes:" in s for s in said)
+    assert (tmp_path / "latest").resolve() == result.log_dir.resolve()
+
+
+def test_null_server_at_5000_qps_is_valid(calibrated: BuildPaths, tmp_path: Path) -> None:
+    done = run_cli("--engine", "null", "--scenario", "Server", "--target-qps", "5000", "--min-duration", "10",
+                   "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "result: VALID" in done.stdout
+
+
+def test_accuracy_only_prints_the_accuracy_line(calibrated: BuildPaths, tmp_path: Path) -> None:
+    done = run_cli("--scenario", "Offline", "--test-mode", "AccuracyOnly", "--build-dir", str(calibrated.root),
+                   "--log-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "accuracy=100.000%, good=4, total=4" in done.stdout
+
+
+def test_engine_failure_ends_the_run_with_one_line(calibrated: BuildPaths, tmp_path: Path) -> None:
+    done = run_cli("--engine", "null", "--null", "fail_after=15", "--scenario", "Offline", "--max-batch-size", "4",
+                   "--min-duration", "0.3", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "error: run failed: engine failed" in done.stdout + done.stderr
+    assert list(tmp_path.glob("*/mlperf_log_summary.txt"))  # LoadGen finished and wrote its logs
+
+
+def test_sigterm_aborts_cleanly(calibrated: BuildPaths, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--scenario", "Server", "--target-qps", "200",
+           "--min-duration", "3", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("*/mlperf_log_detail.txt")) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait for LoadGen to start before interrupting
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "SIGTERM" in err and "Traceback" not in err
+    assert "interrupted by SIGTERM" in out + err
+    assert list(tmp_path.glob("*/mlperf_log_summary.txt"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--scenario", "Nope"], "unknown scenario"),
+    (["--test-mode", "Fast"], "unknown test mode"),
+    (["--target-qps", "-3"], "must be greater than 0"),
+    (["--engine", "magic"], "unknown engine"),
+    (["--max-batch-size", "0"], "at least 1"),
+    (["--engine", "torch"], "not part of this build"),
+    (["--user-conf", "/no/such/user.conf"], "does not exist"),
+])
+def test_bad_run_arguments_are_one_line(args: list[str], needle: str) -> None:
+    done = run_cli(*args)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr
