@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -219,8 +221,14 @@ def _prepare_inputs(args: argparse.Namespace, paths: BuildPaths, *, val: bool, c
     return dataset
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns the process exit code."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # until a run installs its own clean abort
     try:
         args = build_parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
         if args.command == "preprocess":

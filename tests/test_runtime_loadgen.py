@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from asyncbench.config import RunConfig
 from asyncbench.data.dataset import resolve_dataset
 from asyncbench.engines.factory import create_engine
 from asyncbench.paths import REPO_ROOT, BuildPaths
 from asyncbench.runtime.runner import batch_sizes_upto, run_scenario
-from conftest import run_cli
 
 # Short runs sized by query count (LoadGen's early stopping needs enough queries, not seconds).
 QUICK = {

@@ -116,14 +116,18 @@ class Batcher:
         """How many batches of each size were dispatched, by size."""
         return dict(sorted(self._histogram.items()))
 
-    def submit(self, ids: list[int], indices: list[int]) -> None:
-        """Accept one LoadGen issue call (on the loop thread); the lists are kept, not copied."""
+    def submit(self, ids: list[int], indices: list[int], arrival_ns: int | None = None) -> None:
+        """Accept one LoadGen issue call (on the loop thread); the lists are kept, not copied.
+
+        `arrival_ns` is when the samples really arrived, if they waited in an inbox before reaching
+        the loop: the queue delay is measured from it, not from the hand-off.
+        """
         if self._closed:
             raise RuntimeError("Batcher.submit() after close()")
         if len(ids) != len(indices):
             raise ValueError(f"submit() needs one index per id, got {len(ids)} ids and {len(indices)} indices")
         if ids:
-            self._chunks.append((ids, indices, self._clock()))
+            self._chunks.append((ids, indices, self._clock() if arrival_ns is None else arrival_ns))
             self._pending += len(ids)
             self._wake.set()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -55,7 +55,8 @@ class Pipeline:
     """Runs LoadGen's samples through one engine; see the module docstring for the guarantees."""
 
     def __init__(self, engine: Engine, arena: SampleArena, policy: BatchPolicy, complete: Completer, *,
-                 inflight: int = 2, timeout_s: float | None = None) -> None:
+                 inflight: int = 2, timeout_s: float | None = None,
+                 sleep_until: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.engine = engine
         self.arena = arena
         self._complete_cb = complete
@@ -63,7 +64,7 @@ class Pipeline:
         self.timeout_s = timeout_s
         self._batches: Channel[Batch] = Channel(1)
         self._done: Channel[_Work] = Channel(self.inflight * 2)
-        self.batcher = Batcher(policy, self._batches)
+        self.batcher = Batcher(policy, self._batches, sleep_until=sleep_until)
         self._pool = ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="engine")
         self.times = StageTimes()
         self.failure: str | None = None
@@ -73,13 +74,13 @@ class Pipeline:
         self._works: dict[int, _Work] = {}  # works holding samples not yet completed, by id()
 
     # -- entry points (loop thread) ---------------------------------------------------------------------------------
-    def submit(self, ids: list[int], indices: list[int]) -> None:
+    def submit(self, ids: list[int], indices: list[int], arrival_ns: int | None = None) -> None:
         """Accept one LoadGen issue call; after a failure, complete it at once as failed."""
         self.issued += len(ids)
         if self.failure is not None:
             self._finish(ids, None)
             return
-        self.batcher.submit(ids, indices)
+        self.batcher.submit(ids, indices, arrival_ns)
 
     def abort(self, reason: str) -> None:
         """Stop doing work: complete everything pending as failed, and everything that arrives later."""
@@ -125,6 +126,10 @@ class Pipeline:
             except Exception:  # ChannelEmpty or ChannelClosed: nothing left
                 break
             self._fail(_Work(batch), self.failure or "pipeline stopped with samples in flight")
+        ids, _ = self.batcher.drain()  # a batch whose send was cancelled went back to pending
+        if ids:
+            self.abort(self.failure or "pipeline stopped with samples in flight")
+            self._finish(ids, None)
 
     def _gather_infer(self, work: _Work, buffer: np.ndarray) -> np.ndarray:
         """Worker thread: copy the batch into this slot's buffer, then run the engine (the loop stays free)."""

@@ -30,6 +30,7 @@ from asyncbench.errors import UserError
 from asyncbench.loadgen.logs import RunSummary, parse_summary
 from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
 from asyncbench.runtime.batcher import BatchPolicy
+from asyncbench.runtime.inbox import Inbox
 from asyncbench.runtime.pipeline import Pipeline
 
 SERVER_DEFAULT_TARGET_NS = 10_000_000
@@ -130,37 +131,6 @@ def _event_log(path: Path) -> structlog.typing.FilteringBoundLogger:
     )
 
 
-class Inbox:
-    """Hands LoadGen's issue calls to the loop, waking it once per burst rather than once per call.
-
-    The LoadGen thread appends under a lock and schedules a drain only if none is pending; the
-    loop drains every call queued so far in one go. At high Server rates many issue calls share
-    one wake-up, which is where a per-call call_soon_threadsafe spends its time.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sink: Callable[[list[int], list[int]], None]) -> None:
-        self._loop, self._sink = loop, sink
-        self._queue: list[tuple[list[int], list[int]]] = []
-        self._lock = threading.Lock()
-        self._scheduled = False
-
-    def put(self, ids: list[int], indices: list[int]) -> None:
-        """Any thread: queue one issue call."""
-        with self._lock:
-            self._queue.append((ids, indices))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        with self._lock:
-            queued, self._queue = self._queue, []
-            self._scheduled = False
-        for ids, indices in queued:
-            self._sink(ids, indices)
-
-
 class _Signals:
     """First Ctrl-C / SIGTERM aborts the run cleanly; a second one exits at once."""
 
@@ -189,14 +159,16 @@ class _Signals:
 
 async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, settings: lg.TestSettings,
                 log_settings: lg.LogSettings, performance_count: int, *, inflight: int,
-                timeout_s: float | None, complete: Callable[[Sequence[int], np.ndarray | None], None] = loadgen_complete,
+                timeout_s: float | None,
+                complete: Callable[[Sequence[int], np.ndarray | None], None] = loadgen_complete,
                 log: structlog.typing.FilteringBoundLogger | None = None) -> Pipeline:
     """Run LoadGen's test against the pipeline on the running loop; returns the pipeline for its counters."""
     loop = asyncio.get_running_loop()
-    pipeline = Pipeline(engine, arena, policy, complete, inflight=inflight, timeout_s=timeout_s)
+    inbox = Inbox(loop, lambda ids, indices, arrival: pipeline.submit(ids, indices, arrival),
+                  ring_at=policy.max_batch_size)
+    pipeline = Pipeline(engine, arena, policy, complete, inflight=inflight, timeout_s=timeout_s,
+                        sleep_until=inbox.sleep_until)
     callback_errors: list[str] = []
-
-    inbox = Inbox(loop, pipeline.submit)
 
     def issue(ids: list[int], indices: list[int]) -> None:
         try:

@@ -1,0 +1,114 @@
+"""Highest VALID Server QPS (p99 <= 10 ms): asyncbench with the null engine vs a minimal inline SUT.
+
+Rerun: python benchmarks/harness_overhead.py [--duration 10] [--precision 0.03]
+
+The inline SUT completes every sample inside LoadGen's issue callback: the ceiling any Python
+harness on this machine can reach. asyncbench runs its full path (coalesced hand-off to the
+event loop, dynamic batcher, worker thread, one QuerySamplesComplete per batch) with the null
+engine, which skips the host gather. Each trial is a separate process running LoadGen's Server
+scenario with identical settings; trials of the two SUTs alternate, so both searches see the
+same machine state. The search doubles the QPS until a trial is INVALID, then bisects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def inline_trial(qps: float, duration: float, log_dir: Path) -> None:
+    """Child process: the minimal SUT (complete inline in issue_queries)."""
+    import mlperf_loadgen as lg
+    import numpy as np
+
+    from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
+
+    settings, _ = build_test_settings(LoadGenOptions("Server", target_qps=qps, min_duration_s=duration,
+                                                     min_query_count=1024, performance_sample_count=104))
+    top1 = np.zeros(1, np.int32)
+    ptr = top1.ctypes.data
+
+    def issue(ids: list[int], indices: list[int]) -> None:
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(i, ptr, 4) for i in ids])
+
+    sut = lg.ConstructFastSUT(issue, lambda: None)
+    qsl = lg.ConstructQSL(104, 104, lambda s: None, lambda s: None)
+    lg.StartTestWithLogSettings(sut, qsl, settings, make_log_settings(log_dir))
+    lg.DestroyQSL(qsl)
+    lg.DestroySUT(sut)
+
+
+def trial(kind: str, qps: float, duration: float) -> tuple[bool, float | None]:
+    """(VALID?, p99 ms) of one run in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "inline":
+            cmd = [sys.executable, __file__, "--inline-trial", str(qps), "--duration", str(duration), "--log", tmp]
+        else:
+            cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--scenario", "Server",
+                   "--target-qps", str(qps), "--min-duration", str(duration), "--log-dir", tmp]
+        subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration * 10 + 120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        summaries = list(Path(tmp).rglob("mlperf_log_summary.txt"))
+        if not summaries:
+            return False, None
+        text = summaries[0].read_text()
+    valid = "Result is : VALID" in text
+    m = re.search(r"99\.00 percentile latency \(ns\)\s*:\s*(\d+)", text)
+    return valid, int(m.group(1)) / 1e6 if m else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per trial (default 10)")
+    parser.add_argument("--start", type=float, default=2500.0, help="first QPS tried")
+    parser.add_argument("--precision", type=float, default=0.03, help="stop bisecting at this relative gap")
+    parser.add_argument("--inline-trial", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inline_trial is not None:
+        inline_trial(args.inline_trial, args.duration, args.log)
+        return 0
+
+    kinds = ("inline", "asyncbench")
+    state = {k: {"lo": 0.0, "hi": None, "next": args.start} for k in kinds}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"command: python benchmarks/harness_overhead.py --duration {args.duration:g}\n")
+    print("| trial | SUT | target QPS | result | p99 ms |\n|---|---|---|---|---|")
+    n = 0
+    while any(s["next"] is not None for s in state.values()):
+        for kind in kinds:  # alternate so both searches share the machine's state
+            s = state[kind]
+            if s["next"] is None:
+                continue
+            qps = round(s["next"])
+            valid, p99 = trial(kind, qps, args.duration)
+            n += 1
+            print(f"| {n} | {kind} | {qps} | {'VALID' if valid else 'INVALID'} | "
+                  f"{'-' if p99 is None else f'{p99:.2f}'} |", flush=True)
+            if valid:
+                s["lo"] = qps
+            else:
+                s["hi"] = qps
+            if s["hi"] is None:
+                s["next"] = qps * 2
+            elif s["hi"] - s["lo"] <= args.precision * s["hi"]:
+                s["next"] = None
+            else:
+                s["next"] = (s["lo"] + s["hi"]) / 2 if s["lo"] else s["hi"] / 2
+    inline, ours = state["inline"]["lo"], state["asyncbench"]["lo"]
+    print(f"\nhighest VALID Server QPS: inline {inline:g}, asyncbench {ours:g}, "
+          f"ratio {ours / inline if inline else float('nan'):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
