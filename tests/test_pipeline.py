@@ -24,6 +24,24 @@ from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.pipeline import Pipeline
 
 LOOPS = ["asyncio", "uvloop"]
+FORMS = ["async", "thread"]
+
+
+class ThreadOnly:
+    """The null engine without its async form: the pipeline then runs it on worker threads (as CPU engines)."""
+
+    def __init__(self, inner: NullEngine) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - plain delegation
+        if name == "infer_async":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def _engine(form: str, **kwargs: object) -> NullEngine | ThreadOnly:
+    engine = NullEngine(**kwargs)  # type: ignore[arg-type]
+    return engine if form == "async" else ThreadOnly(engine)
 
 
 class Ledger:
@@ -68,11 +86,12 @@ async def _drive(pipeline: Pipeline, chunks: list[list[int]], abort_at: int | No
 chunk_lists = st.lists(st.integers(1, 40), min_size=1, max_size=25)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("loop_kind", LOOPS)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=chunk_lists, fail_after=st.one_of(st.none(), st.integers(0, 10)),
        max_batch=st.integers(1, 16), inflight=st.integers(1, 3), abort_at=st.one_of(st.none(), st.integers(0, 30)))
-def test_every_sample_completed_exactly_once(loop_kind: str, sizes: list[int], fail_after: int | None,
+def test_every_sample_completed_exactly_once(form: str, loop_kind: str, sizes: list[int], fail_after: int | None,
                                              max_batch: int, inflight: int, abort_at: int | None) -> None:
     ids, chunks, next_id = [], [], 0
     for size in sizes:
@@ -80,7 +99,7 @@ def test_every_sample_completed_exactly_once(loop_kind: str, sizes: list[int], f
         ids.extend(chunks[-1])
         next_id += size
     ledger = Ledger()
-    engine = NullEngine(max_batch_size=max_batch, fail_after_batches=fail_after)
+    engine = _engine(form, max_batch_size=max_batch, fail_after_batches=fail_after)
     pipeline = Pipeline(engine, _arena(), BatchPolicy(max_batch, 0), ledger, inflight=inflight, timeout_s=10)
     _run(loop_kind, lambda: _drive(pipeline, chunks, abort_at))
     counts = ledger.counts()
@@ -93,10 +112,11 @@ def test_every_sample_completed_exactly_once(loop_kind: str, sizes: list[int], f
     assert all(len(batch) <= max_batch for batch, _ in ledger.calls if _)
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_stalled_engine_fails_the_run_once(loop_kind: str) -> None:
+def test_stalled_engine_fails_the_run_once(form: str, loop_kind: str) -> None:
     ledger = Ledger()
-    engine = NullEngine(max_batch_size=4, stall_after_batches=1, stall_s=30)
+    engine = _engine(form, max_batch_size=4, stall_after_batches=1, stall_s=30)
     pipeline = Pipeline(engine, _arena(), BatchPolicy(4, 0), ledger, inflight=2, timeout_s=0.3)
     try:
         _run(loop_kind, lambda: _drive(pipeline, [list(range(k * 4, k * 4 + 4)) for k in range(6)]))

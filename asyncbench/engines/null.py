@@ -7,6 +7,7 @@ Failures and stalls can be injected at a chosen batch to exercise the runtime's 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -76,8 +77,8 @@ class NullEngine:
         """Seconds the model says a batch of ``n`` takes (what ``infer`` waits, stalls aside)."""
         return self.fixed_s + self.per_sample_s * n
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Zeros for ``batch`` after the modelled wait; the wait releases the GIL."""
+    def _begin(self, batch: np.ndarray) -> tuple[int, int, float]:
+        """Validate, count the batch, apply an injected failure; returns (index, n, seconds to wait)."""
         if not isinstance(batch, np.ndarray):
             raise TypeError(f"batch must be a numpy array, got {type(batch).__name__}")
         if batch.dtype != SAMPLE_DTYPE:
@@ -95,10 +96,28 @@ class NullEngine:
         if index == self.fail_after_batches:
             raise EngineError(f"injected failure on batch {index} (a batch of {n}) of {self.name}")
         wait = self.stall_s if index == self.stall_after_batches else self.expected_latency(n)
+        return index, n, wait
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Zeros for ``batch`` after the modelled wait; the wait releases the GIL."""
+        index, n, wait = self._begin(batch)
         start = time.perf_counter()
         # Event.wait blocks in C with the GIL released, and close() can cut it short.
         if wait > 0 and self._closed.wait(wait):
             raise EngineError(f"{self.name} was closed while batch {index} (a batch of {n}) was running")
+        self._latency.record(n, time.perf_counter() - start)
+        return np.zeros(n, RESULT_DTYPE)
+
+    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
+        """The same model on the event loop's timers: a modelled device holds no host thread.
+
+        The pipeline prefers this form, so the null engine measures the harness without the GIL
+        hand-offs a worker thread adds (the GPU engines complete on events the same way).
+        """
+        _, n, wait = self._begin(batch)
+        start = time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)  # a stall is cut short by the pipeline's timeout (cancellation)
         self._latency.record(n, time.perf_counter() - start)
         return np.zeros(n, RESULT_DTYPE)
 
