@@ -6,7 +6,7 @@ BUILD  ?= build
 RUN_ARGS ?=
 CACHE  := $(BUILD)/models/MobileNet/calibration.cache
 
-.PHONY: run calibrate prepare preprocess_data test lint clean_build
+.PHONY: run evaluate calibrate prepare preprocess_data test lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ calibrate: $(VENV)/.installed
 $(CACHE): | $(VENV)/.installed
 	$(PY) -m asyncbench calibrate --build-dir $(BUILD)
 
+# A LoadGen run (default: a quick Offline run of the INT8 model on the CPU, embedded photos).
 run: $(VENV)/.installed $(CACHE)
+	$(PY) -m asyncbench run --build-dir $(BUILD) $(RUN_ARGS)
+
+# Accuracy of both engine models fed directly (no LoadGen), with INT8/fp32 agreement.
+evaluate: $(VENV)/.installed $(CACHE)
 	$(PY) -m asyncbench evaluate --build-dir $(BUILD) $(RUN_ARGS)
 
 test: $(VENV)/.installed
