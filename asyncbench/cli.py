@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from asyncbench.argtypes import non_negative_int, positive_float, positive_int
 from asyncbench.config import ENGINES, LOOPS, SCENARIOS, TEST_MODES, RunConfig
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
@@ -33,36 +34,6 @@ def _benchmarks(text: str) -> str:
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unsupported benchmark {','.join(bad) or text!r}: only 'mobilenet' exists")
     return ",".join(names)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be greater than 0")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
 
 
 def _scenarios(text: str) -> list[str]:
@@ -109,22 +80,22 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="SingleStream, MultiStream, Server, Offline, or a comma list run one after another")
     p.add_argument("--test-mode", "--test_mode", dest="test_mode", type=_choice(TEST_MODES, "test mode"),
                    default="PerformanceOnly", help=", ".join(TEST_MODES))
-    p.add_argument("--target-qps", type=_positive_float, help="Server target QPS / Offline expected QPS")
+    p.add_argument("--target-qps", type=positive_float, help="Server target QPS / Offline expected QPS")
     p.add_argument("--engine", type=_choice(ENGINES, "engine"), default="auto", help=", ".join(ENGINES))
     p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="onnxruntime model (default int8)")
-    p.add_argument("--max-batch-size", type=_positive, help="largest batch the batcher forms")
-    p.add_argument("--max-queue-delay-us", type=_non_negative, help="batcher delay from the oldest pending sample")
+    p.add_argument("--max-batch-size", type=positive_int, help="largest batch the batcher forms")
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, help="batcher delay from the oldest pending sample")
     p.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="e.g. 8,16: dispatched as soon as formed")
-    p.add_argument("--min-duration", type=_positive_float, help="seconds (default: a quick 10 s run)")
-    p.add_argument("--min-query-count", type=_positive)
-    p.add_argument("--performance-sample-count", type=_positive)
+    p.add_argument("--min-duration", type=positive_float, help="seconds (default: a quick 10 s run)")
+    p.add_argument("--min-query-count", type=positive_int)
+    p.add_argument("--performance-sample-count", type=positive_int)
     p.add_argument("--user-conf", type=_file, help="user.conf applied after mlperf.conf")
     p.add_argument("--mlperf-conf", type=_file, help="mlperf.conf (default: LoadGen's built-in)")
     p.add_argument("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
     p.add_argument("--loop", type=_choice(LOOPS, "event loop"), default="uvloop", help="uvloop (default) or asyncio")
-    p.add_argument("--inflight", type=_positive, default=2, help="batches in the engine at once")
-    p.add_argument("--threads", type=_positive, help="onnxruntime intra-op threads")
-    p.add_argument("--engine-timeout", type=_positive_float, default=60.0,
+    p.add_argument("--inflight", type=positive_int, default=2, help="batches in the engine at once")
+    p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
+    p.add_argument("--engine-timeout", type=positive_float, default=60.0,
                    help="seconds a batch may take before the run fails as stalled")
     p.add_argument("--null", dest="null_spec", default="",
                    help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5")
@@ -156,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy of the engine models on the validation map, without LoadGen")
     _common(p)
     p.add_argument("--model", choices=("int8", "fp32", "both"), default="both")
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--threads", type=_positive, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
     p = sub.add_parser("accuracy", help="top-1 from LoadGen's mlperf_log_accuracy.json")
     accuracy_mod.add_arguments(p)
     p = sub.add_parser("run", help="run LoadGen scenarios through the asyncio pipeline (the default command)")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asyncbench.data.dataset import UNLABELLED, VAL_LAYOUT, Dataset, MapEntry, read_map
+from asyncbench.data.dataset import UNLABELLED, VAL_LAYOUT, Dataset, MapEntry, read_map, require_preprocessed
 from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
 from asyncbench.errors import UserError
 from asyncbench.loadgen.accuracy import AccuracyResult
@@ -37,11 +37,7 @@ class ModelRun:
 
 def val_batches(folder: Path, entries: list[MapEntry], batch_size: int) -> Iterator[np.ndarray]:
     """Validation samples as int8 NHW4 batches, read lazily so 50,000 images never sit in memory."""
-    missing = [e.name for e in entries if not (folder / f"{e.name}.npy").is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} of {len(entries)} validation samples are not preprocessed "
-                        f"(first: {folder / missing[0]}.npy): run `python3 scripts/preprocess_data.py "
-                        f"-d build/data -o build/preprocessed_data -b mobilenet --val_only`")
+    require_preprocessed(folder, [e.name for e in entries], "--val_only")
     for start in range(0, len(entries), batch_size):
         batch = np.stack([np.load(folder / f"{e.name}.npy") for e in entries[start:start + batch_size]])
         if batch.shape[1:] != (224, 224, 4) or batch.dtype != np.int8:

@@ -78,3 +78,13 @@ def resolve_dataset(paths: BuildPaths, data_dir: Path | None = None, maps_dir: P
     data = data_dir if data_dir is not None else paths.data
     name = "imagenet" if (data / "imagenet").is_dir() else "embedded"
     return Dataset(name, data / name, maps_dir / name / "val_map.txt", maps_dir / name / "cal_map.txt")
+
+
+def require_preprocessed(folder: Path, names: list[str], flag: str, preprocessed: Path = Path("build/preprocessed_data")
+                         ) -> None:
+    """A one-line UserError naming the first missing sample and the preprocess command that makes it."""
+    missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
+    if missing:
+        first = folder / f"{missing[0]}.npy"
+        raise UserError(f"{len(missing)} of {len(names)} samples are not preprocessed (first: {first}): "
+                        f"run `python3 scripts/preprocess_data.py -d build/data -o {preprocessed} -b mobilenet {flag}`")

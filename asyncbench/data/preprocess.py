@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from asyncbench.argtypes import positive_int
 from asyncbench.data.dataset import CAL_LAYOUT, VAL_LAYOUT, Dataset, read_map, resolve_dataset
 from asyncbench.errors import UsageError, UserError
 from asyncbench.paths import DATA_MAPS, BuildPaths
@@ -370,16 +371,6 @@ def _benchmarks(text: str) -> list[str]:
     return names
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The seed's preprocess_data.py options, plus idempotency and parallelism controls."""
     paths = BuildPaths()
@@ -395,7 +386,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_maps", type=Path, default=DATA_MAPS,
                         help="folder holding imagenet/ and embedded/ val_map.txt and cal_map.txt (default: repo's)")
     parser.add_argument("--force", action="store_true", help="rewrite outputs even when newer than their source")
-    parser.add_argument("-j", "--workers", type=_positive_int, default=None,
+    parser.add_argument("-j", "--workers", type=positive_int, default=None,
                         help="worker processes (default: one per CPU core)")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true",
                         help="do not draw the progress bar on stderr")

@@ -109,3 +109,17 @@ def run_warmup(engine: Engine, batch_sizes: Sequence[int], repeats: int = 5) -> 
             raise EngineError(f"{engine.name} recorded no latency for batch size {size} after warm-up")
         result[size] = seconds
     return result
+
+
+def check_batch(batch: np.ndarray, max_batch_size: int, name: str) -> int:
+    """Validate a batch against the engine contract (type, dtype, shape, size); returns its size."""
+    if not isinstance(batch, np.ndarray):
+        raise TypeError(f"batch must be a numpy array, got {type(batch).__name__}")
+    if batch.dtype != SAMPLE_DTYPE:
+        raise ValueError(f"batch must be int8, got {batch.dtype}")
+    if batch.ndim != 4 or batch.shape[1:] != SAMPLE_SHAPE:
+        raise ValueError(f"batch must have shape (n, {', '.join(map(str, SAMPLE_SHAPE))}), got {batch.shape}")
+    n = batch.shape[0]
+    if not 1 <= n <= max_batch_size:
+        raise ValueError(f"batch size {n} is outside 1..{max_batch_size} for {name}")
+    return n

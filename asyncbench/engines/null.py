@@ -23,6 +23,7 @@ from asyncbench.engines.base import (
     SAMPLE_SHAPE,
     EngineError,
     LatencyRecorder,
+    check_batch,
     run_warmup,
 )
 from asyncbench.errors import UsageError
@@ -79,15 +80,7 @@ class NullEngine:
 
     def _begin(self, batch: np.ndarray) -> tuple[int, int, float]:
         """Validate, count the batch, apply an injected failure; returns (index, n, seconds to wait)."""
-        if not isinstance(batch, np.ndarray):
-            raise TypeError(f"batch must be a numpy array, got {type(batch).__name__}")
-        if batch.dtype != SAMPLE_DTYPE:
-            raise ValueError(f"batch must be int8, got {batch.dtype}")
-        if batch.ndim != 4 or batch.shape[1:] != SAMPLE_SHAPE:
-            raise ValueError(f"batch must have shape (n, {', '.join(map(str, SAMPLE_SHAPE))}), got {batch.shape}")
-        n = batch.shape[0]
-        if not 1 <= n <= self.max_batch_size:
-            raise ValueError(f"batch size {n} is outside 1..{self.max_batch_size} for {self.name}")
+        n = check_batch(batch, self.max_batch_size, self.name)
         if self._closed.is_set():
             raise EngineError(f"{self.name} is closed")
         with self._count_lock:

@@ -21,6 +21,7 @@ from asyncbench.engines.base import (
     SAMPLE_SHAPE,
     EngineError,
     LatencyRecorder,
+    check_batch,
     run_warmup,
 )
 from asyncbench.errors import UserError
@@ -109,15 +110,7 @@ class OnnxRuntimeEngine:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Top-1 classes of ``batch``; ONNX Runtime computes with the GIL released."""
-        if not isinstance(batch, np.ndarray):
-            raise TypeError(f"batch must be a numpy array, got {type(batch).__name__}")
-        if batch.dtype != SAMPLE_DTYPE:
-            raise ValueError(f"batch must be int8, got {batch.dtype}")
-        if batch.ndim != 4 or batch.shape[1:] != SAMPLE_SHAPE:
-            raise ValueError(f"batch must have shape (n, {', '.join(map(str, SAMPLE_SHAPE))}), got {batch.shape}")
-        n = batch.shape[0]
-        if not 1 <= n <= self.max_batch_size:
-            raise ValueError(f"batch size {n} is outside 1..{self.max_batch_size} for {self.name}")
+        n = check_batch(batch, self.max_batch_size, self.name)
         session = self._session
         if session is None:
             raise EngineError(f"{self.name} is closed")

@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from asyncbench.checksum import sha256_file
-from asyncbench.data.dataset import CAL_LAYOUT, Dataset, read_map
+from asyncbench.data.dataset import CAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.errors import UserError
 from asyncbench.model.profiles import ModelProfile, detect_profile, load_onnx, source_model_path
 from asyncbench.model.wrap import ENGINE_INPUT, wrap_for_engine
@@ -141,11 +141,7 @@ def calibration_batches(dataset: Dataset, preprocessed: Path, batch_size: int = 
     """The calibration set as int8 NHW4 batches, read from the fp32 NCHW preprocessed files."""
     folder = dataset.preprocessed_dir(preprocessed, CAL_LAYOUT)
     entries = read_map(dataset.cal_map)
-    missing = [e.name for e in entries if not (folder / f"{e.name}.npy").is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} calibration samples are not preprocessed (first: {folder / missing[0]}.npy): "
-                        f"run `python3 scripts/preprocess_data.py -d build/data -o {preprocessed} -b mobilenet "
-                        f"--cal_only`")
+    require_preprocessed(folder, [e.name for e in entries], "--cal_only", preprocessed)
     for start in range(0, len(entries), batch_size):
         batch = []
         for e in entries[start:start + batch_size]:

@@ -23,7 +23,7 @@ import numpy as np
 import structlog
 
 from asyncbench.config import RunConfig
-from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map
+from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import Engine
 from asyncbench.errors import UserError
@@ -228,11 +228,7 @@ def dataset_arena(dataset: Dataset, preprocessed: Path) -> SampleArena:
     """The arena over the validation map's preprocessed samples."""
     names = [e.name for e in read_map(dataset.val_map)]
     folder = dataset.preprocessed_dir(preprocessed, VAL_LAYOUT)
-    missing = [n for n in names if not (folder / f"{n}.npy").is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} of {len(names)} validation samples are not preprocessed "
-                        f"(first: {folder / missing[0]}.npy): run `python3 scripts/preprocess_data.py -d build/data "
-                        f"-o build/preprocessed_data -b mobilenet --val_only`")
+    require_preprocessed(folder, names, "--val_only", preprocessed)
     return SampleArena(folder, names)
 
 
