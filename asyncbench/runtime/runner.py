@@ -293,6 +293,19 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
     return RunResult(log_dir, summary, pipeline.failure, histogram, exit_code)
 
 
+def format_histogram(hist: dict[int, int], max_items: int = 12) -> str:
+    """`size x count` pairs; many distinct sizes (Server) are folded into power-of-two ranges."""
+    if not hist:
+        return "none"
+    if len(hist) <= max_items:
+        return ", ".join(f"{b}x{n}" for b, n in sorted(hist.items()))
+    buckets: dict[int, int] = {}
+    for size, count in hist.items():
+        low = 1 << (size.bit_length() - 1)
+        buckets[low] = buckets.get(low, 0) + count
+    return ", ".join(f"{low}-{2 * low - 1}x{n}" if low > 1 else f"1x{n}" for low, n in sorted(buckets.items()))
+
+
 def format_report(cfg: RunConfig, engine: Engine, summary: RunSummary | None, pipeline: Pipeline,
                   log_dir: Path) -> str:
     """The human summary printed after each scenario."""
@@ -304,8 +317,7 @@ def format_report(cfg: RunConfig, engine: Engine, summary: RunSummary | None, pi
             lines.append(f"{summary.metric_name}: {summary.metric_value:g}")
         pct = summary.latency_ns
         lines.append("latency: " + ", ".join(f"{k} {pct[k] / 1e6:.3f} ms" for k in ("p50", "p90", "p99") if k in pct))
-    hist = pipeline.batcher.histogram()
-    lines.append("batch sizes: " + (", ".join(f"{b}x{n}" for b, n in sorted(hist.items())) or "none"))
+    lines.append("batch sizes: " + format_histogram(pipeline.batcher.histogram()))
     t = pipeline.times
     lines.append(f"stage time: gather {t.gather:.3f} s, execute {t.execute:.3f} s, complete {t.complete:.3f} s "
                  f"over {t.batches} batches / {t.samples} samples")

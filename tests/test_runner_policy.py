@@ -1,0 +1,48 @@
+"""Pure pieces of the runner: Server batching from measured latency, presets, report formatting."""
+
+from __future__ import annotations
+
+from asyncbench.config import RunConfig
+from asyncbench.engines.null import NullEngine
+from asyncbench.runtime.runner import batch_sizes_upto, format_histogram, make_policy, server_policy
+
+MS = 1e-3
+
+
+def test_batch_sizes_upto() -> None:
+    assert batch_sizes_upto(1) == [1]
+    assert batch_sizes_upto(8) == [1, 2, 4, 8]
+    assert batch_sizes_upto(12) == [1, 2, 4, 8, 12]
+
+
+def test_server_policy_picks_largest_batch_that_fits_and_caps_delay() -> None:
+    latency = {1: 0.2 * MS, 2: 0.3 * MS, 4: 0.5 * MS, 8: 1.0 * MS, 16: 2.0 * MS, 32: 4.0 * MS}.get
+    policy, note = server_policy(latency, 32, 10_000_000, None, None)
+    assert policy.max_batch_size == 8  # 2 * 1.0 ms <= 2.5 ms; 2 * 2.0 ms is not
+    assert policy.max_queue_delay_ns == 1_000_000  # min(4 ms - 2 ms, 1 ms)
+    assert "max batch 8" in note and "INVALID" not in note
+
+
+def test_server_policy_warns_when_engine_too_slow() -> None:
+    policy, note = server_policy({1: 15 * MS}.get, 1, 10_000_000, None, None)
+    assert (policy.max_batch_size, policy.max_queue_delay_ns) == (1, 0)
+    assert "expect INVALID" in note
+
+
+def test_explicit_values_win_over_presets() -> None:
+    engine = NullEngine(max_batch_size=64)
+    policy, _ = server_policy(lambda b: 0.0, 64, 10_000_000, 16, 250)
+    assert (policy.max_batch_size, policy.max_queue_delay_ns) == (16, 250_000)
+    single, _ = make_policy(RunConfig(scenario="SingleStream"), engine, 10_000_000)
+    assert (single.max_batch_size, single.max_queue_delay_ns) == (1, 0)
+    offline, _ = make_policy(RunConfig(scenario="Offline", max_batch_size=32), engine, 10_000_000)
+    assert (offline.max_batch_size, offline.max_queue_delay_ns) == (32, 0)
+    multi, _ = make_policy(RunConfig(scenario="MultiStream", preferred_batch_sizes=(8,)), engine, 10_000_000)
+    assert (multi.max_batch_size, multi.preferred_batch_sizes) == (64, (8,))
+
+
+def test_format_histogram() -> None:
+    assert format_histogram({}) == "none"
+    assert format_histogram({32: 24, 17: 1}) == "17x1, 32x24"
+    folded = format_histogram({size: 1 for size in range(1, 40)})
+    assert folded == "1x1, 2-3x2, 4-7x4, 8-15x8, 16-31x16, 32-63x8"
