@@ -97,6 +97,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
     p.add_argument("--engine-timeout", type=positive_float, default=60.0,
                    help="seconds a batch may take before the run fails as stalled")
+    p.add_argument("--gil-switch-us", type=positive_int, default=500,
+                   help="Python's GIL time slice during the run, in us (default 500; Python's own is 5000)")
     p.add_argument("--null", dest="null_spec", default="",
                    help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5")
     p.add_argument("--trace", action="store_true", help="write LoadGen's (large) trace log")
@@ -161,7 +163,8 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
             min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
             user_conf=args.user_conf, mlperf_conf=args.mlperf_conf, log_dir=args.log_dir, build_dir=args.build_dir,
             loop=args.loop, inflight=args.inflight, threads=args.threads, engine_timeout_s=args.engine_timeout,
-            null_spec=args.null_spec, trace=args.trace, submission_length=args.submission_length)
+            null_spec=args.null_spec, trace=args.trace, submission_length=args.submission_length,
+            gil_switch_us=args.gil_switch_us)
         engine = create_engine(cfg, paths)
         try:
             engine.warmup(batch_sizes_upto(engine.max_batch_size))

@@ -58,6 +58,7 @@ class RunConfig:
     inflight: int = 2
     threads: int | None = None
     engine_timeout_s: float = 60.0
+    gil_switch_us: int = 500  # sys.setswitchinterval during a run (see runner.gil_switch_interval)
     null_spec: str = ""
     trace: bool = False
     submission_length: bool = False  # True: do not shorten the run to the quick preset

@@ -8,12 +8,13 @@ with one call_soon_threadsafe, and never raises. Engine work runs on the pipelin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,22 @@ async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, setting
     return pipeline
 
 
+@contextlib.contextmanager
+def gil_switch_interval(seconds: float) -> Iterator[None]:
+    """Shorter GIL time slices for the run, restored afterwards.
+
+    LoadGen's issue thread needs the GIL for every query while the loop thread completes
+    batches; with Python's default 5 ms slice an issue call can wait a whole slice. Measured with
+    the null engine at 65k / 75k Server QPS: p99 6.8 / 38 ms at 5 ms, 4.6 / 19 ms at 0.5 ms.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
 def loop_runner(kind: str) -> asyncio.Runner:
     """An asyncio.Runner on uvloop (default) or the standard loop."""
     if kind == "uvloop":
@@ -276,7 +293,7 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
     events.info("run_start", scenario=cfg.scenario, mode=cfg.test_mode, engine=engine.name, loop=cfg.loop,
                 max_batch_size=policy.max_batch_size, max_queue_delay_ns=policy.max_queue_delay_ns,
                 notes=notes, log_dir=str(log_dir))
-    with loop_runner(cfg.loop) as runner:
+    with loop_runner(cfg.loop) as runner, gil_switch_interval(cfg.gil_switch_us * 1e-6):
         pipeline = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
                                     opts.performance_sample_count, inflight=cfg.inflight,
                                     timeout_s=cfg.engine_timeout_s, log=events))
