@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
             target_qps=args.target_qps, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
             preferred_batch_sizes=args.preferred_batch_sizes, min_duration_s=args.min_duration,
             min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
-            user_conf=args.user_conf, mlperf_conf=args.mlperf_conf, log_dir=args.log_dir, build_dir=args.build_dir,
+            user_conf=args.user_conf, mlperf_conf=args.mlperf_conf,
             loop=args.loop, inflight=args.inflight, threads=args.threads, engine_timeout_s=args.engine_timeout,
             null_spec=args.null_spec, trace=args.trace, submission_length=args.submission_length,
             gil_switch_us=args.gil_switch_us)

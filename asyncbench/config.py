@@ -50,10 +50,6 @@ class RunConfig:
     performance_sample_count: int | None = None
     user_conf: Path | None = None
     mlperf_conf: Path | None = None
-    log_dir: Path | None = None
-    build_dir: Path = Path("build")
-    data_dir: Path | None = None
-    data_maps: Path | None = None
     loop: str = "uvloop"
     inflight: int = 2
     threads: int | None = None

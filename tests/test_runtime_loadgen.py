@@ -31,7 +31,7 @@ QUICK = {
 @pytest.mark.parametrize("scenario", list(QUICK))
 def test_scenario_completes_through_loadgen(calibrated: BuildPaths, tmp_path: Path, scenario: str, engine: str,
                                             loop: str) -> None:
-    cfg = RunConfig(scenario=scenario, engine=engine, loop=loop, build_dir=calibrated.root,
+    cfg = RunConfig(scenario=scenario, engine=engine, loop=loop,
                     null_spec="fixed_us=200,per_sample_us=5", max_batch_size=8, **QUICK[scenario])
     eng = create_engine(cfg, calibrated)
     said: list[str] = []

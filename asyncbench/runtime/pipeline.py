@@ -1,10 +1,12 @@
-"""The streaming pipeline: batcher -> (gather + execute) workers -> complete, joined by bounded channels.
+"""The streaming pipeline: batcher -> (gather + execute) slots -> complete, joined by bounded channels.
 
-The event-loop thread only batches and completes. Each execute worker hands its batch to an
-engine thread that gathers the samples out of the arena and runs the engine (both release the
-GIL or are short), so no bulk memory work ever blocks the loop. Backpressure is the number of
-workers: at most `inflight` batches are in the engine at once; while they are busy the
-one-slot batch channel is full and the batcher keeps merging new arrivals into bigger batches.
+The event-loop thread batches and completes. For a blocking engine (CPU compute) each execute
+slot hands its batch to an engine thread that gathers the samples out of the arena and runs the
+engine, so no bulk memory work blocks the loop; an engine with an async form (a device that
+signals completion, or the null engine's modelled device) is awaited on the loop itself.
+Backpressure is the number of slots: at most `inflight` batches are in the engine at once;
+while they are busy the one-slot batch channel is full and the batcher keeps merging new
+arrivals into bigger batches.
 
 Exactly once: every sample id that enters through submit() leaves through the completer exactly
 once. A batch is completed by whichever comes first, its result or its failure (an engine
@@ -19,7 +21,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,7 +50,6 @@ class _Work:
     batch: Batch
     data: np.ndarray | None = None
     done: bool = False
-    t0: float = field(default=0.0)
 
 
 class Pipeline:
