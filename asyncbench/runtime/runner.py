@@ -123,13 +123,14 @@ def new_log_dir(root: Path, scenario: str) -> Path:
     return path
 
 
-def _event_log(path: Path) -> structlog.typing.FilteringBoundLogger:
-    """A structlog JSON-lines logger writing to the run's folder."""
-    handle = path.open("a")
-    return structlog.wrap_logger(
-        structlog.PrintLogger(file=handle),
-        processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
-    )
+@contextlib.contextmanager
+def _event_log(path: Path) -> Iterator[structlog.typing.FilteringBoundLogger]:
+    """A structlog JSON-lines logger writing to the run's folder; the file is closed with the run."""
+    with path.open("a") as handle:
+        yield structlog.wrap_logger(
+            structlog.PrintLogger(file=handle),
+            processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
+        )
 
 
 class _Signals:
@@ -285,23 +286,23 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         notes.append(f"{cfg.scenario} target QPS {opts.target_qps:g} from the engine's measured peak "
                      f"(pass --target-qps to choose)")
     log_dir = new_log_dir(log_root, cfg.scenario)
-    events = _event_log(log_dir / "asyncbench_events.jsonl")
-    target_ns = int(getattr(settings, "server_target_latency_ns", 0) or SERVER_DEFAULT_TARGET_NS)
-    policy, policy_note = make_policy(cfg, engine, target_ns)
-    for note in [*notes, policy_note]:
-        say(f"note: {note}")
-    events.info("run_start", scenario=cfg.scenario, mode=cfg.test_mode, engine=engine.name, loop=cfg.loop,
-                max_batch_size=policy.max_batch_size, max_queue_delay_ns=policy.max_queue_delay_ns,
-                notes=notes, log_dir=str(log_dir))
-    with loop_runner(cfg.loop) as runner, gil_switch_interval(cfg.gil_switch_us * 1e-6):
-        pipeline = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
-                                    opts.performance_sample_count, inflight=cfg.inflight,
-                                    timeout_s=cfg.engine_timeout_s, log=events))
-    summary_path = log_dir / "mlperf_log_summary.txt"
-    summary = parse_summary(summary_path) if summary_path.is_file() else None
-    histogram = pipeline.batcher.histogram()
-    events.info("run_end", result=getattr(summary, "result", None), failure=pipeline.failure, histogram=histogram,
-                stage_seconds=vars(pipeline.times))
+    with _event_log(log_dir / "asyncbench_events.jsonl") as events:
+        target_ns = int(getattr(settings, "server_target_latency_ns", 0) or SERVER_DEFAULT_TARGET_NS)
+        policy, policy_note = make_policy(cfg, engine, target_ns)
+        for note in [*notes, policy_note]:
+            say(f"note: {note}")
+        events.info("run_start", scenario=cfg.scenario, mode=cfg.test_mode, engine=engine.name, loop=cfg.loop,
+                    max_batch_size=policy.max_batch_size, max_queue_delay_ns=policy.max_queue_delay_ns,
+                    notes=notes, log_dir=str(log_dir))
+        with loop_runner(cfg.loop) as runner, gil_switch_interval(cfg.gil_switch_us * 1e-6):
+            pipeline = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
+                                        opts.performance_sample_count, inflight=cfg.inflight,
+                                        timeout_s=cfg.engine_timeout_s, log=events))
+        summary_path = log_dir / "mlperf_log_summary.txt"
+        summary = parse_summary(summary_path) if summary_path.is_file() else None
+        histogram = pipeline.batcher.histogram()
+        events.info("run_end", result=getattr(summary, "result", None), failure=pipeline.failure, histogram=histogram,
+                    stage_seconds=vars(pipeline.times))
     say(format_report(cfg, engine, summary, pipeline, log_dir))
     exit_code = 1 if pipeline.failure else 0
     if pipeline.failure:
