@@ -224,9 +224,9 @@ def build_test_settings(opts: LoadGenOptions, model: str = "mobilenet") -> tuple
     if opts.multistream_samples_per_query is not None:
         settings.multi_stream_samples_per_query = opts.multistream_samples_per_query
     if opts.multistream_expected_latency_ms is not None:
-        settings.multi_stream_expected_latency_ns = opts.multistream_expected_latency_ms * 1e6
+        settings.multi_stream_expected_latency_ns = round(opts.multistream_expected_latency_ms * 1e6)
     if opts.single_stream_expected_latency_ms is not None:
-        settings.single_stream_expected_latency_ns = opts.single_stream_expected_latency_ms * 1e6
+        settings.single_stream_expected_latency_ns = round(opts.single_stream_expected_latency_ms * 1e6)
     seeds = {
         "qsl_rng_seed": opts.qsl_rng_seed,
         "sample_index_rng_seed": opts.sample_index_rng_seed,
