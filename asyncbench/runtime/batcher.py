@@ -84,6 +84,12 @@ class Batch:
     seq: int
 
 
+async def sleep_until(until_ns: int, clock: Callable[[], int]) -> None:
+    """Sleep on the loop's timers until `clock()` reaches `until_ns` (uvloop's timers round to 1 ms)."""
+    while (left := until_ns - clock()) > 0:
+        await asyncio.sleep(left / 1e9)
+
+
 class Batcher:
     """Holds submitted samples and sends them to `out` in batches cut by `decide`.
 
@@ -230,6 +236,4 @@ class Batcher:
             timer.result()
 
     async def _loop_sleep_until(self, until_ns: int) -> None:
-        """Sleep on the loop's timers until the clock reaches `until_ns` (uvloop's timers round to 1 ms)."""
-        while (left := until_ns - self._clock()) > 0:
-            await asyncio.sleep(left / 1e9)
+        await sleep_until(until_ns, self._clock)

@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from asyncbench.runtime.batcher import sleep_until
+
 
 class Inbox:
     """Thread-safe queue of issue calls with a doorbell; see the module docstring."""
@@ -74,8 +76,7 @@ class Inbox:
         """The batcher's deadline sleeper: quiet while sleeping, then pull so the decision sees every arrival."""
         self._set_quiet(True)
         try:
-            while (left := until_ns - self._clock()) > 0:
-                await asyncio.sleep(left / 1e9)
+            await sleep_until(until_ns, self._clock)
             self.pull()
         finally:
             self._set_quiet(False)

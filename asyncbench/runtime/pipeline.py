@@ -98,11 +98,6 @@ class Pipeline:
         """No more issues will come (LoadGen's test ended): flush and let the stages finish."""
         self.batcher.close()
 
-    @property
-    def outstanding(self) -> int:
-        """Samples issued but not yet completed."""
-        return self.issued - self.completed
-
     # -- stages -----------------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run every stage until close() (or abort) drains the pipeline."""
@@ -135,11 +130,16 @@ class Pipeline:
             self.abort(self.failure or "pipeline stopped with samples in flight")
             self._finish(ids, None)
 
+    def _input(self, batch: Batch, buffer: np.ndarray) -> np.ndarray:
+        """The batch's samples in this slot's buffer (left as is for engines that never read pixels)."""
+        if self.engine.reads_input:
+            return self.arena.gather(batch.indices, out=buffer)
+        return buffer[: len(batch.indices)]
+
     def _gather_infer(self, work: _Work, buffer: np.ndarray) -> np.ndarray:
         """Worker thread: copy the batch into this slot's buffer, then run the engine (the loop stays free)."""
         t0 = time.perf_counter()
-        n = len(work.batch.indices)
-        data = self.arena.gather(work.batch.indices, out=buffer) if self.engine.reads_input else buffer[:n]
+        data = self._input(work.batch, buffer)
         t1 = time.perf_counter()
         top1 = self.engine.infer(data)
         self.times.gather += t1 - t0
@@ -158,8 +158,7 @@ class Pipeline:
                 continue
             t0 = time.perf_counter()
             if self._on_loop:
-                n = len(batch.ids)
-                data = self.arena.gather(batch.indices, out=buffer) if self.engine.reads_input else buffer[:n]
+                data = self._input(batch, buffer)
                 t1 = time.perf_counter()
                 self.times.gather += t1 - t0
                 pending = self.engine.infer_async(data)
