@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import NoReturn
 
 from asyncbench.argtypes import non_negative_int, positive_float, positive_int
-from asyncbench.config import ENGINES, LOOPS, SCENARIOS, TEST_MODES, RunConfig
+from asyncbench.config import (
+    COMPLETIONS,
+    ENGINES,
+    LOOPS,
+    PRECISIONS,
+    SCENARIOS,
+    TEST_MODES,
+    TORCH_COMPILE_MODES,
+    RunConfig,
+)
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
 from asyncbench.errors import UsageError, UserError
@@ -82,7 +91,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    default="PerformanceOnly", help=", ".join(TEST_MODES))
     p.add_argument("--target-qps", type=positive_float, help="Server target QPS / Offline expected QPS")
     p.add_argument("--engine", type=_choice(ENGINES, "engine"), default="auto", help=", ".join(ENGINES))
-    p.add_argument("--precision", choices=("int8", "fp32"), default="int8", help="onnxruntime model (default int8)")
+    p.add_argument("--precision", type=_choice(PRECISIONS, "precision"),
+                   help="default: the engine's best (onnxruntime int8, torch fp16, tensorrt int8)")
     p.add_argument("--max-batch-size", type=positive_int, help="largest batch the batcher forms")
     p.add_argument("--max-queue-delay-us", type=non_negative_int, help="batcher delay from the oldest pending sample")
     p.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="e.g. 8,16: dispatched as soon as formed")
@@ -93,7 +103,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlperf-conf", type=_file, help="mlperf.conf (default: LoadGen's built-in)")
     p.add_argument("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
     p.add_argument("--loop", type=_choice(LOOPS, "event loop"), default="uvloop", help="uvloop (default) or asyncio")
-    p.add_argument("--inflight", type=positive_int, default=2, help="batches in the engine at once")
+    p.add_argument("--inflight", type=positive_int,
+                   help="batches in flight: CPU engines (default 2), or slots per GPU (default 3)")
+    p.add_argument("--gpus", type=positive_int, help="use the first N visible GPUs (default: all)")
+    p.add_argument("--start-from-device", action="store_true",
+                   help="keep the QSL samples on each GPU instead of copying every batch from pinned host memory")
+    p.add_argument("--completion", type=_choice(COMPLETIONS, "completion"), default="thread",
+                   help="how a finished GPU batch reaches the loop: thread (event synchronize, default) or hostfunc")
+    p.add_argument("--torch-compile", type=_choice(TORCH_COMPILE_MODES, "torch.compile mode"), default="default",
+                   help="torch engine: torch.compile mode, or none (eager + CUDA graphs, quick start)")
     p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
     p.add_argument("--engine-timeout", type=positive_float, default=60.0,
                    help="seconds a batch may take before the run fails as stalled")
@@ -154,29 +172,31 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.runtime.runner import batch_sizes_upto, run_scenario
 
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
+    configs = [RunConfig(
+        scenario=scenario, test_mode=args.test_mode, engine=args.engine, precision=args.precision,
+        target_qps=args.target_qps, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=args.preferred_batch_sizes, min_duration_s=args.min_duration,
+        min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
+        user_conf=args.user_conf, mlperf_conf=args.mlperf_conf,
+        loop=args.loop, inflight=args.inflight, threads=args.threads, engine_timeout_s=args.engine_timeout,
+        null_spec=args.null_spec, trace=args.trace, gpus=args.gpus, start_from_device=args.start_from_device,
+        completion=args.completion, torch_compile=args.torch_compile, submission_length=args.submission_length,
+        gil_switch_us=args.gil_switch_us) for scenario in args.scenarios]
     worst = 0
-    for scenario in args.scenarios:
-        cfg = RunConfig(
-            scenario=scenario, test_mode=args.test_mode, engine=args.engine, precision=args.precision,
-            target_qps=args.target_qps, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-            preferred_batch_sizes=args.preferred_batch_sizes, min_duration_s=args.min_duration,
-            min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
-            user_conf=args.user_conf, mlperf_conf=args.mlperf_conf,
-            loop=args.loop, inflight=args.inflight, threads=args.threads, engine_timeout_s=args.engine_timeout,
-            null_spec=args.null_spec, trace=args.trace, submission_length=args.submission_length,
-            gil_switch_us=args.gil_switch_us)
-        engine = create_engine(cfg, paths)
-        try:
-            engine.warmup(batch_sizes_upto(engine.max_batch_size))
+    # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
+    engine = create_engine(configs[0], paths)
+    try:
+        engine.warmup(batch_sizes_upto(engine.max_batch_size))
+        for cfg in configs:
             result = run_scenario(cfg, engine, dataset, paths.preprocessed, args.log_dir or paths.logs)
-        finally:
-            engine.close()
-        if cfg.test_mode == "AccuracyOnly" and result.failure is None:
-            acc = accuracy_mod.compute_accuracy(
-                accuracy_mod.load_accuracy_log(result.log_dir / "mlperf_log_accuracy.json"),
-                [e.label for e in read_map(dataset.val_map)], source=str(result.log_dir))
-            print(acc.line())
-        worst = max(worst, result.exit_code)
+            if cfg.test_mode == "AccuracyOnly" and result.failure is None:
+                acc = accuracy_mod.compute_accuracy(
+                    accuracy_mod.load_accuracy_log(result.log_dir / "mlperf_log_accuracy.json"),
+                    [e.label for e in read_map(dataset.val_map)], source=str(result.log_dir))
+                print(acc.line())
+            worst = max(worst, result.exit_code)
+    finally:
+        engine.close()
     return worst
 
 

@@ -9,6 +9,12 @@ SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 TEST_MODES = ("PerformanceOnly", "AccuracyOnly", "SubmissionRun", "FindPeakPerformance")
 ENGINES = ("auto", "onnxruntime", "torch", "tensorrt", "null")
 LOOPS = ("uvloop", "asyncio")
+PRECISIONS = ("int8", "fp16", "fp32")
+# Which precisions each engine runs; the first is its default.
+ENGINE_PRECISIONS = {"onnxruntime": ("int8", "fp32"), "torch": ("fp16", "fp32"), "tensorrt": ("int8",),
+                     "null": ("int8", "fp16", "fp32")}
+COMPLETIONS = ("thread", "hostfunc")
+TORCH_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "none")
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class RunConfig:
     scenario: str = "Offline"
     test_mode: str = "PerformanceOnly"
     engine: str = "auto"
-    precision: str = "int8"
+    precision: str | None = None  # None: the engine's best (onnxruntime int8, torch fp16, tensorrt int8)
     target_qps: float | None = None
     max_batch_size: int | None = None
     max_queue_delay_us: int | None = None
@@ -51,11 +57,15 @@ class RunConfig:
     user_conf: Path | None = None
     mlperf_conf: Path | None = None
     loop: str = "uvloop"
-    inflight: int = 2
+    inflight: int | None = None  # batches in flight: CPU engines 2, GPU engines 3 per device
     threads: int | None = None
     engine_timeout_s: float = 60.0
     gil_switch_us: int = 500  # sys.setswitchinterval during a run (see runner.gil_switch_interval)
     null_spec: str = ""
+    gpus: int | None = None  # use the first N visible GPUs (default: all of them)
+    start_from_device: bool = False  # mirror the QSL arena to each GPU (no host-to-device copy per batch)
+    completion: str = "thread"  # how the loop learns a GPU batch finished: "thread" or "hostfunc"
+    torch_compile: str = "default"  # torch.compile mode, or "none" for eager + CUDA graphs
     trace: bool = False
     submission_length: bool = False  # True: do not shorten the run to the quick preset
 

@@ -46,6 +46,11 @@ class BuildPaths:
         return self.models / "calibration.cache"
 
     @property
+    def engine_cache(self) -> Path:
+        """Serialized TensorRT engines, one per (model, TensorRT version, GPU, max batch)."""
+        return self.root / "engines"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 

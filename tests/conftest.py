@@ -14,6 +14,21 @@ from onnx import TensorProto, helper, numpy_helper
 
 from asyncbench.paths import REPO_ROOT, BuildPaths
 
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/gpu/ is skipped as a whole, before any fixture runs, where no CUDA device is visible (CI)."""
+    gpu_items = [item for item in items if GPU_TESTS in Path(item.path).resolve().parents]
+    if not gpu_items:
+        return
+    from asyncbench.cuda.api import device_count
+
+    if device_count() == 0:
+        skip = pytest.mark.skip(reason="no CUDA GPU visible")
+        for item in gpu_items:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def real_build() -> BuildPaths:

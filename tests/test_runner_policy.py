@@ -18,9 +18,9 @@ def test_batch_sizes_upto() -> None:
 def test_server_policy_picks_largest_batch_that_fits_and_caps_delay() -> None:
     latency = {1: 0.2 * MS, 2: 0.3 * MS, 4: 0.5 * MS, 8: 1.0 * MS, 16: 2.0 * MS, 32: 4.0 * MS}.get
     policy, note = server_policy(latency, 32, 10_000_000, None, None)
-    assert policy.max_batch_size == 8  # 2 * 1.0 ms <= 2.5 ms; 2 * 2.0 ms is not
-    assert policy.max_queue_delay_ns == 1_000_000  # min(4 ms - 2 ms, 1 ms)
-    assert "max batch 8" in note and "INVALID" not in note
+    assert policy.max_batch_size == 16  # 2 * 2.0 ms <= 5 ms; 2 * 4.0 ms is not
+    assert policy.max_queue_delay_ns == 1_000_000  # min(6 ms - 4 ms, 1 ms)
+    assert "max batch 16" in note and "INVALID" not in note
 
 
 def test_server_policy_warns_when_engine_too_slow() -> None:

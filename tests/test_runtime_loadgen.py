@@ -96,10 +96,21 @@ def test_sigterm_aborts_cleanly(calibrated: BuildPaths, tmp_path: Path) -> None:
     (["--target-qps", "-3"], "must be greater than 0"),
     (["--engine", "magic"], "unknown engine"),
     (["--max-batch-size", "0"], "at least 1"),
-    (["--engine", "torch"], "not part of this build"),
+    (["--engine", "torch", "--precision", "int8"], "the torch engine runs fp16 or fp32"),
     (["--user-conf", "/no/such/user.conf"], "does not exist"),
 ])
 def test_bad_run_arguments_are_one_line(args: list[str], needle: str) -> None:
     done = run_cli(*args)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("engine", ["torch", "tensorrt"])
+def test_a_gpu_engine_without_a_gpu_is_one_line(engine: str) -> None:
+    from asyncbench.cuda.api import device_count
+
+    if device_count():
+        pytest.skip("this machine has a GPU")
+    done = run_cli("--engine", engine)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "GPU" in done.stderr + done.stdout and "Traceback" not in done.stderr

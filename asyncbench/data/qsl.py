@@ -2,12 +2,13 @@
 
 LoadGen calls load_samples with the indices it will issue; they are read from the per-image
 .npy files into one array so a batch is gathered with a single vectorised take (no per-sample
-Python work on the hot path). The GPU path later swaps this array for pinned host memory.
+Python work on the hot path). The GPU path allocates that array in pinned host memory, so a
+batch goes to the device by DMA straight from the arena.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,33 @@ import numpy as np
 from asyncbench.errors import UserError
 
 SAMPLE_SHAPE = (224, 224, 4)
+SAMPLE_BYTES = 224 * 224 * 4
+
+# allocate(count) -> an uninitialised int8 (count, 224, 224, 4) array the arena fills.
+Allocator = Callable[[int], np.ndarray]
+
+
+def host_allocator(count: int) -> np.ndarray:
+    """Plain pageable memory (the CPU engines)."""
+    return np.empty((count, *SAMPLE_SHAPE), dtype=np.int8)
 
 
 class SampleArena:
     """Preprocessed int8 NHW4 samples addressed by QSL index."""
 
-    def __init__(self, folder: Path, names: Sequence[str]) -> None:
+    def __init__(self, folder: Path, names: Sequence[str], allocate: Allocator = host_allocator,
+                 on_load: Callable[[np.ndarray], None] | None = None) -> None:
         self.folder = folder
         self.names = list(names)
+        self._allocate = allocate
+        self._on_load = on_load  # sees each freshly loaded arena (the GPU engine mirrors it to devices)
         self._slot = np.full(len(self.names), -1, dtype=np.int64)
         self._data = np.empty((0, *SAMPLE_SHAPE), dtype=np.int8)
+
+    @property
+    def data(self) -> np.ndarray:
+        """The resident samples, one row per arena slot (pinned memory on the GPU path)."""
+        return self._data
 
     @property
     def total(self) -> int:
@@ -39,7 +57,7 @@ class SampleArena:
     def load(self, indices: Sequence[int]) -> None:
         """Read the given samples into a fresh arena (LoadGen loads its whole performance set at once)."""
         wanted = np.unique(np.asarray(indices, dtype=np.int64))
-        data = np.empty((len(wanted), *SAMPLE_SHAPE), dtype=np.int8)
+        data = self._allocate(len(wanted))
         for slot, index in enumerate(wanted):
             path = self.folder / f"{self.names[index]}.npy"
             try:
@@ -52,12 +70,22 @@ class SampleArena:
         self._slot[:] = -1
         self._slot[wanted] = np.arange(len(wanted))
         self._data = data
+        if self._on_load is not None:
+            self._on_load(data)
 
     def unload(self, indices: Sequence[int]) -> None:
         """Forget the given samples (memory is released when none remain)."""
         self._slot[np.asarray(indices, dtype=np.int64)] = -1
         if not (self._slot >= 0).any():
             self._data = np.empty((0, *SAMPLE_SHAPE), dtype=np.int8)
+
+    def slots(self, indices: Sequence[int]) -> np.ndarray:
+        """Arena rows of these QSL indices (KeyError for one that is not loaded)."""
+        slots = self._slot[np.asarray(indices, dtype=np.int64)]
+        if (slots < 0).any():
+            missing = np.asarray(indices)[slots < 0][0]
+            raise KeyError(f"sample {missing} was issued but not loaded")
+        return slots
 
     def gather(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         """One contiguous (n, 224, 224, 4) batch for these QSL indices.
@@ -66,10 +94,7 @@ class SampleArena:
         is already paged in: allocating a fresh multi-megabyte array per batch costs page faults
         that showed up as Server tail latency.
         """
-        slots = self._slot[np.asarray(indices, dtype=np.int64)]
-        if (slots < 0).any():
-            missing = np.asarray(indices)[slots < 0][0]
-            raise KeyError(f"sample {missing} was issued but not loaded")
+        slots = self.slots(indices)
         if out is None:
             return np.take(self._data, slots, axis=0)
         target = out[: len(slots)]

@@ -2,8 +2,9 @@
 
 The event-loop thread batches and completes. For a blocking engine (CPU compute) each execute
 slot hands its batch to an engine thread that gathers the samples out of the arena and runs the
-engine, so no bulk memory work blocks the loop; an engine with an async form (a device that
-signals completion, or the null engine's modelled device) is awaited on the loop itself.
+engine, so no bulk memory work blocks the loop; an engine with an async form (the null engine's
+modelled device) is awaited on the loop itself, and a GPU engine takes the batch's QSL indices
+and copies the samples from the (pinned) arena by DMA itself, so the host never gathers.
 Backpressure is the number of slots: at most `inflight` batches are in the engine at once;
 while they are busy the one-slot batch channel is full and the batcher keeps merging new
 arrivals into bigger batches.
@@ -66,9 +67,9 @@ class Pipeline:
         self._batches: Channel[Batch] = Channel(1)
         self._done: Channel[_Work] = Channel(self.inflight * 2)
         self.batcher = Batcher(policy, self._batches, sleep_until=sleep_until)
-        # Engines with an async form (a device that signals completion) run on the loop; blocking
-        # ones (CPU compute) get worker threads.
-        self._on_loop = hasattr(engine, "infer_async")
+        # Engines with an async form run on the loop; blocking ones (CPU compute) get worker threads.
+        self._by_index = hasattr(engine, "infer_indices")
+        self._on_loop = self._by_index or hasattr(engine, "infer_async")
         self._pool = ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="engine")
         self.times = StageTimes()
         self.failure: str | None = None
@@ -149,15 +150,18 @@ class Pipeline:
     async def _execute(self) -> None:
         """One in-flight slot: it owns a reusable input buffer (LWIS-style), so slots bound memory and work."""
         loop = asyncio.get_running_loop()
-        buffer = np.empty((self.batcher.policy.max_batch_size, *self.engine.sample_shape), self.engine.sample_dtype)
+        buffer = None if self._by_index else np.empty(
+            (self.batcher.policy.max_batch_size, *self.engine.sample_shape), self.engine.sample_dtype)
         async for batch in self._batches:
             work = _Work(batch)
             self._works[id(work)] = work
             if self.failure is not None:
                 self._fail(work, self.failure)
                 continue
-            t0 = time.perf_counter()
-            if self._on_loop:
+            t0 = t1 = time.perf_counter()
+            if self._by_index:
+                pending = self.engine.infer_indices(self.arena, batch.indices)
+            elif self._on_loop:
                 data = self._input(batch, buffer)
                 t1 = time.perf_counter()
                 self.times.gather += t1 - t0

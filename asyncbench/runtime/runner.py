@@ -2,7 +2,8 @@
 
 Threads: the event loop (uvloop unless asked otherwise) owns the pipeline. LoadGen's StartTest
 runs on its own thread; its issue callback only hands each call's (ids, indices) lists to the loop
-with one call_soon_threadsafe, and never raises. Engine work runs on the pipeline's worker threads.
+with one call_soon_threadsafe, and never raises. CPU engine work runs on the pipeline's worker
+threads; GPU work is enqueued from the loop and its completion comes back from a per-device thread.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from asyncbench.runtime.inbox import Inbox
 from asyncbench.runtime.pipeline import Pipeline
 
 SERVER_DEFAULT_TARGET_NS = 10_000_000
+CPU_INFLIGHT = 2  # batches in a CPU engine at once: one computing, one being gathered
+MULTISTREAM_SAMPLES = 8  # mlperf.conf's samples per MultiStream query
 
 
 @dataclass(frozen=True)
@@ -70,27 +73,27 @@ def batch_sizes_upto(limit: int) -> list[int]:
 
 def server_policy(latency: Callable[[int], float | None], engine_max: int, target_ns: int,
                   max_batch_size: int | None, max_queue_delay_us: int | None) -> tuple[BatchPolicy, str]:
-    """Server batching from the p99 target and the engine's measured latency per batch size.
+    """Server batching from the p99 target and the engine's measured (idle) latency per batch size.
 
-    A sample can wait the queue delay, then for a busy worker (one batch), then run (one batch).
-    Pick the largest batch B with 2 * latency(B) <= 25% of the target, and a delay of what is
-    left of 40% of the target, capped at 10% of it: the rest is headroom for the harness and the
-    tail. Explicit --max-batch-size / --max-queue-delay-us win.
+    A sample can wait the queue delay, then for a busy slot (one batch), then run (one batch).
+    Pick the largest batch B with 2 * latency(B) <= 50% of the target: batches only grow that
+    large under backlog, so a large cap costs no latency at low load and keeps the queue stable
+    at high load. The delay is what is left of 60% of the target, capped at 10% of it; the rest
+    is headroom for the harness and the tail. Explicit --max-batch-size / --max-queue-delay-us win.
     """
     target_s = target_ns / 1e9
     chosen = 1
     for b in batch_sizes_upto(max_batch_size or engine_max):
         lat = latency(b)
-        if lat is not None and 2 * lat <= 0.25 * target_s:
+        if lat is not None and 2 * lat <= 0.5 * target_s:
             chosen = b
     chosen = max_batch_size or chosen
     lat = latency(chosen) or 0.0
-    auto_delay = min(0.4 * target_s - 2 * lat, 0.1 * target_s)
+    auto_delay = min(0.6 * target_s - 2 * lat, 0.1 * target_s)
     delay_us = max_queue_delay_us if max_queue_delay_us is not None else max(0, int(auto_delay * 1e6))
-    budget = 0.6 * target_s
     note = (f"Server batching: max batch {chosen}, max queue delay {delay_us} us "
             f"(engine latency at batch {chosen}: {lat * 1e3:.3f} ms; p99 target {target_ns / 1e6:g} ms)")
-    if 2 * (latency(1) or 0.0) > budget:
+    if 2 * (latency(1) or 0.0) > 0.6 * target_s:
         note += "; the engine alone is too slow for this latency target, expect INVALID"
     return BatchPolicy(chosen, delay_us * 1000), note
 
@@ -242,12 +245,13 @@ def loop_runner(kind: str) -> asyncio.Runner:
     return asyncio.Runner()
 
 
-def dataset_arena(dataset: Dataset, preprocessed: Path) -> SampleArena:
-    """The arena over the validation map's preprocessed samples."""
+def dataset_arena(dataset: Dataset, preprocessed: Path, engine: Engine | None = None) -> SampleArena:
+    """The arena over the validation map's preprocessed samples (a GPU engine makes its own, pinned)."""
     names = [e.name for e in read_map(dataset.val_map)]
     folder = dataset.preprocessed_dir(preprocessed, VAL_LAYOUT)
     require_preprocessed(folder, names, "--val_only", preprocessed)
-    return SampleArena(folder, names)
+    make_arena = getattr(engine, "make_arena", None)
+    return make_arena(folder, names) if make_arena is not None else SampleArena(folder, names)
 
 
 def engine_peak_qps(engine: Engine) -> float | None:
@@ -256,11 +260,14 @@ def engine_peak_qps(engine: Engine) -> float | None:
     return max(rates) if rates else None
 
 
-def options_from(cfg: RunConfig, total: int, peak_qps: float | None = None) -> LoadGenOptions:
+def options_from(cfg: RunConfig, total: int, peak_qps: float | None = None,
+                 latency: Callable[[int], float | None] | None = None) -> LoadGenOptions:
     """LoadGen options: explicit values, else a quick run unless a submission-length run was asked for.
 
     Without --target-qps, Offline expects the engine's measured peak (so LoadGen issues enough
-    samples to fill the duration) and Server targets half of it.
+    samples to fill the duration) and Server targets half of it. Without a user.conf, the
+    SingleStream and MultiStream expected latencies are the engine's measured batch-1 and
+    batch-8 latencies, so LoadGen pre-generates enough queries to fill the duration.
     """
     quick = not cfg.submission_length and cfg.test_mode != "SubmissionRun"
     min_duration = cfg.min_duration_s if cfg.min_duration_s is not None else (
@@ -270,17 +277,24 @@ def options_from(cfg: RunConfig, total: int, peak_qps: float | None = None) -> L
     target = cfg.target_qps
     if target is None and peak_qps and cfg.scenario in ("Offline", "Server"):
         target = round(min(peak_qps, 500_000.0) * (1.0 if cfg.scenario == "Offline" else 0.5), 1)
+    expected: dict[str, float] = {}
+    if latency is not None and cfg.user_conf is None:
+        ss, ms = latency(1), latency(MULTISTREAM_SAMPLES)
+        if cfg.scenario == "SingleStream" and ss:
+            expected["single_stream_expected_latency_ms"] = ss * 1e3
+        if cfg.scenario == "MultiStream" and ms:
+            expected["multistream_expected_latency_ms"] = ms * 1e3
     return LoadGenOptions(
         scenario=cfg.scenario, mode=cfg.test_mode, target_qps=target, min_duration_s=min_duration,
         min_query_count=min_queries, performance_sample_count=cfg.performance_sample_count or min(total, 1024),
-        user_conf=cfg.user_conf, mlperf_conf=cfg.mlperf_conf)
+        user_conf=cfg.user_conf, mlperf_conf=cfg.mlperf_conf, **expected)
 
 
 def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, log_root: Path,
                  say: Callable[[str], None] = print) -> RunResult:
     """One scenario through LoadGen; prints notes as it goes and returns the parsed result."""
-    arena = dataset_arena(dataset, preprocessed)
-    opts = options_from(cfg, arena.total, engine_peak_qps(engine))
+    arena = dataset_arena(dataset, preprocessed, engine)
+    opts = options_from(cfg, arena.total, engine_peak_qps(engine), engine.latency)
     settings, notes = build_test_settings(opts)
     if cfg.target_qps is None and opts.target_qps is not None:
         notes.append(f"{cfg.scenario} target QPS {opts.target_qps:g} from the engine's measured peak "
@@ -295,8 +309,9 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
                     max_batch_size=policy.max_batch_size, max_queue_delay_ns=policy.max_queue_delay_ns,
                     notes=notes, log_dir=str(log_dir))
         with loop_runner(cfg.loop) as runner, gil_switch_interval(cfg.gil_switch_us * 1e-6):
+            inflight = getattr(engine, "inflight_slots", None) or cfg.inflight or CPU_INFLIGHT
             pipeline = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
-                                        opts.performance_sample_count, inflight=cfg.inflight,
+                                        opts.performance_sample_count, inflight=inflight,
                                         timeout_s=cfg.engine_timeout_s, log=events))
         summary_path = log_dir / "mlperf_log_summary.txt"
         summary = parse_summary(summary_path) if summary_path.is_file() else None

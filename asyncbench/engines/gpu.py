@@ -1,0 +1,340 @@
+"""The GPU engine frame: per-device workers, stream slots, pinned-arena copies, multi-GPU dispatch.
+
+A backend (torch or TensorRT) only prepares the model for one device and enqueues it; this
+module owns everything around it, as NVIDIA's LWIS does:
+
+- the QSL arena lives in pinned host memory (or, with ``start_from_device``, is mirrored to
+  every GPU), so a batch is one DMA per contiguous run of samples on a copy stream;
+- each device has a pool of slots, each owning its input/output device buffers, a pinned
+  top-1 buffer and two events; events chain copy -> execute -> top-1 copy back, so the copy of
+  one batch overlaps the compute of the one before; the pool is the backpressure;
+- completion reaches the event loop through a per-device notifier (no thread per batch);
+- with several GPUs a batch goes to the device with the fewest batches (then samples) in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from asyncbench.cuda.api import set_device
+from asyncbench.cuda.completion import EventThread, HostFunc, Notifier
+from asyncbench.cuda.memory import DeviceBuffer, PinnedBuffer, RunCopier, copy, copy_async
+from asyncbench.cuda.stream import Event, Stream
+from asyncbench.data.qsl import SAMPLE_BYTES, SampleArena
+from asyncbench.engines.base import (
+    RESULT_DTYPE,
+    SAMPLE_DTYPE,
+    SAMPLE_SHAPE,
+    EngineError,
+    LatencyRecorder,
+    check_batch,
+    warmup_batch,
+)
+
+# launch(bucket): enqueue one batch of `bucket` rows on the stream the launcher was bound to.
+Launch = Callable[[int], None]
+NOTIFIERS = ("thread", "hostfunc")
+
+
+class DeviceBackend(Protocol):
+    """One model prepared for one GPU.
+
+    Contract: the input is int8 NHW4 samples (``(n, 224, 224, 4)``, C-contiguous, values
+    ``pixel - 128``) in device memory; the output is int32 top-1 ImageNet classes, one per row.
+    """
+
+    name: str  # "torch", "tensorrt"
+    precision: str  # "fp16", "int8", ...
+    device: int
+
+    def buckets(self) -> tuple[int, ...]:
+        """Ascending static batch sizes the backend runs; a batch of n runs at the smallest bucket >= n."""
+        ...
+
+    def bind(self, input_ptr: int, output_ptr: int, stream: Stream) -> Launch:
+        """Prepare to run from/to these device buffers on ``stream`` (one CUDA graph per bucket).
+
+        ``input_ptr`` holds ``max(buckets())`` samples, ``output_ptr`` as many int32. Rows past the
+        real batch hold stale data; their results are ignored.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the backend's device resources."""
+        ...
+
+
+@dataclass
+class _Slot:
+    input: DeviceBuffer
+    output: DeviceBuffer
+    host: PinnedBuffer
+    top1: np.ndarray  # pinned int32 view of `host`
+    copied: Event
+    done: Event
+    launch: Launch
+
+
+def make_notifier(kind: str, device: int) -> Notifier:
+    """The completion mechanism by name (see asyncbench.cuda.completion for the two)."""
+    if kind == "thread":
+        return EventThread(device)
+    if kind == "hostfunc":
+        return HostFunc()
+    raise ValueError(f"unknown completion notifier {kind!r}: choose one of {', '.join(NOTIFIERS)}")
+
+
+class DeviceWorker:
+    """One GPU: a copy stream, a compute stream and a pool of stream slots."""
+
+    def __init__(self, backend: DeviceBackend, slots: int, recorder: LatencyRecorder, notifier: str = "thread",
+                 batch_copy: bool | None = None) -> None:
+        if slots < 1:
+            raise ValueError(f"a device needs at least one slot, got {slots}")
+        self.backend = backend
+        self.device = backend.device
+        self.buckets = tuple(sorted(backend.buckets()))
+        self.max_batch_size = self.buckets[-1]
+        self.copy_stream = Stream(self.device)
+        self.compute_stream = Stream(self.device)
+        self.copier = RunCopier(SAMPLE_BYTES, batch_copy)
+        self._recorder = recorder
+        self._slots = [self._new_slot() for _ in range(slots)]
+        self._free = list(self._slots)
+        self.notifier = make_notifier(notifier, self.device)
+        self.busy_batches = 0
+        self.busy_samples = 0
+        self.batches_done = 0
+        self._source = 0  # base address of the arena rows the copies read (pinned host or a device mirror)
+        self._mirror: DeviceBuffer | None = None
+        self._staging: np.ndarray | None = None  # pinned rows for `infer` on host batches
+
+    @property
+    def free_slots(self) -> int:
+        """Slots not holding a batch right now."""
+        return len(self._free)
+
+    def _new_slot(self) -> _Slot:
+        rows = self.max_batch_size
+        inp = DeviceBuffer(rows * SAMPLE_BYTES, self.device)
+        out = DeviceBuffer(rows * RESULT_DTYPE.itemsize, self.device)
+        host = PinnedBuffer(rows * RESULT_DTYPE.itemsize)
+        launch = self.backend.bind(inp.ptr, out.ptr, self.compute_stream)
+        return _Slot(inp, out, host, host.array(RESULT_DTYPE, (rows,)), Event(self.device), Event(self.device), launch)
+
+    def bucket_for(self, n: int) -> int:
+        """The smallest prepared batch size that holds n samples."""
+        i = bisect.bisect_left(self.buckets, n)
+        if i == len(self.buckets):
+            raise EngineError(f"batch of {n} is larger than the largest prepared batch {self.max_batch_size}")
+        return self.buckets[i]
+
+    def set_source(self, data: np.ndarray, on_device: bool) -> None:
+        """Point copies at a freshly loaded arena; with ``on_device`` copy it to this GPU first."""
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
+        if on_device and data.nbytes:
+            set_device(self.device)
+            self._mirror = DeviceBuffer(data.nbytes, self.device)
+            copy(self._mirror.ptr, data.ctypes.data, data.nbytes)
+            self._source = self._mirror.ptr
+        else:
+            self._source = data.ctypes.data
+
+    def _enqueue(self, slot: _Slot, source: int, rows: np.ndarray) -> None:
+        """Copy rows in on the copy stream; compute waits for the copy; top-1 comes back after it."""
+        n = len(rows)
+        set_device(self.device)  # one loop thread drives every device; the runtime API's device is per thread
+        self.copier.copy(slot.input.ptr, source, rows, self.copy_stream)
+        slot.copied.record(self.copy_stream)
+        self.compute_stream.wait(slot.copied)
+        slot.launch(self.bucket_for(n))
+        copy_async(slot.host.ptr, slot.output.ptr, n * RESULT_DTYPE.itemsize, self.compute_stream)
+        slot.done.record(self.compute_stream)
+
+    async def run(self, rows: np.ndarray) -> np.ndarray:
+        """Top-1 of the arena rows ``rows`` (batch order); awaits the GPU without blocking the loop."""
+        if not self._free:
+            raise EngineError(f"cuda:{self.device} has no free slot: more batches in flight than slots")
+        if not self._source:
+            raise EngineError("no samples loaded: LoadGen's load_samples has not filled the arena")
+        slot: _Slot | None = self._free.pop()
+        n = len(rows)
+        self.busy_batches += 1
+        self.busy_samples += n
+        try:
+            self._enqueue(slot, self._source, rows)
+            await self.notifier.after(self.compute_stream, slot.done)
+            # No latency record here: under load it includes queueing behind other slots, and the
+            # Server policy must size batches from the device's own speed (measured idle, in infer).
+            self.batches_done += 1
+            return slot.top1[:n].copy()
+        except asyncio.CancelledError:
+            slot = None  # the GPU may still be writing its buffers: never hand this slot out again
+            raise
+        finally:
+            self.busy_batches -= 1
+            self.busy_samples -= n
+            if slot is not None:
+                self._free.append(slot)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Blocking form for a host batch (warm-up, evaluation): staged through pinned rows."""
+        n = check_batch(batch, self.max_batch_size, self.backend.name)
+        if not self._free:
+            raise EngineError(f"cuda:{self.device} is busy: infer() cannot run beside queued batches")
+        if self._staging is None:
+            self._staging = PinnedBuffer(self.max_batch_size * SAMPLE_BYTES).array(
+                SAMPLE_DTYPE, (self.max_batch_size, *SAMPLE_SHAPE))
+        np.copyto(self._staging[:n], batch)
+        slot = self._free[0]
+        start = time.perf_counter()
+        self._enqueue(slot, self._staging.ctypes.data, np.arange(n))
+        slot.done.synchronize()
+        self._recorder.record(n, time.perf_counter() - start)
+        return slot.top1[:n].copy()
+
+    def time_compute(self, bucket: int, repeats: int) -> float:
+        """Seconds per batch of the engine alone: ``repeats`` back-to-back launches timed by CUDA events.
+
+        No copies and no host round trip: the roofline the whole pipeline is compared against.
+        """
+        if not self._free:
+            raise EngineError(f"cuda:{self.device} is busy: time_compute() needs an idle device")
+        slot = self._free[0]
+        set_device(self.device)
+        start, end = Event(self.device, timing=True), Event(self.device, timing=True)
+        try:
+            slot.launch(bucket)  # warm
+            start.record(self.compute_stream)
+            for _ in range(repeats):
+                slot.launch(bucket)
+            end.record(self.compute_stream)
+            end.synchronize()
+            return end.elapsed_ms(start) / 1e3 / repeats
+        finally:
+            start.close()
+            end.close()
+
+    def time_copy(self, rows: np.ndarray, repeats: int) -> tuple[float, float]:
+        """(GPU seconds, host CPU seconds) per copy of these arena rows into a slot, pinned source."""
+        if not self._free or not self._source:
+            raise EngineError(f"cuda:{self.device} needs an idle device and a loaded arena for time_copy()")
+        slot = self._free[0]
+        set_device(self.device)
+        start, end = Event(self.device, timing=True), Event(self.device, timing=True)
+        try:
+            start.record(self.copy_stream)
+            cpu = time.process_time()
+            for _ in range(repeats):
+                self.copier.copy(slot.input.ptr, self._source, rows, self.copy_stream)
+            cpu = time.process_time() - cpu
+            end.record(self.copy_stream)
+            end.synchronize()
+            return end.elapsed_ms(start) / 1e3 / repeats, cpu / repeats
+        finally:
+            start.close()
+            end.close()
+
+    def close(self) -> None:
+        """Wait for the device to go idle, then free everything this worker made."""
+        self.compute_stream.synchronize()
+        self.copy_stream.synchronize()
+        self.notifier.close()
+        for slot in self._slots:
+            for thing in (slot.input, slot.output, slot.host, slot.copied, slot.done):
+                thing.close()
+        if self._mirror is not None:
+            self._mirror.close()
+        self.backend.close()
+        self.copy_stream.close()
+        self.compute_stream.close()
+
+
+class GpuEngine:
+    """The Engine over one or more GPUs; the runtime feeds it QSL indices, not host batches."""
+
+    sample_shape: tuple[int, ...] = SAMPLE_SHAPE
+    sample_dtype: np.dtype = SAMPLE_DTYPE
+    reads_input = True
+
+    def __init__(self, backends: Sequence[DeviceBackend], slots_per_device: int = 3, *,
+                 start_from_device: bool = False, notifier: str = "thread", batch_copy: bool | None = None) -> None:
+        if not backends:
+            raise ValueError("a GPU engine needs at least one device backend")
+        self._latency = LatencyRecorder()
+        self.workers: list[DeviceWorker] = []
+        try:
+            for backend in backends:
+                self.workers.append(DeviceWorker(backend, slots_per_device, self._latency, notifier, batch_copy))
+        except BaseException:
+            self.close()
+            raise
+        first = backends[0]
+        self.name = f"{first.name}-{first.precision}"
+        self.device = ",".join(f"cuda:{w.device}" for w in self.workers)
+        self.max_batch_size = min(w.max_batch_size for w in self.workers)
+        self.inflight_slots = slots_per_device * len(self.workers)
+        self.start_from_device = start_from_device
+        self._arena: SampleArena | None = None
+
+    def make_arena(self, folder: Path, names: Sequence[str]) -> SampleArena:
+        """The QSL arena in pinned memory, bound to this engine's devices whenever LoadGen loads it."""
+        self._arena = SampleArena(folder, names, allocate=pinned_rows, on_load=self._bind_arena)
+        return self._arena
+
+    def _bind_arena(self, data: np.ndarray) -> None:
+        for worker in self.workers:
+            worker.set_source(data, self.start_from_device)
+
+    async def infer_indices(self, arena: SampleArena, indices: Sequence[int]) -> np.ndarray:
+        """Top-1 of these QSL samples, computed on the least-loaded device straight from the arena."""
+        if arena is not self._arena:
+            raise EngineError("the GPU engine reads samples only from the arena it made (make_arena)")
+        rows = arena.slots(indices)
+        order = np.argsort(rows, kind="stable")  # neighbouring rows merge into one copy
+        worker = min((w for w in self.workers if w.free_slots),
+                     key=lambda w: (w.busy_batches, w.busy_samples), default=None)
+        if worker is None:
+            raise EngineError("every device slot is busy: the pipeline sent more batches than slots")
+        top1 = np.empty(len(rows), RESULT_DTYPE)
+        top1[order] = await worker.run(rows[order])
+        return top1
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Blocking top-1 of a host batch on the first device (evaluation and warm-up)."""
+        return self.workers[0].infer(batch)
+
+    def latency(self, batch_size: int) -> float | None:
+        """Median copy-in to top-1-back seconds at this batch size."""
+        return self._latency.median(batch_size)
+
+    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Every device runs every size a few times (each size's graph replays once at least)."""
+        sizes = sorted({min(max(1, s), self.max_batch_size) for s in batch_sizes})
+        largest = warmup_batch(sizes[-1]) if sizes else None
+        for worker in self.workers:
+            for size in sizes:
+                for _ in range(5):
+                    worker.infer(largest[:size])
+        return {size: self.latency(size) or 0.0 for size in sizes}
+
+    def close(self) -> None:
+        """Release every device's resources."""
+        for worker in self.workers:
+            worker.close()
+        self.workers = []
+
+
+def pinned_rows(count: int) -> np.ndarray:
+    """``count`` uninitialised sample rows in pinned host memory (the QSL arena's storage)."""
+    return PinnedBuffer(count * SAMPLE_BYTES).array(SAMPLE_DTYPE, (count, *SAMPLE_SHAPE))

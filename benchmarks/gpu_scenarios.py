@@ -1,0 +1,109 @@
+"""All four LoadGen scenarios on the GPU against the engine-only roofline, in one process.
+
+Rerun: python benchmarks/gpu_scenarios.py [--engine torch] [--duration 10] [--gpus 1]
+
+One engine is built (compiled, graphs captured) once. First its engine-only images/s per batch
+size (benchmarks/engine_roofline.py's method), then, through LoadGen and the full runtime:
+Offline samples/s; the highest VALID Server QPS (p99 <= 10 ms), searched downward from the
+engine-only peak in steps; MultiStream p99 and SingleStream p90 beside the engine-only batch-8
+and batch-1 times. Ratios are to the engine-only peak measured here, in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from engine_roofline import engine_only  # noqa: E402
+
+from asyncbench.config import RunConfig  # noqa: E402
+from asyncbench.cuda.api import device_name  # noqa: E402
+from asyncbench.data.dataset import resolve_dataset  # noqa: E402
+from asyncbench.engines.factory import create_engine  # noqa: E402
+from asyncbench.paths import BuildPaths  # noqa: E402
+from asyncbench.runtime.runner import batch_sizes_upto, run_scenario  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine", default="torch", choices=("torch", "tensorrt"))
+    p.add_argument("--torch-compile", default="default")
+    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--scenarios", default="Offline,Server,MultiStream,SingleStream")
+    p.add_argument("--server-steps", default="0.97,0.94,0.91,0.88,0.85,0.80,0.75,0.70",
+                   help="fractions of the engine-only peak tried in order until one is VALID")
+    p.add_argument("--build-dir", default=str(ROOT / "build"))
+    p.add_argument("--log-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="gpu_scenarios_")))
+    p.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "gpu_scenarios.json")
+    args = p.parse_args()
+    paths = BuildPaths(Path(args.build_dir))
+    dataset = resolve_dataset(paths)
+    base = RunConfig(engine=args.engine, torch_compile=args.torch_compile, max_batch_size=args.max_batch,
+                     gpus=args.gpus, min_duration_s=args.duration)
+    engine = create_engine(base, paths)
+    out: dict[str, object] = {"device": device_name(0), "gpus": args.gpus, "engine": engine.name}
+    lines: list[str] = []
+    try:
+        engine.warmup(batch_sizes_upto(engine.max_batch_size))
+        rates = engine_only(engine)
+        peak_batch = max(rates, key=rates.get)
+        peak = rates[peak_batch] * args.gpus
+        out["engine_only"] = rates
+        print("engine-only images/s: " + ", ".join(f"bs {b}: {r:,.0f}" for b, r in rates.items()), flush=True)
+        lines.append(f"engine-only peak: {peak:,.0f} images/s (batch {peak_batch}, x{args.gpus} GPU)")
+
+        def run(scenario: str, **kw: object) -> object:
+            cfg = RunConfig(**{**vars(base), "scenario": scenario, **kw})
+            result = run_scenario(cfg, engine, dataset, paths.preprocessed, args.log_dir, print)
+            return result.summary
+
+        for scenario in args.scenarios.split(","):
+            if scenario == "Offline":
+                s = run("Offline", target_qps=peak)
+                out["offline"] = {"samples_per_s": s.metric_value, "result": s.result}
+                lines.append(f"Offline: {s.metric_value:,.0f} samples/s = {s.metric_value / peak:.3f} of peak "
+                             f"({s.result})")
+            elif scenario == "Server":
+                trials = []
+                for frac in (float(f) for f in args.server_steps.split(",")):
+                    # The batcher's delay and batch come from the p99 target and measured latencies (preset).
+                    s = run("Server", target_qps=round(frac * peak), max_batch_size=None)
+                    p99 = s.latency_ns.get("p99", 0) / 1e6
+                    trials.append({"qps": round(frac * peak), "result": s.result, "p99_ms": p99})
+                    print(f"Server trial {round(frac * peak)} QPS: {s.result}, p99 {p99:.2f} ms", flush=True)
+                    if s.result == "VALID":
+                        break
+                out["server"] = trials
+                best = next((t for t in trials if t["result"] == "VALID"), None)
+                lines.append("Server: " + (f"{best['qps']:,} QPS VALID (p99 {best['p99_ms']:.2f} ms) = "
+                                           f"{best['qps'] / peak:.3f} of peak" if best else "no VALID trial"))
+            elif scenario == "MultiStream":
+                s = run("MultiStream", max_batch_size=None)
+                p99 = s.latency_ns.get("p99", 0) / 1e6
+                out["multistream"] = {"p99_ms": p99, "result": s.result}
+                lines.append(f"MultiStream: p99 {p99:.3f} ms ({s.result}); engine-only batch 8 "
+                             f"{8 / rates[8] * 1e3:.3f} ms, copy-in to top-1 back {engine.latency(8) * 1e3:.3f} ms")
+            elif scenario == "SingleStream":
+                s = run("SingleStream", max_batch_size=None)
+                p90 = s.latency_ns.get("p90", 0) / 1e6
+                out["singlestream"] = {"p90_ms": p90, "result": s.result}
+                lines.append(f"SingleStream: p90 {p90:.3f} ms ({s.result}); engine-only batch 1 "
+                             f"{1 / rates[1] * 1e3:.3f} ms, copy-in to top-1 back {engine.latency(1) * 1e3:.3f} ms")
+    finally:
+        engine.close()
+    print(f"\n== {device_name(0)} x{args.gpus}, {engine.name}, {args.duration:g} s runs")
+    print("\n".join(lines))
+    args.json.write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
