@@ -21,6 +21,7 @@ from asyncbench.cuda.memory import device_array
 from asyncbench.cuda.stream import Stream
 from asyncbench.engines.gpu import Launch
 from asyncbench.errors import UserError
+from asyncbench.model.gpu_rewrite import fold_pad_channel
 
 POOLS = ("GlobalAveragePool", "AveragePool")
 _ONNX_FLOAT = onnx.TensorProto.FLOAT
@@ -202,7 +203,7 @@ class TorchBackend:
         self._buckets = tuple(sorted(set(buckets)))
         self._torch = torch
         self._dev = torch.device("cuda", device)
-        model = onnx.load(str(model_path))
+        model = fold_pad_channel(onnx.load(str(model_path)))
         if len(model.graph.input) != 1 or len(model.graph.output) != 1:
             raise UserError(f"{model_path} must have one input and one output (the engine contract)")
         dtype = torch.float16 if precision == "fp16" else torch.float32
