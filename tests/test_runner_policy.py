@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from asyncbench.config import RunConfig
 from asyncbench.engines.null import NullEngine
-from asyncbench.runtime.runner import batch_sizes_upto, format_histogram, make_policy, server_policy
+from asyncbench.runtime.runner import batch_sizes_upto, format_histogram, make_policy, options_from, server_policy
 
 MS = 1e-3
 
@@ -46,3 +46,15 @@ def test_format_histogram() -> None:
     assert format_histogram({32: 24, 17: 1}) == "17x1, 32x24"
     folded = format_histogram({size: 1 for size in range(1, 40)})
     assert folded == "1x1, 2-3x2, 4-7x4, 8-15x8, 16-31x16, 32-63x8"
+
+
+def test_expected_latencies_come_from_the_engine_unless_a_user_conf_is_given(tmp_path) -> None:
+    latency = {1: 0.25 * MS, 8: 0.5 * MS}.get
+    single = options_from(RunConfig(scenario="SingleStream"), 104, None, latency)
+    assert single.single_stream_expected_latency_ms == 0.25
+    multi = options_from(RunConfig(scenario="MultiStream"), 104, None, latency)
+    assert multi.multistream_expected_latency_ms == 0.5 and multi.single_stream_expected_latency_ms is None
+    conf = tmp_path / "user.conf"
+    conf.write_text("*.SingleStream.target_latency = 1\n")
+    mine = options_from(RunConfig(scenario="SingleStream", user_conf=conf), 104, None, latency)
+    assert mine.single_stream_expected_latency_ms is None

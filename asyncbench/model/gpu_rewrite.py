@@ -16,7 +16,6 @@ import onnx
 from onnx import numpy_helper
 
 
-
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
