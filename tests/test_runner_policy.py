@@ -58,3 +58,14 @@ def test_expected_latencies_come_from_the_engine_unless_a_user_conf_is_given(tmp
     conf.write_text("*.SingleStream.target_latency = 1\n")
     mine = options_from(RunConfig(scenario="SingleStream", user_conf=conf), 104, None, latency)
     assert mine.single_stream_expected_latency_ms is None
+
+
+def test_quiet_gc_stops_the_collector_for_the_run_only() -> None:
+    import gc
+
+    from asyncbench.runtime.runner import quiet_gc
+
+    assert gc.isenabled()
+    with quiet_gc():
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0

@@ -1,0 +1,61 @@
+"""Server tail latency with and without the cyclic garbage collector during the run (null engine).
+
+Rerun: python benchmarks/gc_tail.py [--qps 100000] [--trials 3] [--duration 10]
+
+Each trial is a separate `python -m asyncbench` process at the same Server QPS; trials with the
+runtime's default (collector off and the heap frozen while LoadGen runs) alternate with trials
+where the collector runs as Python's default, so both see the same machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import contextlib, sys
+import asyncbench.runtime.runner as runner
+if sys.argv[1] == "collector-on":
+    runner.quiet_gc = contextlib.nullcontext
+from asyncbench.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def trial(mode: str, qps: float, duration: float) -> tuple[str, float]:
+    """(LoadGen's result, p99 ms) of one Server run."""
+    with tempfile.TemporaryDirectory() as logs:
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, mode, "--engine", "null", "--scenario", "Server", "--target-qps", str(qps),
+             "--min-duration", str(duration), "--log-dir", logs],
+            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    result = re.search(r"^result: (\w+)", done.stdout, re.M)
+    p99 = re.search(r"p99 ([\d.]+) ms", done.stdout)
+    return (result.group(1) if result else "failed"), (float(p99.group(1)) if p99 else float("nan"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--qps", type=float, default=100_000)
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--duration", type=float, default=10.0)
+    args = p.parse_args()
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; Server {args.qps:g} QPS, "
+          f"{args.duration:g} s per trial")
+    print("| trial | collector | result | p99 ms |")
+    print("|---|---|---|---|")
+    for i in range(args.trials):
+        for mode in ("collector-off", "collector-on"):
+            result, p99 = trial(mode, args.qps, args.duration)
+            print(f"| {i + 1} | {mode.split('-')[1]} during the run | {result} | {p99:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
