@@ -223,6 +223,8 @@ def _conv_input_means(fp32: onnx.ModelProto, batches: Iterator[np.ndarray]) -> d
     import onnxruntime as ort
 
     names = list(dict.fromkeys(n.input[0] for n in _convs(fp32)))
+    if not names:  # session.run([]) would return every output, not none
+        return {}
     probe = onnx.ModelProto.FromString(fp32.SerializeToString())
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
