@@ -18,14 +18,15 @@ class CudaError(RuntimeError):
 
 @functools.cache
 def runtime() -> ModuleType:
-    """The cuda-python runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+    """The cuda-python runtime module (``cuda.bindings.runtime``).
+
+    cuda-python 12.9.1 or newer: earlier bindings hold the GIL while a call blocks, so waiting on
+    an event would stall the event loop and LoadGen's issue thread.
+    """
     try:
         from cuda.bindings import runtime as rt
     except ImportError:
-        try:
-            from cuda import cudart as rt
-        except ImportError:
-            raise CudaError("cuda-python is not installed: pip install cuda-python") from None
+        raise CudaError("cuda-python >= 12.9.1 is not installed: pip install 'cuda-python>=12.9.1'") from None
     return rt
 
 
@@ -54,13 +55,28 @@ def call(name: str, *args: Any) -> Any:
 
 
 def device_count() -> int:
-    """CUDA devices visible to this process (CUDA_VISIBLE_DEVICES applies); 0 when there is no usable GPU."""
+    """CUDA devices visible to this process (CUDA_VISIBLE_DEVICES applies).
+
+    0 when the machine has no GPU or no NVIDIA driver; any other failure (a driver older than
+    the bindings, say) raises CudaError, so a broken install is reported rather than taken for
+    a machine without a GPU.
+    """
     try:
         rt = runtime()
     except CudaError:
         return 0
     err, count = rt.cudaGetDeviceCount()
-    return int(count) if err == rt.cudaError_t.cudaSuccess else 0
+    if err == rt.cudaError_t.cudaSuccess:
+        return int(count)
+    if err == rt.cudaError_t.cudaErrorNoDevice:
+        return 0
+    if err == rt.cudaError_t.cudaErrorInsufficientDriver:
+        _, driver = rt.cudaDriverGetVersion()
+        if not driver:  # no NVIDIA driver at all: a CPU machine
+            return 0
+        raise CudaError(f"the NVIDIA driver supports CUDA {driver // 1000}.{driver % 1000 // 10}, older than these "
+                        f"cuda-python bindings need: pip install 'cuda-python=={driver // 1000}.*'")
+    raise CudaError(f"cudaGetDeviceCount failed: {_describe(err)}")
 
 
 def set_device(device: int) -> None:

@@ -67,7 +67,7 @@ class EventThread:
             error: BaseException | None = None
             try:
                 event.synchronize()
-            except CudaError as e:
+            except Exception as e:  # noqa: BLE001 - any failure goes to the awaiting task; the thread must live on
                 error = e
             try:
                 loop.call_soon_threadsafe(_settle, future, error)

@@ -26,7 +26,9 @@ class CapturedGraph:
         except BaseException:
             # End the capture (or the stream stays unusable); its own error must not hide the cause.
             with contextlib.suppress(CudaError):
-                call("cudaStreamEndCapture", stream.raw)
+                leftover = call("cudaStreamEndCapture", stream.raw)
+                if leftover is not None:
+                    call("cudaGraphDestroy", leftover)
             raise
         graph = call("cudaStreamEndCapture", stream.raw)
         try:

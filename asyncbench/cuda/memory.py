@@ -125,10 +125,11 @@ class RunCopier:
     def __init__(self, record_bytes: int, batch_api: bool | None = None) -> None:
         rt = runtime()
         self.record_bytes = record_bytes
-        has_batch = hasattr(rt, "cudaMemcpyBatchAsync")
+        # The bindings may carry the call while the driver is older than CUDA 12.8, which has it.
+        has_batch = hasattr(rt, "cudaMemcpyBatchAsync") and call("cudaDriverGetVersion") >= 12080
         self.batch_api = has_batch if batch_api is None else (batch_api and has_batch)
         if batch_api and not has_batch:
-            raise ValueError("this cuda-python has no cudaMemcpyBatchAsync (CUDA 12.8+ is needed)")
+            raise ValueError("cudaMemcpyBatchAsync needs CUDA 12.8 or newer in both cuda-python and the driver")
         if self.batch_api:
             attrs = rt.cudaMemcpyAttributes()
             attrs.srcAccessOrder = rt.cudaMemcpySrcAccessOrder.cudaMemcpySrcAccessOrderStream

@@ -14,13 +14,18 @@ GPU_MAX_BATCH = 1024  # Offline peaks at the largest batch; Server and MultiStre
 GPU_SLOTS = 3  # batches in flight per GPU: one copying in, one computing, one coming back
 
 
-def resolve_engine_name(requested: str) -> str:
+def resolve_engine_name(requested: str, say: Callable[[str], None] = print) -> str:
     """`auto`: TensorRT when it imports and a GPU is present, else torch on CUDA, else onnxruntime."""
     if requested != "auto":
         return requested
-    from asyncbench.cuda.api import device_count
+    from asyncbench.cuda.api import CudaError, device_count
 
-    if device_count() == 0:
+    try:
+        gpus = device_count()
+    except CudaError as e:
+        say(f"note: --engine auto: CUDA is not usable ({e}); using onnxruntime")
+        return "onnxruntime"
+    if gpus == 0:
         return "onnxruntime"
     from asyncbench.engines.tensorrt_engine import tensorrt_available
     from asyncbench.engines.torch_engine import torch_available
@@ -33,9 +38,12 @@ def resolve_engine_name(requested: str) -> str:
 
 
 def _gpu_devices(cfg: RunConfig, name: str) -> list[int]:
-    from asyncbench.cuda.api import device_count
+    from asyncbench.cuda.api import CudaError, device_count
 
-    count = device_count()
+    try:
+        count = device_count()
+    except CudaError as e:
+        raise UserError(f"the {name} engine cannot use CUDA: {e}") from None
     if count == 0:
         raise UserError(f"the {name} engine needs an NVIDIA GPU and none is visible (check nvidia-smi and "
                         f"CUDA_VISIBLE_DEVICES), or use --engine onnxruntime")
@@ -57,7 +65,7 @@ def _gpu_engine(cfg: RunConfig, devices: list[int], make_backend: Callable[[int,
 
 def create_engine(cfg: RunConfig, paths: BuildPaths, say: Callable[[str], None] = print) -> Engine:
     """The engine the config names; `auto` picks the best one this machine can run."""
-    name = resolve_engine_name(cfg.engine)
+    name = resolve_engine_name(cfg.engine, say)
     if cfg.engine == "auto":
         say(f"note: --engine auto chose {name}")
     allowed = ENGINE_PRECISIONS[name]

@@ -14,7 +14,6 @@ module owns everything around it, as NVIDIA's LWIS does:
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import time
 from collections.abc import Callable, Sequence
@@ -109,6 +108,9 @@ class DeviceWorker:
         self._recorder = recorder
         self._slots = [self._new_slot() for _ in range(slots)]
         self._free = list(self._slots)
+        # Slots whose batch failed or timed out after work was queued: the GPU may still write
+        # them, so they come back only once their last event has completed.
+        self._quarantine: list[_Slot] = []
         self.notifier = make_notifier(notifier, self.device)
         self.busy_batches = 0
         self.busy_samples = 0
@@ -119,8 +121,14 @@ class DeviceWorker:
 
     @property
     def free_slots(self) -> int:
-        """Slots not holding a batch right now."""
+        """Slots not holding a batch right now (quarantined ones whose GPU work has finished included)."""
+        self._reclaim()
         return len(self._free)
+
+    def _reclaim(self) -> None:
+        for slot in [s for s in self._quarantine if s.done.query()]:
+            self._quarantine.remove(slot)
+            self._free.append(slot)
 
     def _new_slot(self) -> _Slot:
         rows = self.max_batch_size
@@ -163,29 +171,30 @@ class DeviceWorker:
 
     async def run(self, rows: np.ndarray) -> np.ndarray:
         """Top-1 of the arena rows ``rows`` (batch order); awaits the GPU without blocking the loop."""
+        self._reclaim()
         if not self._free:
             raise EngineError(f"cuda:{self.device} has no free slot: more batches in flight than slots")
         if not self._source:
             raise EngineError("no samples loaded: LoadGen's load_samples has not filled the arena")
-        slot: _Slot | None = self._free.pop()
+        slot = self._free.pop()
         n = len(rows)
         self.busy_batches += 1
         self.busy_samples += n
+        finished = False
         try:
             self._enqueue(slot, self._source, rows)
             await self.notifier.after(self.compute_stream, slot.done)
             # No latency record here: under load it includes queueing behind other slots, and the
             # Server policy must size batches from the device's own speed (measured idle, in infer).
             self.batches_done += 1
-            return slot.top1[:n].copy()
-        except asyncio.CancelledError:
-            slot = None  # the GPU may still be writing its buffers: never hand this slot out again
-            raise
+            top1 = slot.top1[:n].copy()
+            finished = True
+            return top1
         finally:
             self.busy_batches -= 1
             self.busy_samples -= n
-            if slot is not None:
-                self._free.append(slot)
+            # A failure or a timeout may leave queued work writing this slot: quarantine it.
+            (self._free if finished else self._quarantine).append(slot)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Blocking form for a host batch (warm-up, evaluation): staged through pinned rows."""
@@ -246,13 +255,21 @@ class DeviceWorker:
             end.close()
 
     def close(self) -> None:
-        """Wait for the device to go idle, then free everything this worker made."""
+        """Wait for the device to go idle, then free everything this worker made.
+
+        If a batch that timed out is still running (a hung GPU), nothing is waited for or freed:
+        exiting beats hanging, and the process's exit releases the device.
+        """
+        self._reclaim()
+        self.notifier.close()
+        if self._quarantine:
+            return
         self.compute_stream.synchronize()
         self.copy_stream.synchronize()
-        self.notifier.close()
         for slot in self._slots:
             for thing in (slot.input, slot.output, slot.host, slot.copied, slot.done):
                 thing.close()
+        self._slots, self._free = [], []  # drops the launchers, and with them the captured graphs
         if self._mirror is not None:
             self._mirror.close()
         self.backend.close()

@@ -213,7 +213,12 @@ class TorchBackend:
         with torch.cuda.device(self._dev):
             self.module = _build_module(model, dtype).to(self._dev).eval()
             self._pool = torch.cuda.graph_pool_handle()
-        # One dynamic-shape compile serves every bucket (batch 1 gets its own specialisation).
+        # One dynamic-shape compile serves every bucket (batch 1 gets its own specialisation). Each
+        # device adds entries for the same forward(); past Dynamo's recompile limit it would
+        # silently run (and capture) eager code, so the limit grows with the devices used.
+        config = torch._dynamo.config
+        if hasattr(config, "recompile_limit"):
+            config.recompile_limit = max(config.recompile_limit, 4 * (device + 2))
         self._fn = torch.compile(self.module, mode=compile_mode, dynamic=True) if compile_mode else self.module
         self._graphs: list[Any] = []
 
@@ -252,3 +257,4 @@ class TorchBackend:
         """Drop the graphs and the module (torch's allocator keeps the memory for reuse)."""
         self._graphs.clear()
         self.module = None
+        self._fn = None
