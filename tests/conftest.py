@@ -79,7 +79,7 @@ def run_cli(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def tiny_sym_no_bn(path: Path, seed: int = 0) -> None:
+def tiny_sym_no_bn_model(seed: int = 0) -> onnx.ModelProto:
     """A small network honouring NVIDIA's mobilenet_sym_no_bn contract: input '0' NCHW float, output '169' logits."""
     rng = np.random.default_rng(seed)
     w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.02).astype(np.float32)
@@ -102,5 +102,10 @@ def tiny_sym_no_bn(path: Path, seed: int = 0) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
+    return model
+
+
+def tiny_sym_no_bn(path: Path, seed: int = 0) -> None:
+    """tiny_sym_no_bn_model written where a user drops mobilenet_sym_no_bn.onnx."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
+    onnx.save(tiny_sym_no_bn_model(seed), path)

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import tiny_sym_no_bn_model
 from onnx import TensorProto, helper, numpy_helper
 from test_profiles_wrap import tiny_classifier
 
@@ -85,29 +86,10 @@ def test_real_int8_model_same_top1(calibrated: BuildPaths) -> None:
     np.testing.assert_array_equal(_top1(trt, _nchw(x)), expected)
 
 
-def _tiny_sym_no_bn() -> onnx.ModelProto:
-    """A small conv net with NVIDIA's sym_no_bn contract: input '0' float NCHW (pixel - 128), logits '169'."""
-    rng = np.random.default_rng(3)
-    weights = {"w1": rng.standard_normal((8, 3, 3, 3)) * 0.02, "b1": rng.standard_normal(8) * 0.1,
-               "w2": rng.standard_normal((1000, 8)), "b2": rng.standard_normal(1000) * 0.1}
-    nodes = [
-        helper.make_node("Conv", ["0", "w1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[4, 4], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"]),
-        helper.make_node("GlobalAveragePool", ["r1"], ["p1"]),
-        helper.make_node("Flatten", ["p1"], ["f1"], axis=1),
-        helper.make_node("Gemm", ["f1", "w2", "b2"], ["169"], transB=1),
-    ]
-    graph = helper.make_graph(nodes, "tiny_sym_no_bn",
-                              [helper.make_tensor_value_info("0", TensorProto.FLOAT, ["N", 3, 224, 224])],
-                              [helper.make_tensor_value_info("169", TensorProto.FLOAT, ["N", 1000])],
-                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-
-
 def test_nchw_profile_int8_model_same_top1(calibrated: BuildPaths, tmp_build: BuildPaths) -> None:
     """A network with NVIDIA's sym_no_bn contract (NCHW, scale 1), calibrated and quantized for real, rewritten."""
     tmp_build.preprocessed.symlink_to(calibrated.preprocessed.resolve())
-    onnx.save(_tiny_sym_no_bn(), tmp_build.sym_no_bn_model)
+    onnx.save(tiny_sym_no_bn_model(seed=3), tmp_build.sym_no_bn_model)
     cache = calibrate(tmp_build, resolve_dataset(tmp_build), method="minmax", log=lambda _: None)
     assert cache.profile == SYM_NO_BN.name
     model = onnx.load(str(tmp_build.int8_model))
@@ -171,4 +153,4 @@ def test_foreign_heads_are_refused(edit: str, message: str) -> None:
 
 def test_model_without_engine_input_is_refused() -> None:
     with pytest.raises(ValueError, match="no graph input 'input'"):
-        tensorrt_form(_tiny_sym_no_bn())  # the bare network, not wrapped to the engine contract
+        tensorrt_form(tiny_sym_no_bn_model(seed=3))  # the bare network, not wrapped to the engine contract

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from asyncbench.model.wrap import drop_unused_initializers
+
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -26,13 +28,6 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 def _ints(consts: dict[str, np.ndarray], node: onnx.NodeProto, k: int) -> list[int] | None:
     return [int(v) for v in consts[node.input[k]].ravel()] if len(node.input) > k and node.input[k] in consts else None
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def _replace_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> str:
@@ -83,5 +78,5 @@ def fold_pad_channel(model: onnx.ModelProto) -> onnx.ModelProto:
             if name == cut.output[0]:
                 node.input[k] = cut.input[0]
     g.node.remove(cut)
-    _drop_unused_initializers(g)
+    drop_unused_initializers(g)
     return model

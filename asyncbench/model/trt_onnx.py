@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from asyncbench.model.profiles import PROFILES, ModelProfile
-from asyncbench.model.wrap import ENGINE_INPUT, ENGINE_OUTPUT, SAMPLE_SHAPE, _live
+from asyncbench.model.wrap import ENGINE_INPUT, ENGINE_OUTPUT, SAMPLE_SHAPE, _live, drop_unused_initializers
 
 TRT_INPUT_SHAPE = (3, 224, 224)
 _DEQUANTIZED = "trt/dequantized"
@@ -217,10 +217,7 @@ def tensorrt_form(int8_model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = _toposort(_live(_fold_int32_dequantize(nodes, graph), ENGINE_OUTPUT))
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for n in nodes for name in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)
     for value in graph.input:
         if value.name == ENGINE_INPUT:
             value.CopyFrom(helper.make_tensor_value_info(ENGINE_INPUT, TensorProto.INT8, ["N", *TRT_INPUT_SHAPE]))

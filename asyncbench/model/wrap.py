@@ -37,6 +37,14 @@ def _live(nodes: list[onnx.NodeProto], output: str) -> list[onnx.NodeProto]:
     return [n for i, n in enumerate(nodes) if i in keep]
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove initializers no node reads (after a rewrite dropped or replaced their readers)."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def wrap_for_engine(model: onnx.ModelProto, profile: ModelProfile) -> onnx.ModelProto:
     """A new model: input ``input`` int8 [N,224,224,4] -> the network -> output ``top1`` int32 [N]."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
@@ -77,10 +85,7 @@ def wrap_for_engine(model: onnx.ModelProto, profile: ModelProfile) -> onnx.Model
     nodes = _live(head + list(g.node) + tail, ENGINE_OUTPUT)
     del g.node[:]
     g.node.extend(nodes)
-    used = {name for n in nodes for name in n.input}
-    kept_inits = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept_inits)
+    drop_unused_initializers(g)
     g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     kept_inputs = [i for i in g.input if i.name != profile.input_name]
     del g.input[:]
