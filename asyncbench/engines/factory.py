@@ -53,6 +53,22 @@ def _gpu_devices(cfg: RunConfig, name: str) -> list[int]:
     return list(range(wanted))
 
 
+def _require_backend(name: str) -> None:
+    """One clear line when the GPU engine's package is missing."""
+    if name == "torch":
+        from asyncbench.engines.torch_engine import torch_available
+
+        if not torch_available():
+            raise UserError("the torch engine needs torch with CUDA and a visible GPU: pip install '.[torch]', "
+                            "or use --engine onnxruntime")
+    if name == "tensorrt":
+        from asyncbench.engines.tensorrt_engine import tensorrt_available
+
+        if not tensorrt_available():
+            raise UserError("the tensorrt engine needs TensorRT's Python package: pip install '.[tensorrt]', "
+                            "or use --engine torch / onnxruntime")
+
+
 def _gpu_engine(cfg: RunConfig, devices: list[int], make_backend: Callable[[int, list[int]], object]) -> Engine:
     from asyncbench.engines.gpu import GpuEngine
     from asyncbench.runtime.runner import batch_sizes_upto
@@ -80,6 +96,7 @@ def create_engine(cfg: RunConfig, paths: BuildPaths, say: Callable[[str], None] 
             options["max_batch_size"] = cfg.max_batch_size
         return NullEngine(**options)
     devices = _gpu_devices(cfg, name) if name in ("torch", "tensorrt") else []
+    _require_backend(name)  # before building models: a missing package should fail at once
     from asyncbench.model.calibrate import ensure_engine_models
 
     fp32, int8 = ensure_engine_models(paths)
@@ -90,22 +107,16 @@ def create_engine(cfg: RunConfig, paths: BuildPaths, say: Callable[[str], None] 
         return OnnxRuntimeEngine(model, max_batch_size=cfg.max_batch_size or CPU_MAX_BATCH,
                                  intra_op_threads=cfg.threads)
     if name == "torch":
-        from asyncbench.engines.torch_engine import TorchBackend, torch_available
+        from asyncbench.engines.torch_engine import TorchBackend
 
-        if not torch_available():
-            raise UserError("the torch engine needs torch with CUDA and a visible GPU: pip install '.[torch]', "
-                            "or use --engine onnxruntime")
         compile_mode = None if cfg.torch_compile == "none" else cfg.torch_compile
         say(f"note: torch engine: {precision}, torch.compile {cfg.torch_compile}, CUDA graphs per batch size "
             f"(compiling and capturing takes a while once per process)")
         return _gpu_engine(cfg, devices,
                            lambda device, buckets: TorchBackend(fp32, device, buckets, precision, compile_mode))
     if name == "tensorrt":
-        from asyncbench.engines.tensorrt_engine import TensorRTBackend, tensorrt_available
+        from asyncbench.engines.tensorrt_engine import TensorRTBackend
 
-        if not tensorrt_available():
-            raise UserError("the tensorrt engine needs TensorRT's Python package: pip install '.[tensorrt]', "
-                            "or use --engine torch / onnxruntime")
         return _gpu_engine(cfg, devices,
                            lambda device, buckets: TensorRTBackend(int8, device, buckets, paths.engine_cache))
     raise UsageError(f"unknown engine {name!r}")

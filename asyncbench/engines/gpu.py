@@ -221,18 +221,8 @@ class DeviceWorker:
             raise EngineError(f"cuda:{self.device} is busy: time_compute() needs an idle device")
         slot = self._free[0]
         set_device(self.device)
-        start, end = Event(self.device, timing=True), Event(self.device, timing=True)
-        try:
-            slot.launch(bucket)  # warm
-            start.record(self.compute_stream)
-            for _ in range(repeats):
-                slot.launch(bucket)
-            end.record(self.compute_stream)
-            end.synchronize()
-            return end.elapsed_ms(start) / 1e3 / repeats
-        finally:
-            start.close()
-            end.close()
+        slot.launch(bucket)  # warm
+        return self._timed(self.compute_stream, repeats, lambda: slot.launch(bucket))[0]
 
     def time_copy(self, rows: np.ndarray, repeats: int) -> tuple[float, float]:
         """(GPU seconds, host CPU seconds) per copy of these arena rows into a slot, pinned source."""
@@ -240,14 +230,19 @@ class DeviceWorker:
             raise EngineError(f"cuda:{self.device} needs an idle device and a loaded arena for time_copy()")
         slot = self._free[0]
         set_device(self.device)
+        return self._timed(self.copy_stream, repeats,
+                           lambda: self.copier.copy(slot.input.ptr, self._source, rows, self.copy_stream))
+
+    def _timed(self, stream: Stream, repeats: int, enqueue: Callable[[], object]) -> tuple[float, float]:
+        """(GPU seconds by CUDA events, host CPU seconds) per call of ``enqueue``, run ``repeats`` times."""
         start, end = Event(self.device, timing=True), Event(self.device, timing=True)
         try:
-            start.record(self.copy_stream)
+            start.record(stream)
             cpu = time.process_time()
             for _ in range(repeats):
-                self.copier.copy(slot.input.ptr, self._source, rows, self.copy_stream)
+                enqueue()
             cpu = time.process_time() - cpu
-            end.record(self.copy_stream)
+            end.record(stream)
             end.synchronize()
             return end.elapsed_ms(start) / 1e3 / repeats, cpu / repeats
         finally:
