@@ -122,6 +122,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", action="store_true", help="write LoadGen's (large) trace log")
     p.add_argument("--submission-length", action="store_true",
                    help="use mlperf.conf's durations instead of the quick defaults")
+    p.add_argument("--audit-config", type=_file,
+                   help="apply this audit.config (a compliance test); LoadGen never reads ./audit.config otherwise")
+    p.add_argument("--loadgen-memory-mb", type=positive_float, default=1024.0,
+                   help="memory the queries LoadGen generates may take when the harness derives the target or "
+                        "expected latency (default 1024)")
+    p.add_argument("--strict", action="store_true", help="user.conf keys that LoadGen would ignore are an error")
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -169,9 +175,10 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 
 def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.engines.factory import create_engine
-    from asyncbench.runtime.runner import batch_sizes_upto, run_scenario
+    from asyncbench.loadgen.plan import MODEL
+    from asyncbench.loadgen.settings import read_conf
+    from asyncbench.runtime.runner import event_log, new_log_dir, run_scenario, warm_up
 
-    dataset = _prepare_inputs(args, paths, val=True, cal=False)
     configs = [RunConfig(
         scenario=scenario, test_mode=args.test_mode, engine=args.engine, precision=args.precision,
         target_qps=args.target_qps, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
@@ -181,14 +188,25 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
         loop=args.loop, inflight=args.inflight, threads=args.threads, engine_timeout_s=args.engine_timeout,
         null_spec=args.null_spec, trace=args.trace, gpus=args.gpus, start_from_device=args.start_from_device,
         completion=args.completion, torch_compile=args.torch_compile, submission_length=args.submission_length,
-        gil_switch_us=args.gil_switch_us) for scenario in args.scenarios]
+        gil_switch_us=args.gil_switch_us, audit_config=args.audit_config, loadgen_memory_mb=args.loadgen_memory_mb,
+        strict=args.strict) for scenario in args.scenarios]
+    # Checks before any work: the conf file reads as LoadGen would read it, and the log folder is writable.
+    if args.user_conf is not None:
+        problems = read_conf(args.user_conf).problems(MODEL)
+        if problems and args.strict:
+            raise UsageError(f"user.conf {args.user_conf}: LoadGen would ignore {'; '.join(problems)} (--strict)")
+    log_root = args.log_dir or paths.logs
+    first_log_dir = new_log_dir(log_root, configs[0].scenario)
+    dataset = _prepare_inputs(args, paths, val=True, cal=False)
     worst = 0
     # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
     engine = create_engine(configs[0], paths)
     try:
-        engine.warmup(batch_sizes_upto(engine.max_batch_size))
-        for cfg in configs:
-            result = run_scenario(cfg, engine, dataset, paths.preprocessed, args.log_dir or paths.logs)
+        with event_log(first_log_dir / "asyncbench_events.jsonl") as events:
+            warm_up(engine, configs[0].engine_timeout_s, events)
+        for position, cfg in enumerate(configs):
+            log_dir = first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario)
+            result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir)
             if cfg.test_mode == "AccuracyOnly" and result.failure is None:
                 acc = accuracy_mod.compute_accuracy(
                     accuracy_mod.load_accuracy_log(result.log_dir / "mlperf_log_accuracy.json"),

@@ -68,6 +68,9 @@ class RunConfig:
     torch_compile: str = "default"  # torch.compile mode, or "none" for eager + CUDA graphs
     trace: bool = False
     submission_length: bool = False  # True: do not shorten the run to the quick preset
+    audit_config: Path | None = None  # None: LoadGen reads no audit.config (never the working directory's)
+    loadgen_memory_mb: float = 1024.0  # budget for the queries LoadGen generates from derived values
+    strict: bool = False  # user.conf keys LoadGen would ignore are an error, not a note
 
     @property
     def preset(self) -> ScenarioPreset:

@@ -28,7 +28,7 @@ from asyncbench.cuda.api import device_name  # noqa: E402
 from asyncbench.data.dataset import resolve_dataset  # noqa: E402
 from asyncbench.engines.factory import create_engine  # noqa: E402
 from asyncbench.paths import BuildPaths  # noqa: E402
-from asyncbench.runtime.runner import batch_sizes_upto, run_scenario  # noqa: E402
+from asyncbench.runtime.runner import batch_sizes_upto, new_log_dir, run_scenario  # noqa: E402
 
 
 def main() -> None:
@@ -63,7 +63,8 @@ def main() -> None:
 
         def run(scenario: str, **kw: object) -> object:
             cfg = RunConfig(**{**vars(base), "scenario": scenario, **kw})
-            result = run_scenario(cfg, engine, dataset, paths.preprocessed, args.log_dir, print)
+            log_dir = new_log_dir(args.log_dir, cfg.scenario)
+            result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir, print)
             return result.summary
 
         for scenario in args.scenarios.split(","):

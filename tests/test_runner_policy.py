@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from asyncbench.config import RunConfig
 from asyncbench.engines.null import NullEngine
-from asyncbench.runtime.runner import batch_sizes_upto, format_histogram, make_policy, options_from, server_policy
+from asyncbench.loadgen.plan import plan_run
+from asyncbench.runtime.runner import batch_sizes_upto, format_histogram, make_policy, server_policy
 
 MS = 1e-3
 
@@ -49,15 +50,16 @@ def test_format_histogram() -> None:
 
 
 def test_expected_latencies_come_from_the_engine_unless_a_user_conf_is_given(tmp_path) -> None:
-    latency = {1: 0.25 * MS, 8: 0.5 * MS}.get
-    single = options_from(RunConfig(scenario="SingleStream"), 104, None, latency)
+    latency = {1: 0.25 * MS, 8: 0.5 * MS}
+    single = plan_run(RunConfig(scenario="SingleStream"), 104, None, latency).options
     assert single.single_stream_expected_latency_ms == 0.25
-    multi = options_from(RunConfig(scenario="MultiStream"), 104, None, latency)
+    multi = plan_run(RunConfig(scenario="MultiStream"), 104, None, latency).options
     assert multi.multistream_expected_latency_ms == 0.5 and multi.single_stream_expected_latency_ms is None
     conf = tmp_path / "user.conf"
     conf.write_text("*.SingleStream.target_latency = 1\n")
-    mine = options_from(RunConfig(scenario="SingleStream", user_conf=conf), 104, None, latency)
-    assert mine.single_stream_expected_latency_ms is None
+    mine = plan_run(RunConfig(scenario="SingleStream", user_conf=conf), 104, None, latency)
+    assert mine.options.single_stream_expected_latency_ms is None
+    assert mine.sources["single_stream_expected_latency_ms"] == "user.conf"
 
 
 def test_quiet_gc_stops_the_collector_for_the_run_only() -> None:

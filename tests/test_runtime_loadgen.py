@@ -15,7 +15,7 @@ from asyncbench.config import RunConfig
 from asyncbench.data.dataset import resolve_dataset
 from asyncbench.engines.factory import create_engine
 from asyncbench.paths import REPO_ROOT, BuildPaths
-from asyncbench.runtime.runner import batch_sizes_upto, run_scenario
+from asyncbench.runtime.runner import batch_sizes_upto, new_log_dir, run_scenario
 
 # Short runs sized by query count (LoadGen's early stopping needs enough queries, not seconds).
 QUICK = {
@@ -37,7 +37,8 @@ def test_scenario_completes_through_loadgen(calibrated: BuildPaths, tmp_path: Pa
     said: list[str] = []
     try:
         eng.warmup(batch_sizes_upto(eng.max_batch_size))
-        result = run_scenario(cfg, eng, resolve_dataset(calibrated), calibrated.preprocessed, tmp_path, said.append)
+        result = run_scenario(cfg, eng, resolve_dataset(calibrated), calibrated.preprocessed,
+                              new_log_dir(tmp_path, cfg.scenario), said.append)
     finally:
         eng.close()
     assert result.failure is None and result.exit_code == 0

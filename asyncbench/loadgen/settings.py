@@ -25,6 +25,7 @@ user's files, which makes the result the same whichever call of the process it i
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from dataclasses import dataclass
@@ -54,6 +55,94 @@ _PLAIN = 2  # any other value: just parse the file
 # How many conf_type 1 calls this process has made (LoadGen's own counter cannot be read).
 _user_conf_calls = 0
 
+# Every key LoadGen 6.0's TestSettings::FromConfig looks up (test_settings_internal.cc); any other key is
+# ignored by LoadGen without a word, so a misspelling silently changes nothing.
+CONF_KEYS = frozenset({
+    "accuracy_log_probability", "accuracy_log_rng_seed", "accuracy_log_sampling_target",
+    "accuracy_sample_count_override", "coalesce_queries", "infer_token_latencies", "max_async_queries",
+    "max_duration", "max_query_count", "min_duration", "min_query_count", "mode", "performance_issue_same",
+    "performance_issue_same_index", "performance_issue_unique", "performance_sample_count_override",
+    "print_timestamps", "qsl_rng_seed", "sample_concatenate_permutation", "sample_index_rng_seed",
+    "samples_per_query", "schedule_rng_seed", "target_latency", "target_latency_percentile", "target_qps",
+    "test05", "test05_qsl_rng_seed", "test05_sample_index_rng_seed", "test05_schedule_rng_seed",
+    "token_latency_scaling_factor", "tpot_latency", "ttft_latency", "use_token_latencies",
+})
+
+
+@dataclass(frozen=True)
+class ConfFile:
+    """A LoadGen conf file read the way FromConfig reads it: ``model.scenario.key = number`` lines."""
+
+    path: Path
+    values: dict[str, str]  # full key -> value text; a later line wins, as in LoadGen
+
+    def lookup(self, model: str, scenario: str, key: str) -> str | None:
+        """The value LoadGen would use for ``key`` (exact, then ``*.scenario``, ``model.*``, ``*.*``)."""
+        for m, s in ((model, scenario), ("*", scenario), (model, "*"), ("*", "*")):
+            value = self.values.get(f"{m}.{s}.{key}")
+            if value is not None:
+                return value
+        return None
+
+    def number(self, model: str, scenario: str, key: str) -> float | None:
+        """``lookup`` as a number (LoadGen already accepted the text as one)."""
+        value = self.lookup(model, scenario, key)
+        return None if value is None else float(int(value, 0)) if _is_int(value) else float(value)
+
+    def problems(self, model: str) -> list[str]:
+        """Keys LoadGen would ignore: an unknown key name or scenario, or another model's key."""
+        found = []
+        for full in self.values:
+            parts = full.split(".")
+            if len(parts) != 3:
+                found.append(f"{full} (expected model.scenario.key)")
+            elif parts[2] not in CONF_KEYS:
+                close = difflib.get_close_matches(parts[2], CONF_KEYS, 1)
+                found.append(f"{full} (unknown key{f'; did you mean {close[0]}?' if close else ''})")
+            elif parts[1] != "*" and parts[1] not in SCENARIOS:
+                found.append(f"{full} (unknown scenario {parts[1]!r})")
+            elif parts[0] not in ("*", model):
+                found.append(f"{full} (for model {parts[0]!r}, not {model!r})")
+        return found
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text, 0)
+    except ValueError:
+        return False
+    return True
+
+
+def read_conf(path: Path, what: str = "user.conf") -> ConfFile:
+    """Parse a conf file like LoadGen does; a value that is not a number is a usage error naming the line."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is not a file") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        tokens = line.split()
+        if "#" in tokens:
+            tokens = tokens[: tokens.index("#")]
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        if len(tokens) != 3 or tokens[1] != "=":
+            raise UsageError(f"{what} {path} line {number}: {line.strip()!r} is not 'model.scenario.key = number'")
+        key, value = tokens[0], tokens[2]
+        try:
+            ok = _is_int(value) or math.isfinite(float(value))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UsageError(f"{what} {path} line {number}: {key} = {value!r} is not a finite number")
+        values[key] = value
+    return ConfFile(Path(path), values)
+
 
 @dataclass(frozen=True)
 class LoadGenOptions:
@@ -73,6 +162,7 @@ class LoadGenOptions:
     multistream_expected_latency_ms: float | None = None
     offline_expected_qps: float | None = None
     single_stream_expected_latency_ms: float | None = None
+    server_max_async_queries: int | None = None  # Server: LoadGen stops issuing past this many outstanding
     qsl_rng_seed: int | None = None
     sample_index_rng_seed: int | None = None
     schedule_rng_seed: int | None = None
@@ -98,6 +188,7 @@ class LoadGenOptions:
         not_negative = {
             "min_duration_s": self.min_duration_s,
             "max_query_count": self.max_query_count,
+            "server_max_async_queries": self.server_max_async_queries,
             "qsl_rng_seed": self.qsl_rng_seed,
             "sample_index_rng_seed": self.sample_index_rng_seed,
             "schedule_rng_seed": self.schedule_rng_seed,
@@ -227,6 +318,8 @@ def build_test_settings(opts: LoadGenOptions, model: str = "mobilenet") -> tuple
         settings.multi_stream_expected_latency_ns = round(opts.multistream_expected_latency_ms * 1e6)
     if opts.single_stream_expected_latency_ms is not None:
         settings.single_stream_expected_latency_ns = round(opts.single_stream_expected_latency_ms * 1e6)
+    if opts.server_max_async_queries is not None:
+        settings.server_max_async_queries = opts.server_max_async_queries
     seeds = {
         "qsl_rng_seed": opts.qsl_rng_seed,
         "sample_index_rng_seed": opts.sample_index_rng_seed,

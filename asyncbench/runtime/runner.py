@@ -13,9 +13,11 @@ import contextlib
 import datetime as dt
 import gc
 import os
+import shutil
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,15 +33,16 @@ from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_prepr
 from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import Engine
 from asyncbench.errors import UserError
-from asyncbench.loadgen.logs import RunSummary, parse_summary
-from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
+from asyncbench.loadgen.logs import RunSummary, detail_values, parse_detail, parse_summary
+from asyncbench.loadgen.plan import MULTISTREAM_SAMPLES, RunPlan, plan_run
+from asyncbench.loadgen.settings import build_test_settings, make_log_settings
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.inbox import Inbox
 from asyncbench.runtime.pipeline import Pipeline
 
 SERVER_DEFAULT_TARGET_NS = 10_000_000
 CPU_INFLIGHT = 2  # batches in a CPU engine at once: one computing, one being gathered
-MULTISTREAM_SAMPLES = 8  # mlperf.conf's samples per MultiStream query
+FAILED_MARKER = "asyncbench_FAILED.txt"  # written into a run's log folder when samples were completed as failed
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class RunResult:
     failure: str | None
     histogram: dict[int, int]
     exit_code: int
+    effective: dict[str, object]  # LoadGen's effective_* values from the detail log (key without the prefix)
 
 
 class LoadGenCompleter:
@@ -142,10 +146,18 @@ def make_policy(cfg: RunConfig, engine: Engine, target_ns: int) -> tuple[BatchPo
 
 
 def new_log_dir(root: Path, scenario: str) -> Path:
-    """build/logs/<timestamp>_<scenario>/ plus a `latest` link to it."""
+    """build/logs/<timestamp>_<scenario>/ plus a `latest` link to it, checked writable before any work."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     path = root / f"{stamp}_{scenario}"
-    path.mkdir(parents=True, exist_ok=False)
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+        with (path / "asyncbench_events.jsonl").open("a") as probe:
+            probe.write("")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as e:
+        raise UserError(f"cannot write the log folder {path}: {e.strerror or e}; "
+                        f"pass --log-dir with a writable folder") from None
     latest = root / "latest"
     try:
         if latest.is_symlink() or latest.exists():
@@ -157,13 +169,56 @@ def new_log_dir(root: Path, scenario: str) -> Path:
 
 
 @contextlib.contextmanager
-def _event_log(path: Path) -> Iterator[structlog.typing.FilteringBoundLogger]:
+def event_log(path: Path) -> Iterator[structlog.typing.FilteringBoundLogger]:
     """A structlog JSON-lines logger writing to the run's folder; the file is closed with the run."""
     with path.open("a") as handle:
         yield structlog.wrap_logger(
             structlog.PrintLogger(file=handle),
             processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
         )
+
+
+WARMUP_REPEATS = 5  # infers per batch size (engines.base.run_warmup)
+COMPILE_ALLOWANCE_S = 900.0  # a GPU engine's first warm-up size also compiles and captures graphs
+
+
+def warm_up(engine: Engine, timeout_s: float, log: structlog.typing.FilteringBoundLogger) -> None:
+    """Warm every batch size up under the run's engine timeout; a failure or stall is one UserError.
+
+    Each size runs on a daemon thread so a stalled engine cannot hang the process: the wait per size
+    is the engine timeout per batch (a GPU engine's first size may also compile, and gets longer).
+    """
+    sizes = batch_sizes_upto(engine.max_batch_size)
+    log.info("warmup_start", engine=engine.name, sizes=sizes, timeout_s=timeout_s)
+    for position, size in enumerate(sizes):
+        outcome: list[BaseException | dict[int, float]] = []
+        worker = threading.Thread(target=_capture, args=(outcome, engine.warmup, [size]), name="warmup",
+                                  daemon=True)
+        limit = timeout_s * WARMUP_REPEATS
+        if position == 0 and engine.device != "cpu":
+            limit = max(limit, COMPILE_ALLOWANCE_S)
+        worker.start()
+        worker.join(limit)
+        if worker.is_alive():
+            log.error("warmup_stalled", batch_size=size, waited_s=limit)
+            raise UserError(f"warm-up: the {engine.name} engine stalled: batch size {size} did not finish "
+                            f"{WARMUP_REPEATS} batches within {limit:g} s (--engine-timeout {timeout_s:g})")
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            log.error("warmup_failed", batch_size=size, error=repr(result),
+                      traceback="".join(traceback.format_exception(result)))
+            raise UserError(f"warm-up: the {engine.name} engine failed at batch size {size}: "
+                            f"{type(result).__name__}: {result}") from None
+        log.info("warmup_size", batch_size=size, seconds=result.get(size))
+
+
+def _capture(into: list[BaseException | dict[int, float]], fn: Callable[..., dict[int, float]],
+             *args: object) -> None:
+    """Append ``fn(*args)``'s result, or the exception it raised, to ``into`` (for a worker thread)."""
+    try:
+        into.append(fn(*args))
+    except BaseException as e:  # noqa: BLE001 - handed back to the waiting thread
+        into.append(e)
 
 
 class _Signals:
@@ -183,8 +238,8 @@ class _Signals:
         if self.count > 1:
             print(f"error: {name} again: exiting now without waiting for LoadGen", file=sys.stderr, flush=True)
             os._exit(130)
-        print(f"\n{name}: aborting; completing every outstanding sample as failed so LoadGen can finish "
-              f"(press Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+        print(f"\n{name}: stopping: every outstanding sample is completed as failed and LoadGen is made to end "
+              f"early, then its logs are written (press Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
         self.on_abort(f"interrupted by {name}")
 
     def remove(self) -> None:
@@ -192,27 +247,73 @@ class _Signals:
             self.loop.remove_signal_handler(sig)
 
 
+class AbortGate:
+    """What LoadGen's issue thread does once the run is aborted (a failure or Ctrl-C): stop it quickly.
+
+    LoadGen has no call that ends a test. SingleStream, MultiStream and Offline end once LoadGen runs
+    out of queries, so each later query is completed as failed right here on LoadGen's thread (about
+    3 us each) without a trip through the event loop. Server issues on a fixed schedule; it stops early
+    only when more than ``server_max_async_queries`` are outstanding, so with ``hold`` the later queries
+    are held uncompleted until LoadGen gives up and calls flush, and then completed as failed.
+    """
+
+    def __init__(self, complete: Callable[[Sequence[int], np.ndarray | None], None], hold: bool) -> None:
+        self._complete = complete
+        self._hold = hold
+        self._held: list[int] = []
+        self._lock = threading.Lock()
+        self._flushed = False
+        self.completed = 0
+
+    def take(self, ids: list[int]) -> None:
+        """A query issued after the abort: hold it (Server) or complete it as failed now."""
+        with self._lock:
+            if self._hold and not self._flushed:
+                self._held.extend(ids)
+                return
+            self.completed += len(ids)
+        self._complete(ids, None)
+
+    def flush(self) -> None:
+        """LoadGen stopped issuing: complete everything held."""
+        with self._lock:
+            self._flushed = True
+            held, self._held = self._held, []
+            self.completed += len(held)
+        if held:
+            self._complete(held, None)
+
+
 async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, settings: lg.TestSettings,
                 log_settings: lg.LogSettings, performance_count: int, *, inflight: int,
-                timeout_s: float | None,
+                timeout_s: float | None, audit_config: Path,
                 complete: Callable[[Sequence[int], np.ndarray | None], None] | None = None,
-                log: structlog.typing.FilteringBoundLogger | None = None) -> Pipeline:
-    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline for its counters."""
+                log: structlog.typing.FilteringBoundLogger | None = None) -> tuple[Pipeline, AbortGate]:
+    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the abort gate."""
     loop = asyncio.get_running_loop()
     inbox = Inbox(loop, lambda ids, indices, arrival: pipeline.submit(ids, indices, arrival),
                   ring_at=policy.max_batch_size)
     pipeline = Pipeline(engine, arena, policy, complete or LoadGenCompleter(), inflight=inflight, timeout_s=timeout_s,
                         sleep_until=inbox.sleep_until)
+    hold = settings.scenario == lg.TestScenario.Server and settings.server_max_async_queries > 0 \
+        and settings.mode != lg.TestMode.AccuracyOnly
+    gate = AbortGate(complete or LoadGenCompleter(), hold)  # its own responses: it runs on LoadGen's thread
     callback_errors: list[str] = []
 
     def issue(ids: list[int], indices: list[int]) -> None:
         try:
-            inbox.put(ids, indices)
+            if pipeline.failure is not None:
+                gate.take(ids)
+            else:
+                inbox.put(ids, indices)
         except BaseException as e:  # noqa: BLE001 - an exception escaping a LoadGen callback kills the process
             callback_errors.append(f"issue: {e!r}")
 
     def flush() -> None:
-        return None
+        try:
+            gate.flush()
+        except BaseException as e:  # noqa: BLE001 - see issue()
+            callback_errors.append(f"flush: {e!r}")
 
     def load(indices: list[int]) -> None:
         try:
@@ -233,7 +334,8 @@ async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, setting
     run_task = asyncio.create_task(pipeline.run(), name="pipeline")
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="loadgen") as pool:
-            await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, log_settings)
+            await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, log_settings,
+                                       str(audit_config))
         pipeline.close()
         await run_task
     finally:
@@ -243,9 +345,11 @@ async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, setting
     if callback_errors and pipeline.failure is None:
         pipeline.failure = "; ".join(callback_errors)
     if log is not None:
-        log.info("pipeline_done", issued=pipeline.issued, completed=pipeline.completed,
-                 failed=pipeline.failed_samples, failure=pipeline.failure, histogram=pipeline.batcher.histogram())
-    return pipeline
+        log.info("pipeline_done", issued=pipeline.issued + gate.completed,
+                 completed=pipeline.completed + gate.completed, failed=pipeline.failed_samples + gate.completed,
+                 failure=pipeline.failure,
+                 histogram=pipeline.batcher.histogram())
+    return pipeline, gate
 
 
 @contextlib.contextmanager
@@ -312,70 +416,117 @@ def engine_peak_qps(engine: Engine) -> float | None:
     return max(rates) if rates else None
 
 
-def options_from(cfg: RunConfig, total: int, peak_qps: float | None = None,
-                 latency: Callable[[int], float | None] | None = None) -> LoadGenOptions:
-    """LoadGen options: explicit values, else a quick run unless a submission-length run was asked for.
-
-    Without --target-qps, Offline expects the engine's measured peak (so LoadGen issues enough
-    samples to fill the duration) and Server targets half of it. Without a user.conf, the
-    SingleStream and MultiStream expected latencies are the engine's measured batch-1 and
-    batch-8 latencies, so LoadGen pre-generates enough queries to fill the duration.
-    """
-    quick = not cfg.submission_length and cfg.test_mode != "SubmissionRun"
-    min_duration = cfg.min_duration_s if cfg.min_duration_s is not None else (
-        cfg.preset.quick_min_duration_s if quick else None)
-    min_queries = cfg.min_query_count if cfg.min_query_count is not None else (
-        cfg.preset.quick_min_query_count if quick else None)
-    target = cfg.target_qps
-    if target is None and peak_qps and cfg.scenario in ("Offline", "Server"):
-        target = round(min(peak_qps, 500_000.0) * (1.0 if cfg.scenario == "Offline" else 0.5), 1)
-    expected: dict[str, float] = {}
-    if latency is not None and cfg.user_conf is None:
-        ss, ms = latency(1), latency(MULTISTREAM_SAMPLES)
-        if cfg.scenario == "SingleStream" and ss:
-            expected["single_stream_expected_latency_ms"] = ss * 1e3
-        if cfg.scenario == "MultiStream" and ms:
-            expected["multistream_expected_latency_ms"] = ms * 1e3
-    return LoadGenOptions(
-        scenario=cfg.scenario, mode=cfg.test_mode, target_qps=target, min_duration_s=min_duration,
-        min_query_count=min_queries, performance_sample_count=cfg.performance_sample_count or min(total, 1024),
-        user_conf=cfg.user_conf, mlperf_conf=cfg.mlperf_conf, **expected)
+def plan_for(cfg: RunConfig, engine: Engine, total: int) -> RunPlan:
+    """The LoadGen plan for ``cfg`` from the engine's warm-up measurements."""
+    latencies = {b: engine.latency(b) for b in (1, MULTISTREAM_SAMPLES) if b <= engine.max_batch_size}
+    return plan_run(cfg, total, engine_peak_qps(engine), latencies, memory_budget_mb=cfg.loadgen_memory_mb)
 
 
-def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, log_root: Path,
+def audit_config_path(cfg: RunConfig, log_dir: Path, say: Callable[[str], None]) -> Path:
+    """The audit.config LoadGen reads: the one asked for, else a path that cannot exist (never ./audit.config)."""
+    if cfg.audit_config is not None:
+        say(f"note: applying audit config {cfg.audit_config}: it overrides the test settings (compliance test)")
+        return cfg.audit_config.resolve()
+    if Path("audit.config").exists():
+        say("note: ./audit.config is present and was ignored (LoadGen would apply it silently); "
+            "pass --audit-config audit.config to run that compliance test")
+    return log_dir / "no-audit.config"
+
+
+def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, log_dir: Path,
                  say: Callable[[str], None] = print) -> RunResult:
-    """One scenario through LoadGen; prints notes as it goes and returns the parsed result."""
+    """One scenario through LoadGen into ``log_dir``; prints notes as it goes and returns the parsed result."""
     arena = dataset_arena(dataset, preprocessed, engine)
-    opts = options_from(cfg, arena.total, engine_peak_qps(engine), engine.latency)
-    settings, notes = build_test_settings(opts)
-    if cfg.target_qps is None and opts.target_qps is not None:
-        notes.append(f"{cfg.scenario} target QPS {opts.target_qps:g} from the engine's measured peak "
-                     f"(pass --target-qps to choose)")
-    log_dir = new_log_dir(log_root, cfg.scenario)
-    with _event_log(log_dir / "asyncbench_events.jsonl") as events:
+    plan = plan_for(cfg, engine, arena.total)
+    settings, notes = build_test_settings(plan.options)
+    with event_log(log_dir / "asyncbench_events.jsonl") as events:
         target_ns = int(getattr(settings, "server_target_latency_ns", 0) or SERVER_DEFAULT_TARGET_NS)
         policy, policy_note = make_policy(cfg, engine, target_ns)
-        for note in [*notes, policy_note]:
+        if plan.conf_problems:
+            say(f"note: user.conf keys LoadGen ignores: {'; '.join(plan.conf_problems)}")
+        say(plan.describe())
+        for note in [*plan.notes, *notes, policy_note]:
             say(f"note: {note}")
+        audit = audit_config_path(cfg, log_dir, say)
         events.info("run_start", scenario=cfg.scenario, mode=cfg.test_mode, engine=engine.name, loop=cfg.loop,
                     max_batch_size=policy.max_batch_size, max_queue_delay_ns=policy.max_queue_delay_ns,
-                    notes=notes, log_dir=str(log_dir))
+                    settings=plan.describe(), notes=[*plan.notes, *notes], log_dir=str(log_dir),
+                    audit_config=str(audit) if cfg.audit_config else None)
         with loop_runner(cfg.loop) as runner, gil_switch_interval(cfg.gil_switch_us * 1e-6), quiet_gc():
             inflight = getattr(engine, "inflight_slots", None) or cfg.inflight or CPU_INFLIGHT
-            pipeline = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
-                                        opts.performance_sample_count, inflight=inflight,
-                                        timeout_s=cfg.engine_timeout_s, log=events))
-        summary_path = log_dir / "mlperf_log_summary.txt"
-        summary = parse_summary(summary_path) if summary_path.is_file() else None
+            pipeline, gate = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
+                                              settings.performance_sample_count_override or min(arena.total, 1024),
+                                              inflight=inflight, timeout_s=cfg.engine_timeout_s, audit_config=audit,
+                                              log=events))
+        summary, effective = read_results(log_dir)
+        failed = pipeline.failed_samples + gate.completed
+        issued = pipeline.issued + gate.completed
         histogram = pipeline.batcher.histogram()
-        events.info("run_end", result=getattr(summary, "result", None), failure=pipeline.failure, histogram=histogram,
-                    stage_seconds=vars(pipeline.times))
-    say(format_report(cfg, engine, summary, pipeline, log_dir))
+        events.info("run_end", result=getattr(summary, "result", None), failure=pipeline.failure, failed=failed,
+                    issued=issued, histogram=histogram, stage_seconds=vars(pipeline.times),
+                    effective={k: v for k, v in effective.items() if not k.endswith("rng_seed")})
+    for note in effective_notes(plan, effective):
+        say(f"note: {note}")
+    say(format_report(cfg, engine, summary, pipeline, log_dir, effective, failed, issued))
     exit_code = 1 if pipeline.failure else 0
     if pipeline.failure:
-        say(f"error: run failed: {pipeline.failure} ({pipeline.failed_samples} samples completed as failed; "
+        (log_dir / FAILED_MARKER).write_text(
+            f"FAILED: {pipeline.failure}\n{failed} of {issued} samples were completed as failed (no data). "
+            f"LoadGen 6.0 has no error response, so mlperf_log_summary.txt cannot show this: this run is not valid.\n")
+        say(f"error: run failed: {pipeline.failure} ({failed} of {issued} samples completed as failed; "
             f"LoadGen logs in {log_dir})")
-    return RunResult(log_dir, summary, pipeline.failure, histogram, exit_code)
+    return RunResult(log_dir, summary, pipeline.failure, histogram, exit_code, effective)
+
+
+# LoadGen's effective_* keys the report shows, per scenario (after scenario and mode).
+EFFECTIVE_SHOWN = {
+    "Server": ("target_qps", "target_latency_ns", "min_duration_ms", "min_query_count", "performance_sample_count",
+               "max_async_queries"),
+    "Offline": ("target_qps", "min_duration_ms", "performance_sample_count"),
+    "SingleStream": ("target_qps", "min_duration_ms", "min_query_count", "performance_sample_count"),
+    "MultiStream": ("target_qps", "samples_per_query", "min_duration_ms", "min_query_count",
+                    "performance_sample_count"),
+}
+
+
+def read_results(log_dir: Path) -> tuple[RunSummary | None, dict[str, object]]:
+    """LoadGen's summary and its effective settings (from the detail log), whichever of them it wrote."""
+    summary_path, detail_path = log_dir / "mlperf_log_summary.txt", log_dir / "mlperf_log_detail.txt"
+    try:
+        summary = parse_summary(summary_path) if summary_path.is_file() else None
+        effective: dict[str, object] = {}
+        if detail_path.is_file():
+            values = detail_values(parse_detail(detail_path))
+            effective = {k.removeprefix("effective_"): v for k, v in values.items() if k.startswith("effective_")}
+    except UserError:
+        free = shutil.disk_usage(log_dir).free
+        if free < 1 << 20:
+            raise UserError(f"LoadGen could not finish its logs in {log_dir}: the disk is full ({free} bytes free); "
+                            f"free some space and run again") from None
+        raise
+    return summary, effective
+
+
+def effective_notes(plan: RunPlan, effective: dict[str, object]) -> list[str]:
+    """Where LoadGen ran with other values than the harness passed (an audit config, LoadGen's own rules)."""
+    o = plan.options
+    asked = {
+        "target_qps": o.target_qps if o.scenario in ("Server", "Offline") else None,
+        "min_duration_ms": None if o.min_duration_s is None else round(o.min_duration_s * 1000),
+        "min_query_count": None if o.min_query_count is None or o.scenario == "Offline" else o.min_query_count,
+        "performance_sample_count": o.performance_sample_count,
+        "max_async_queries": o.server_max_async_queries,
+        "test_mode": o.mode,
+    }
+    notes = []
+    for key, value in asked.items():
+        got = effective.get(key)
+        if value is None or got is None:
+            continue
+        same = got == value if isinstance(value, str) else abs(float(got) - float(value)) <= 1e-6 * max(1.0, abs(value))
+        if not same:
+            notes.append(f"LoadGen ran with {key} {got}, not the {value} asked for")
+    return notes
 
 
 def format_histogram(hist: dict[int, int], max_items: int = 12) -> str:
@@ -391,13 +542,26 @@ def format_histogram(hist: dict[int, int], max_items: int = 12) -> str:
     return ", ".join(f"{low}-{2 * low - 1}x{n}" if low > 1 else f"1x{n}" for low, n in sorted(buckets.items()))
 
 
-def format_report(cfg: RunConfig, engine: Engine, summary: RunSummary | None, pipeline: Pipeline,
-                  log_dir: Path) -> str:
-    """The human summary printed after each scenario."""
-    lines = [f"== {cfg.scenario} / {cfg.test_mode} on {engine.name} ({cfg.loop})"]
-    if summary is not None and summary.result is not None:
+def format_report(cfg: RunConfig, engine: Engine, summary: RunSummary | None, pipeline: Pipeline, log_dir: Path,
+                  effective: dict[str, object] | None = None, failed: int | None = None,
+                  issued: int | None = None) -> str:
+    """The human summary printed after each scenario: LoadGen's effective settings, never just the requested ones."""
+    effective = effective or {}
+    scenario, mode = effective.get("scenario", cfg.scenario), effective.get("test_mode", cfg.test_mode)
+    lines = [f"== {scenario} / {mode} on {engine.name} ({cfg.loop})"]
+    shown = [f"{k} {effective[k]}" for k in EFFECTIVE_SHOWN.get(str(scenario), ()) if k in effective]
+    if shown:
+        lines.append("effective: " + ", ".join(shown))
+    failed = pipeline.failed_samples if failed is None else failed
+    issued = pipeline.issued if issued is None else issued
+    if pipeline.failure is not None:
+        said = f" (LoadGen's summary says {summary.result}, but it cannot see failed samples)" if (
+            summary is not None and summary.result == "VALID") else ""
+        lines.append(f"result: FAILED: {failed} of {issued} samples completed as failed{said}")
+    elif summary is not None and summary.result is not None:
         lines.append(f"result: {summary.result}" + ("" if summary.result == "VALID" else
                                                     "".join(f"\n  - {r}" for r in summary.reasons)))
+    if summary is not None and summary.result is not None:
         if summary.metric_name:
             lines.append(f"{summary.metric_name}: {summary.metric_value:g}")
         pct = summary.latency_ns

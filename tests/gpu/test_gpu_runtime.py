@@ -13,7 +13,7 @@ from asyncbench.data.dataset import resolve_dataset
 from asyncbench.engines.factory import create_engine
 from asyncbench.engines.gpu import GpuEngine
 from asyncbench.paths import BuildPaths
-from asyncbench.runtime.runner import batch_sizes_upto, run_scenario
+from asyncbench.runtime.runner import batch_sizes_upto, new_log_dir, run_scenario
 
 QUICK = {
     "SingleStream": {"min_duration_s": 0.5, "min_query_count": 64},
@@ -39,7 +39,8 @@ def test_every_scenario_on_the_gpu(calibrated: BuildPaths, engine: GpuEngine, tm
                                    loop: str) -> None:
     cfg = RunConfig(scenario=scenario, engine="torch", loop=loop, max_batch_size=64, **QUICK[scenario])
     said: list[str] = []
-    result = run_scenario(cfg, engine, resolve_dataset(calibrated), calibrated.preprocessed, tmp_path, said.append)
+    result = run_scenario(cfg, engine, resolve_dataset(calibrated), calibrated.preprocessed,
+                              new_log_dir(tmp_path, cfg.scenario), said.append)
     assert result.failure is None and result.exit_code == 0, said
     assert result.summary is not None, said
     if scenario in ("Server", "Offline"):
@@ -58,7 +59,8 @@ def test_accuracy_run_on_the_gpu(calibrated: BuildPaths, engine: GpuEngine, tmp_
 
     cfg = RunConfig(scenario="Offline", engine="torch", test_mode="AccuracyOnly", max_batch_size=64)
     dataset = resolve_dataset(calibrated)
-    result = run_scenario(cfg, engine, dataset, calibrated.preprocessed, tmp_path, lambda _: None)
+    result = run_scenario(cfg, engine, dataset, calibrated.preprocessed,
+                              new_log_dir(tmp_path, cfg.scenario), lambda _: None)
     assert result.failure is None
     acc = compute_accuracy(load_accuracy_log(result.log_dir / "mlperf_log_accuracy.json"),
                            [e.label for e in read_map(dataset.val_map)], source="test")
@@ -84,7 +86,8 @@ def test_a_failing_launch_completes_every_sample(calibrated: BuildPaths, engine:
     try:
         cfg = RunConfig(scenario="Server", engine="torch", max_batch_size=8, min_duration_s=1.0,
                         min_query_count=500, target_qps=500.0)
-        result = run_scenario(cfg, engine, resolve_dataset(calibrated), calibrated.preprocessed, tmp_path,
+        result = run_scenario(cfg, engine, resolve_dataset(calibrated), calibrated.preprocessed,
+                              new_log_dir(tmp_path, cfg.scenario),
                               lambda _: None)
     finally:
         for s, real in zip(slots, launches, strict=True):
@@ -103,7 +106,8 @@ def test_two_gpus_share_an_offline_run(calibrated: BuildPaths, tmp_path: Path) -
     try:
         assert len(eng.workers) == 2 and eng.device == "cuda:0,cuda:1"
         eng.warmup([1, 64])
-        result = run_scenario(cfg, eng, resolve_dataset(calibrated), calibrated.preprocessed, tmp_path,
+        result = run_scenario(cfg, eng, resolve_dataset(calibrated), calibrated.preprocessed,
+                              new_log_dir(tmp_path, cfg.scenario),
                               lambda _: None)
         batches = [w.batches_done for w in eng.workers]
     finally:

@@ -1,0 +1,237 @@
+"""What one run tells LoadGen: the settings' precedence, their sources, and the bounds that keep a run safe.
+
+Precedence, lowest first: LoadGen's built-in mlperf.conf, ``--mlperf-conf``, the values this harness
+derives (quick-run durations, the engine's measured peak as the target, its measured latencies as
+the expected ones, the performance sample count from the dataset), ``--user-conf``, and then the
+options given on the command line. A derived value is only used where neither user.conf nor the
+command line sets that key.
+
+Two bounds apply on top, because LoadGen generates every query of a test before it issues the first:
+
+* memory: LoadGen's peak resident memory grows with the queries it generates (``loadgen_bytes``,
+  measured with ``benchmarks/loadgen_memory.py``). Derived values are bounded so they fit in
+  ``--loadgen-memory-mb``; an explicit value that cannot fit in the memory available is refused.
+* stopping: LoadGen has no call to end a test early. After Ctrl-C, SingleStream and MultiStream
+  end when LoadGen runs out of generated queries (each is completed at once, about 3 us apiece),
+  so a quick run generates at most ``ABORT_QUERIES`` of them; Server ends when more than
+  ``server_max_async_queries`` are outstanding, so that limit is set to about one second of
+  queries (far above what a run that can meet its latency target ever holds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from asyncbench.config import RunConfig
+from asyncbench.errors import UsageError
+from asyncbench.loadgen.settings import ConfFile, LoadGenOptions, builtin_settings, read_conf
+
+MODEL = "mobilenet"
+MULTISTREAM_SAMPLES = 8  # mlperf.conf's samples per MultiStream query
+SERVER_DEFAULT_TARGET_LATENCY_S = 0.010
+
+# LoadGen 6.0 peak resident bytes per generated query and per sample in it, and per Offline sample
+# (benchmarks/loadgen_memory.py on x86-64 Linux: 1M SingleStream queries 0.43 GB, 1M MultiStream 0.74 GB,
+# 5M Offline samples 2.4 GB).
+QUERY_BYTES = 360
+SAMPLE_BYTES = 45
+OFFLINE_SAMPLE_BYTES = 470
+OFFLINE_SLACK = 1.1  # LoadGen's Offline query holds 1.1 x duration x expected QPS samples
+DEFAULT_MEMORY_BUDGET_MB = 1024
+
+# Generated queries a quick run may leave for LoadGen to issue after an abort (completed inline at about
+# 330k/s for SingleStream and 120k/s for MultiStream on the 2-core machine): at most about 1.2 s either way.
+ABORT_QUERIES = {"SingleStream": 400_000, "MultiStream": 150_000}
+SERVER_HOLD_S = 1.0  # Server: seconds of queries LoadGen may have outstanding before it stops issuing
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def loadgen_bytes(scenario: str, queries: float, samples_per_query: float = 1) -> float:
+    """LoadGen's peak memory for a test that generates ``queries`` (Offline: samples) of that many samples."""
+    if scenario == "Offline":
+        return queries * OFFLINE_SAMPLE_BYTES
+    return queries * (QUERY_BYTES + SAMPLE_BYTES * samples_per_query)
+
+
+@dataclass
+class RunPlan:
+    """The options for LoadGen, where each came from, and the notes to print."""
+
+    options: LoadGenOptions
+    sources: dict[str, str] = field(default_factory=dict)  # setting -> "command line", "user.conf", ...
+    notes: list[str] = field(default_factory=list)
+    conf_problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line: every setting the harness decided, with its source."""
+        o = self.options
+        values = {
+            "target_qps": o.target_qps, "min_duration_s": o.min_duration_s, "min_query_count": o.min_query_count,
+            "performance_sample_count": o.performance_sample_count,
+            "single_stream_expected_latency_ms": o.single_stream_expected_latency_ms,
+            "multistream_expected_latency_ms": o.multistream_expected_latency_ms,
+            "server_max_async_queries": o.server_max_async_queries,
+        }
+        parts = [f"{key} {values[key]:g} ({source})" for key, source in self.sources.items()
+                 if values.get(key) is not None]
+        parts += [f"{key} ({source})" for key, source in self.sources.items() if values.get(key) is None]
+        return "settings: " + (", ".join(parts) if parts else "LoadGen's own")
+
+
+def _duration_s(cfg: RunConfig, conf: ConfFile | None, quick: bool) -> tuple[float, str]:
+    """The minimum duration the test will have, and where it comes from."""
+    if cfg.min_duration_s is not None:
+        return cfg.min_duration_s, "command line"
+    if conf is not None and (value := conf.number(MODEL, cfg.scenario, "min_duration")) is not None:
+        return value / 1000, "user.conf"
+    if quick:
+        return cfg.preset.quick_min_duration_s, "quick-run default"
+    if cfg.mlperf_conf is not None:
+        mine = read_conf(cfg.mlperf_conf, "mlperf.conf").number(MODEL, cfg.scenario, "min_duration")
+        if mine is not None:
+            return mine / 1000, "mlperf.conf"
+    return builtin_settings(MODEL, cfg.scenario).min_duration_ms / 1000, "mlperf.conf"
+
+
+def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
+             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, available: int | None = None) -> RunPlan:
+    """Resolve every value LoadGen gets for ``cfg``; ``latency_s`` maps batch size to measured seconds."""
+    conf = read_conf(cfg.user_conf) if cfg.user_conf is not None else None
+    scenario = cfg.scenario
+    quick = not cfg.submission_length and cfg.test_mode != "SubmissionRun"
+    plan = RunPlan(LoadGenOptions(scenario=scenario, mode=cfg.test_mode))
+    if conf is not None:
+        plan.conf_problems = conf.problems(MODEL)
+        if (mode := conf.lookup(MODEL, scenario, "mode")) is not None:
+            plan.notes.append(f"user.conf sets mode = {mode}: the run uses --test-mode {cfg.test_mode}")
+
+    def from_conf(key: str, scenario_key: str | None = None) -> float | None:
+        return None if conf is None else conf.number(MODEL, scenario_key or scenario, key)
+
+    values: dict[str, float | None] = {}
+
+    def choose(name: str, explicit: float | None, conf_value: float | None, derived: float | None,
+               derived_source: str, scale: float = 1.0) -> None:
+        """Command line, then user.conf (left to LoadGen: it reads the file), then the derived value."""
+        if explicit is not None:
+            values[name], plan.sources[name] = explicit, "command line"
+        elif conf_value is not None:
+            values[name], plan.sources[name] = conf_value * scale, "user.conf"
+        elif derived is not None:
+            values[name], plan.sources[name] = derived, derived_source
+
+    duration, duration_source = _duration_s(cfg, conf, quick)
+    choose("min_duration_s", cfg.min_duration_s, from_conf("min_duration"),
+           cfg.preset.quick_min_duration_s if quick else None, "quick-run default", 1e-3)
+    choose("min_query_count", cfg.min_query_count, from_conf("min_query_count"),
+           cfg.preset.quick_min_query_count if quick else None, "quick-run default")
+    choose("performance_sample_count", cfg.performance_sample_count, from_conf("performance_sample_count_override"),
+           min(total, 1024), "dataset size")
+
+    budget = memory_budget_mb * 1e6
+    available = available_memory_bytes() if available is None else available
+    min_queries = values.get("min_query_count") or 0
+
+    if scenario in ("Server", "Offline"):
+        peak_target = None
+        if peak_qps:
+            peak_target = round(min(peak_qps, 500_000.0) * (1.0 if scenario == "Offline" else 0.5), 1)
+        choose("target_qps", cfg.target_qps, from_conf("target_qps", scenario), peak_target,
+               "engine's measured peak" + ("" if scenario == "Offline" else " / 2"))
+        target = values.get("target_qps")
+        per_second = OFFLINE_SLACK if scenario == "Offline" else 1.0  # queries (Offline: samples) per QPS-second
+        if target is not None:
+            fits = budget / loadgen_bytes(scenario, per_second) / max(duration, 1e-3)
+            if plan.sources["target_qps"] not in ("command line", "user.conf") and target > fits:
+                values["target_qps"] = round(fits, 1)
+                plan.sources["target_qps"] = "memory bound"
+                plan.notes.append(f"target QPS {values['target_qps']:g} instead of the measured {target:g}: "
+                                  f"{duration:g} s of queries must fit in {memory_budget_mb:g} MB of LoadGen memory "
+                                  f"(--loadgen-memory-mb, or pass --target-qps)")
+            _check_fits(plan.sources["target_qps"], "target QPS", scenario,
+                        max(min_queries, values["target_qps"] * duration * per_second), 1, available)
+        if scenario == "Server":
+            conf_async = from_conf("max_async_queries", "Server")
+            if conf_async is None:
+                target_latency = from_conf("target_latency", "Server")
+                latency_limit = (target_latency or SERVER_DEFAULT_TARGET_LATENCY_S * 1e3) / 1e3
+                hold = max(SERVER_HOLD_S, 20 * latency_limit)
+                rate = values.get("target_qps") or builtin_settings(MODEL, scenario).server_target_qps
+                values["server_max_async_queries"] = max(8, math.ceil(rate * hold))
+                plan.sources["server_max_async_queries"] = f"{hold:g} s of queries, so Ctrl-C stops LoadGen"
+            elif conf_async == 0:
+                plan.notes.append("user.conf sets max_async_queries = 0: after Ctrl-C or a failure LoadGen "
+                                  "keeps issuing until its schedule ends")
+    else:
+        samples = 1 if scenario == "SingleStream" else (
+            from_conf("samples_per_query", "MultiStream") or MULTISTREAM_SAMPLES)
+        key = "single_stream_expected_latency_ms" if scenario == "SingleStream" else "multistream_expected_latency_ms"
+        measured = latency_s.get(int(samples))
+        derived_ms = None
+        if measured:
+            memory_floor = 2 * duration * loadgen_bytes(scenario, 1, samples) / budget
+            floor = memory_floor
+            if quick:
+                floor = max(floor, 2 * duration / ABORT_QUERIES[scenario])
+            derived_ms = max(measured, floor) * 1e3
+        choose(key, None, from_conf("target_latency", scenario), derived_ms, "engine's measured latency")
+        if plan.sources.get(key) == "engine's measured latency" and measured and derived_ms > measured * 1e3:
+            plan.sources[key] = "bounded so LoadGen's generated queries stay small"
+            plan.notes.append(f"expected latency {derived_ms:.3f} ms instead of the engine's {measured * 1e3:.3f} ms: "
+                              f"LoadGen generates 2 x duration / expected latency queries up front, which must "
+                              f"stay within memory and be quick to drain on Ctrl-C")
+        expected_ms = values.get(key) or (builtin_settings(MODEL, scenario).single_stream_expected_latency_ns
+                                          if scenario == "SingleStream" else
+                                          builtin_settings(MODEL, scenario).multi_stream_expected_latency_ns) / 1e6
+        queries = max(min_queries, 2 * duration / (expected_ms / 1e3))
+        _check_fits(plan.sources.get(key, "mlperf.conf"), "expected latency", scenario, queries, samples, available)
+
+    if duration_source != "quick-run default" and cfg.min_duration_s is None:
+        plan.sources.setdefault("min_duration_s", duration_source)
+    if cfg.performance_sample_count is not None and cfg.performance_sample_count > total:
+        raise UsageError(f"--performance-sample-count {cfg.performance_sample_count} is more than the "
+                         f"{total} samples of this dataset: use at most {total}")
+    plan.options = LoadGenOptions(
+        scenario=scenario, mode=cfg.test_mode,
+        min_duration_s=_explicit(values, plan, "min_duration_s"), target_qps=_explicit(values, plan, "target_qps"),
+        min_query_count=_int(values, plan, "min_query_count"),
+        performance_sample_count=_int(values, plan, "performance_sample_count"),
+        user_conf=cfg.user_conf, mlperf_conf=cfg.mlperf_conf,
+        single_stream_expected_latency_ms=_explicit(values, plan, "single_stream_expected_latency_ms"),
+        multistream_expected_latency_ms=_explicit(values, plan, "multistream_expected_latency_ms"),
+        server_max_async_queries=_int(values, plan, "server_max_async_queries"),
+    )
+    return plan
+
+
+def _explicit(values: dict[str, float | None], plan: RunPlan, key: str) -> float | None:
+    """A value the harness passes itself: not one user.conf already sets (LoadGen reads that from the file)."""
+    return None if plan.sources.get(key) == "user.conf" else values.get(key)
+
+
+def _int(values: dict[str, float | None], plan: RunPlan, key: str) -> int | None:
+    value = _explicit(values, plan, key)
+    return None if value is None else int(value)
+
+
+def _check_fits(source: str, what: str, scenario: str, queries: float, samples: float,
+                available: int | None) -> None:
+    """Refuse a value whose generated queries cannot fit in the memory this machine has free."""
+    need = loadgen_bytes(scenario, queries, samples)
+    if available is not None and need > 0.8 * available:
+        raise UsageError(
+            f"{what} from {source} would make LoadGen generate {queries:.3g} queries up front (~{need / 1e9:.3g} GB), "
+            f"more than the {available / 1e9:.3g} GB of memory available: lower the target QPS or the duration, "
+            f"or raise the expected latency")
