@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import multiprocessing
 import os
 import signal
@@ -29,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from asyncbench.argtypes import positive_int
 from asyncbench.data.dataset import CAL_LAYOUT, VAL_LAYOUT, Dataset, read_map, resolve_dataset
+from asyncbench.data.manifest import Entry, crc32_bytes, crc32_file, read_manifest, write_manifest
 from asyncbench.errors import UsageError, UserError
 from asyncbench.paths import DATA_MAPS, BuildPaths
 
@@ -83,6 +85,7 @@ class Summary:
     failed: int
     seconds: float
     output_dirs: tuple[Path, ...]
+    repaired: int = 0  # of the written: outputs that no longer matched the checksum recorded when they were made
 
     @property
     def images_per_second(self) -> float:
@@ -96,6 +99,8 @@ class Summary:
         return (
             f"preprocess: {self.dataset}: {self.written} written, {self.up_to_date} up to date, "
             f"{self.failed} failed in {self.seconds:.1f} s{rate} -> {dirs}"
+            + (f"; {self.repaired} damaged since they were made (checksum mismatch) and rewritten"
+               if self.repaired else "")
         )
 
 
@@ -109,12 +114,13 @@ class PreprocessError(UserError):
 
 @dataclass(frozen=True)
 class _Task:
-    """One source image and the outputs wanted from it (None: not in that map)."""
+    """One source image and the outputs wanted from it (None: not in that map), with their recorded checksums."""
 
     name: str
     source: Path
     val_out: Path | None
     cal_out: Path | None
+    recorded: tuple[tuple[Path, Entry], ...] = ()  # what the folders' manifests say about the outputs
 
 
 class _Progress:
@@ -186,51 +192,72 @@ def _failure_reason(e: BaseException) -> str:
     return f"corrupt image ({text})"
 
 
-def _is_fresh(output: Path, source_mtime_ns: int) -> bool:
-    """An output at least as new as its source (timestamps are kernel-tick coarse) needs no rewrite."""
+def _check_output(output: Path, source_mtime_ns: int, recorded: Entry | None) -> str:
+    """"fresh" (as new as its source and matching its manifest entry), "damaged" (new but not matching) or "stale"."""
     try:
-        return output.stat().st_mtime_ns >= source_mtime_ns
-    except FileNotFoundError:
-        return False
+        if output.stat().st_mtime_ns < source_mtime_ns or recorded is None:
+            return "stale"
+        return "fresh" if crc32_file(output) == recorded else "damaged"
+    except OSError:
+        return "stale"
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
+def _save_atomic(path: Path, array: np.ndarray) -> Entry:
     """Write via a same-folder temp file and rename, so an interrupted run leaves no truncated .npy."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    data = buffer.getbuffer()
     try:
         with open(tmp, "wb") as f:
-            np.save(f, array)
+            f.write(data)
         os.replace(tmp, path)
+        return crc32_bytes(data)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def _process(task: _Task, force: bool) -> tuple[str, _Task, str]:
-    """Preprocess one image; returns (status, task, detail) and never raises for a bad image."""
+_Result = tuple[str, _Task, str, dict[Path, Entry]]
+
+
+def _process(task: _Task, force: bool) -> _Result:
+    """Preprocess one image; returns (status, task, detail, checksums of its outputs) and never raises for a bad image.
+
+    An output is rewritten when it is older than its source or does not match the checksum its
+    folder's manifest recorded (a damaged or hand-edited sample).
+    """
     if _STOP is not None and _STOP.is_set():
-        return "stopped", task, ""
+        return "stopped", task, "", {}
     try:
         source_mtime = task.source.stat().st_mtime_ns
     except OSError as e:
-        return "failed", task, _failure_reason(e)
+        return "failed", task, _failure_reason(e), {}
     outputs = [p for p in (task.val_out, task.cal_out) if p is not None]
+    sums: dict[Path, Entry] = {}
+    damaged = False
     if not force:
-        outputs = [p for p in outputs if not _is_fresh(p, source_mtime)]
+        recorded = dict(task.recorded)
+        for out in outputs:
+            state = _check_output(out, source_mtime, recorded.get(out))
+            if state == "fresh":
+                sums[out] = recorded[out]
+            damaged |= state == "damaged"
+        outputs = [p for p in outputs if p not in sums]
         if not outputs:
-            return "up_to_date", task, ""
+            return "up_to_date", task, "", sums
     try:
         pixels = load_image(task.source)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return "failed", task, _failure_reason(e)
+        return "failed", task, _failure_reason(e), sums
     for out in outputs:
         array = to_nhwc4(pixels) if out == task.val_out else to_fp32_nchw(pixels)
         try:
-            _save_atomic(out, array)
+            sums[out] = _save_atomic(out, array)
         except OSError as e:
-            return "write_error", task, f"cannot write {out}: {e.strerror or e}"
-    return "written", task, ""
+            return "write_error", task, f"cannot write {out}: {e.strerror or e}", sums
+    return ("repaired" if damaged else "written"), task, "", sums
 
 
 def _init_worker(stop: Event) -> None:
@@ -305,8 +332,10 @@ def preprocess(
         for entry in read_map(map_path):
             outputs.setdefault(entry.name, {})[layout] = out_dir / f"{entry.name}.npy"
             maps.setdefault(entry.name, []).append(map_path)
+    manifests = {folder: read_manifest(folder) for folder in out_dirs}
     tasks = [
-        _Task(name, dataset.image_dir / name, outs.get(VAL_LAYOUT), outs.get(CAL_LAYOUT))
+        _Task(name, dataset.image_dir / name, outs.get(VAL_LAYOUT), outs.get(CAL_LAYOUT),
+              tuple((p, entry) for p in outs.values() if (entry := manifests[p.parent].get(p.name)) is not None))
         for name, outs in outputs.items()
     ]
 
@@ -316,7 +345,7 @@ def preprocess(
         except OSError as e:
             raise UserError(f"preprocess: cannot create output folder {folder}: {e.strerror or e}") from None
 
-    counts = {"written": 0, "up_to_date": 0}
+    counts = {"written": 0, "up_to_date": 0, "repaired": 0}
     failures: list[tuple[_Task, str]] = []
     bar = _Progress(len(tasks), sys.stderr, progress)
     start = time.monotonic()
@@ -324,13 +353,13 @@ def preprocess(
     workers = min(workers, len(tasks))
     try:
         if workers == 1:
-            _collect(map(work, tasks), counts, failures, bar)
+            _collect(map(work, tasks), counts, failures, bar, manifests)
         else:
             stop = multiprocessing.Event()
             chunksize = max(1, min(_CHUNK_MAX, len(tasks) // (workers * 4)))
             with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(stop,)) as pool:
                 try:
-                    _collect(pool.imap_unordered(work, tasks, chunksize), counts, failures, bar)
+                    _collect(pool.imap_unordered(work, tasks, chunksize), counts, failures, bar, manifests)
                 except BaseException:
                     stop.set()
                     raise
@@ -339,22 +368,31 @@ def preprocess(
                     pool.join()
     finally:
         bar.close()
+        for folder, entries in manifests.items():
+            with contextlib.suppress(OSError):  # an unwritable folder was already reported
+                write_manifest(folder, entries)
     seconds = time.monotonic() - start
 
-    summary = Summary(dataset.name, counts["written"], counts["up_to_date"], len(failures), seconds, tuple(out_dirs))
+    summary = Summary(dataset.name, counts["written"], counts["up_to_date"], len(failures), seconds, tuple(out_dirs),
+                      counts["repaired"])
     if failures:
         raise PreprocessError(_failure_message(failures, len(tasks), maps), summary)
     return summary
 
 
-def _collect(results: Iterable[tuple[str, _Task, str]], counts: dict[str, int],
-             failures: list[tuple[_Task, str]], bar: _Progress) -> None:
-    """Tally worker results; an unwritable output aborts at once since every image would hit it."""
-    for status, task, detail in results:
+def _collect(results: Iterable[_Result], counts: dict[str, int], failures: list[tuple[_Task, str]], bar: _Progress,
+             manifests: dict[Path, dict[str, Entry]]) -> None:
+    """Tally worker results and their checksums; an unwritable output aborts at once since every image would hit it."""
+    for status, task, detail, sums in results:
+        for path, entry in sums.items():
+            manifests[path.parent][path.name] = entry
         if status == "write_error":
             raise UserError(f"preprocess: {detail}: check free space and permissions of the output folder")
         if status == "failed":
             failures.append((task, detail))
+        elif status == "repaired":
+            counts["written"] += 1
+            counts["repaired"] += 1
         else:
             counts[status] += 1
         bar.update()

@@ -8,11 +8,13 @@ batch goes to the device by DMA straight from the arena.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from asyncbench.data.manifest import crc32_bytes, read_manifest
 from asyncbench.errors import UserError
 
 SAMPLE_SHAPE = (224, 224, 4)
@@ -38,6 +40,7 @@ class SampleArena:
         self._on_load = on_load  # sees each freshly loaded arena (the GPU engine mirrors it to devices)
         self._slot = np.full(len(self.names), -1, dtype=np.int64)
         self._data = np.empty((0, *SAMPLE_SHAPE), dtype=np.int8)
+        self._recorded = read_manifest(folder)  # checksums preprocessing recorded (empty for older folders)
 
     @property
     def data(self) -> np.ndarray:
@@ -59,19 +62,32 @@ class SampleArena:
         wanted = np.unique(np.asarray(indices, dtype=np.int64))
         data = self._allocate(len(wanted))
         for slot, index in enumerate(wanted):
-            path = self.folder / f"{self.names[index]}.npy"
-            try:
-                sample = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise UserError(f"cannot read preprocessed sample {path} ({e}): run preprocessing again") from None
-            if sample.shape != SAMPLE_SHAPE or sample.dtype != np.int8:
-                raise UserError(f"{path} holds {sample.dtype} {sample.shape}, expected int8 {SAMPLE_SHAPE}")
-            data[slot] = sample
+            data[slot] = self._read(self.folder / f"{self.names[index]}.npy")
         self._slot[:] = -1
         self._slot[wanted] = np.arange(len(wanted))
         self._data = data
         if self._on_load is not None:
             self._on_load(data)
+
+    def _read(self, path: Path) -> np.ndarray:
+        """One sample, checked against its recorded checksum, size, dtype and shape."""
+        repair = (f"run `python3 scripts/preprocess_data.py -d build/data -o {self.folder.parents[2]} -b mobilenet "
+                  f"--val_only`, which rewrites damaged samples")
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read preprocessed sample {path} ({e.strerror or e}): {repair}") from None
+        recorded = self._recorded.get(path.name)
+        if recorded is not None and crc32_bytes(raw) != recorded:
+            raise UserError(f"preprocessed sample {path} does not match the checksum recorded when it was made "
+                            f"(damaged since): {repair}")
+        try:
+            sample = np.load(io.BytesIO(raw))
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"preprocessed sample {path} is not a valid .npy file ({e}): {repair}") from None
+        if sample.shape != SAMPLE_SHAPE or sample.dtype != np.int8:
+            raise UserError(f"{path} holds {sample.dtype} {sample.shape}, expected int8 {SAMPLE_SHAPE}: {repair}")
+        return sample
 
     def unload(self, indices: Sequence[int]) -> None:
         """Forget the given samples (memory is released when none remain)."""
