@@ -71,22 +71,14 @@ class RunPlan:
 
     options: LoadGenOptions
     sources: dict[str, str] = field(default_factory=dict)  # setting -> "command line", "user.conf", ...
+    values: dict[str, float | None] = field(default_factory=dict)  # setting -> the value from that source
     notes: list[str] = field(default_factory=list)
     conf_problems: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """One line: every setting the harness decided, with its source."""
-        o = self.options
-        values = {
-            "target_qps": o.target_qps, "min_duration_s": o.min_duration_s, "min_query_count": o.min_query_count,
-            "performance_sample_count": o.performance_sample_count,
-            "single_stream_expected_latency_ms": o.single_stream_expected_latency_ms,
-            "multistream_expected_latency_ms": o.multistream_expected_latency_ms,
-            "server_max_async_queries": o.server_max_async_queries,
-        }
-        parts = [f"{key} {values[key]:g} ({source})" for key, source in self.sources.items()
-                 if values.get(key) is not None]
-        parts += [f"{key} ({source})" for key, source in self.sources.items() if values.get(key) is None]
+        parts = [f"{key} {value:g} ({source})" if (value := self.values.get(key)) is not None else f"{key} ({source})"
+                 for key, source in self.sources.items()]
         return "settings: " + (", ".join(parts) if parts else "LoadGen's own")
 
 
@@ -120,7 +112,7 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     def from_conf(key: str, scenario_key: str | None = None) -> float | None:
         return None if conf is None else conf.number(MODEL, scenario_key or scenario, key)
 
-    values: dict[str, float | None] = {}
+    values = plan.values
 
     def choose(name: str, explicit: float | None, conf_value: float | None, derived: float | None,
                derived_source: str, scale: float = 1.0) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import math
 import os
 import shutil
 import signal
@@ -523,7 +524,8 @@ def effective_notes(plan: RunPlan, effective: dict[str, object]) -> list[str]:
         got = effective.get(key)
         if value is None or got is None:
             continue
-        same = got == value if isinstance(value, str) else abs(float(got) - float(value)) <= 1e-6 * max(1.0, abs(value))
+        # LoadGen prints doubles with 6 significant digits.
+        same = got == value if isinstance(value, str) else math.isclose(float(got), float(value), rel_tol=1e-5)
         if not same:
             notes.append(f"LoadGen ran with {key} {got}, not the {value} asked for")
     return notes
