@@ -17,6 +17,7 @@ from PIL import Image
 
 from asyncbench.data import preprocess as pp
 from asyncbench.data.dataset import CAL_LAYOUT, VAL_LAYOUT, Dataset
+from asyncbench.data.manifest import MANIFEST
 from asyncbench.errors import UsageError, UserError
 from asyncbench.paths import DATA_MAPS, REPO_ROOT
 
@@ -253,7 +254,7 @@ def test_interrupted_write_keeps_previous_output(tmp_path: Path, monkeypatch: py
     with pytest.raises(KeyboardInterrupt):
         pp.preprocess(ds, out, cal=False, workers=1, force=True, progress=False)
     assert target.read_bytes() == original
-    assert [p.name for p in target.parent.iterdir()] == ["a.png.npy"]
+    assert [p.name for p in target.parent.iterdir() if p.name != MANIFEST] == ["a.png.npy"]
 
 
 def test_unwritable_output_is_one_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

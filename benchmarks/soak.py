@@ -1,0 +1,131 @@
+"""Soak: Server at a fraction of the measured capacity for many minutes, watching memory and file descriptors.
+
+One asyncbench process runs back-to-back Server tests (``--scenario Server,Server,...``), so what is
+measured is a long-lived harness: one engine, one event loop per test, LoadGen started and torn
+down again and again. Every minute the process's resident memory, open file descriptors and threads
+are read from /proc. At the end every test must be VALID with no failed and no lost sample
+(issued == completed in each test's event log).
+
+    python benchmarks/soak.py --engine null --minutes 30                  # capacity found first
+    python benchmarks/soak.py --engine torch --minutes 10 --capacity-qps 40000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(args: list[str], log_dir: Path) -> list[str]:
+    """The asyncbench command line for these arguments, logging under ``log_dir``."""
+    return [sys.executable, "-m", "asyncbench", *args, "--log-dir", str(log_dir)]
+
+
+def server_valid(engine_args: list[str], qps: float, seconds: float, log_dir: Path) -> bool:
+    """One Server test at ``qps``: VALID or not."""
+    done = subprocess.run(cli([*engine_args, "--scenario", "Server", "--target-qps", f"{qps:.0f}",
+                               "--min-duration", str(seconds)], log_dir), cwd=REPO, capture_output=True, text=True)
+    return done.returncode == 0 and "result: VALID" in done.stdout
+
+
+def find_capacity(engine_args: list[str], log_dir: Path, start: float, seconds: float) -> float:
+    """Highest VALID Server QPS: doubling from ``start``, then four bisection steps."""
+    low, high = 0.0, start
+    while server_valid(engine_args, high, seconds, log_dir):
+        print(f"capacity search: {high:.0f} QPS VALID", flush=True)
+        low, high = high, high * 2
+    print(f"capacity search: {high:.0f} QPS INVALID", flush=True)
+    for _ in range(4):
+        mid = (low + high) / 2
+        ok = server_valid(engine_args, mid, seconds, log_dir)
+        print(f"capacity search: {mid:.0f} QPS {'VALID' if ok else 'INVALID'}", flush=True)
+        low, high = (mid, high) if ok else (low, mid)
+    return low
+
+
+def sample(pid: int) -> dict[str, int]:
+    """Resident memory (kB), open file descriptors and threads of a running process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
+    return {"rss_mb": rss // 1024, "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": threads}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", default="null")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--run-seconds", type=float, default=60.0, help="length of each Server test")
+    parser.add_argument("--fraction", type=float, default=0.8, help="share of the capacity to run at")
+    parser.add_argument("--capacity-qps", type=float, help="skip the search and use this capacity")
+    parser.add_argument("--search-start", type=float, default=2000.0)
+    parser.add_argument("--log-dir", type=Path, default=None)
+    parser.add_argument("extra", nargs="*", help="more asyncbench options (after --)")
+    args = parser.parse_args()
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="soak-"))
+    engine_args = ["--engine", args.engine, *args.extra]
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"python {platform.python_version()}", flush=True)
+    capacity = args.capacity_qps or find_capacity(engine_args, log_dir / "search", args.search_start, 10.0)
+    qps = capacity * args.fraction
+    runs = max(1, round(args.minutes * 60 / args.run_seconds))
+    print(f"soak: {runs} Server tests of {args.run_seconds:g} s at {qps:.0f} QPS "
+          f"({args.fraction:g} x capacity {capacity:.0f})", flush=True)
+    soak_dir = log_dir / "soak"
+    cmd = cli([*engine_args, "--scenario", ",".join(["Server"] * runs), "--target-qps", f"{qps:.0f}",
+               "--min-duration", f"{args.run_seconds:g}"], soak_dir)
+    out = open(log_dir / "soak.out", "w")  # noqa: SIM115 - kept open while the child writes it
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    start = time.monotonic()
+    samples = []
+    while proc.poll() is None:
+        time.sleep(1.0)
+        elapsed = time.monotonic() - start
+        if elapsed >= 60 * (len(samples) + 1) or not samples and elapsed > 20:
+            try:
+                s = {"minute": round(elapsed / 60, 1), **sample(proc.pid)}
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            samples.append(s)
+            print(f"  t={s['minute']:5.1f} min  rss {s['rss_mb']} MB  fds {s['fds']}  threads {s['threads']}",
+                  flush=True)
+    proc.wait()
+    out.close()
+    text = (log_dir / "soak.out").read_text()
+    results = re.findall(r"^result: (\w+)", text, re.M)
+    lost = failed = tests = 0
+    for events in sorted(soak_dir.glob("*_Server/asyncbench_events.jsonl")):
+        for line in events.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("event") == "pipeline_done":
+                tests += 1
+                lost += record["issued"] - record["completed"]
+                failed += record["failed"]
+    qps_done = [float(v) for v in re.findall(r"^Completed samples per second: ([\d.e+]+)", text, re.M)]
+    p99 = [float(v) for v in re.findall(r"p99 ([\d.]+) ms", text)]
+    steady = samples[1:] or samples
+    print(f"exit {proc.returncode}; {results.count('VALID')}/{len(results)} VALID; {tests} tests, "
+          f"{lost} lost and {failed} failed samples")
+    if qps_done:
+        print(f"completed QPS {min(qps_done):.0f}-{max(qps_done):.0f}; p99 {min(p99):.3f}-{max(p99):.3f} ms")
+    if steady:
+        print(f"rss {min(s['rss_mb'] for s in steady)}-{max(s['rss_mb'] for s in steady)} MB, "
+              f"fds {min(s['fds'] for s in steady)}-{max(s['fds'] for s in steady)}, "
+              f"threads {min(s['threads'] for s in steady)}-{max(s['threads'] for s in steady)} (after the first minute)")
+    print(f"logs: {log_dir}")
+    ok = proc.returncode == 0 and results and all(r == "VALID" for r in results) and lost == 0 and failed == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
