@@ -74,8 +74,9 @@ def main() -> int:
     args = parser.parse_args()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="soak-"))
     engine_args = ["--engine", args.engine, *args.extra]
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"python {platform.python_version()}", flush=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.machine())
+    print(f"machine: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}", flush=True)
     capacity = args.capacity_qps or find_capacity(engine_args, log_dir / "search", args.search_start, 10.0)
     qps = capacity * args.fraction
     runs = max(1, round(args.minutes * 60 / args.run_seconds))
@@ -88,10 +89,12 @@ def main() -> int:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     start = time.monotonic()
     samples = []
+    next_at = 20.0  # the first sample once the engine is built, then one a minute
     while proc.poll() is None:
         time.sleep(1.0)
         elapsed = time.monotonic() - start
-        if elapsed >= 60 * (len(samples) + 1) or not samples and elapsed > 20:
+        if elapsed >= next_at:
+            next_at = 60.0 * (elapsed // 60 + 1)
             try:
                 s = {"minute": round(elapsed / 60, 1), **sample(proc.pid)}
             except (FileNotFoundError, ProcessLookupError):
