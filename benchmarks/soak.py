@@ -122,9 +122,9 @@ def main() -> int:
     if qps_done:
         print(f"completed QPS {min(qps_done):.0f}-{max(qps_done):.0f}; p99 {min(p99):.3f}-{max(p99):.3f} ms")
     if steady:
-        print(f"rss {min(s['rss_mb'] for s in steady)}-{max(s['rss_mb'] for s in steady)} MB, "
-              f"fds {min(s['fds'] for s in steady)}-{max(s['fds'] for s in steady)}, "
-              f"threads {min(s['threads'] for s in steady)}-{max(s['threads'] for s in steady)} (after the first minute)")
+        spans = {key: f"{min(s[key] for s in steady)}-{max(s[key] for s in steady)}" for key in ("rss_mb", "fds",
+                                                                                                 "threads")}
+        print(f"rss {spans['rss_mb']} MB, fds {spans['fds']}, threads {spans['threads']} (after the first sample)")
     print(f"logs: {log_dir}")
     ok = proc.returncode == 0 and results and all(r == "VALID" for r in results) and lost == 0 and failed == 0
     return 0 if ok else 1
