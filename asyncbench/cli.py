@@ -175,7 +175,7 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 
 def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.engines.factory import create_engine
-    from asyncbench.loadgen.plan import MODEL
+    from asyncbench.loadgen.plan import MODEL, plan_run
     from asyncbench.loadgen.settings import read_conf
     from asyncbench.runtime.runner import event_log, new_log_dir, run_scenario, warm_up
 
@@ -195,6 +195,9 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
         problems = read_conf(args.user_conf).problems(MODEL)
         if problems and args.strict:
             raise UsageError(f"user.conf {args.user_conf}: LoadGen would ignore {'; '.join(problems)} (--strict)")
+    total = len(read_map(_dataset(args, paths).val_map))
+    for cfg in configs:
+        plan_run(cfg, total, None, {})  # explicit values that cannot work are refused before any work
     log_root = args.log_dir or paths.logs
     first_log_dir = new_log_dir(log_root, configs[0].scenario)
     dataset = _prepare_inputs(args, paths, val=True, cal=False)

@@ -73,6 +73,7 @@ def main() -> int:
     parser.add_argument("extra", nargs="*", help="more asyncbench options (after --)")
     args = parser.parse_args()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="soak-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
     engine_args = ["--engine", args.engine, *args.extra]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.machine())
