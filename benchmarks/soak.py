@@ -31,25 +31,25 @@ def cli(args: list[str], log_dir: Path) -> list[str]:
     return [sys.executable, "-m", "asyncbench", *args, "--log-dir", str(log_dir)]
 
 
-def server_valid(engine_args: list[str], qps: float, seconds: float, log_dir: Path) -> bool:
-    """One Server test at ``qps``: VALID or not."""
-    done = subprocess.run(cli([*engine_args, "--scenario", "Server", "--target-qps", f"{qps:.0f}",
-                               "--min-duration", str(seconds)], log_dir), cwd=REPO, capture_output=True, text=True)
-    return done.returncode == 0 and "result: VALID" in done.stdout
+def server_valid(engine_args: list[str], qps: float, seconds: float, repeats: int, log_dir: Path) -> bool:
+    """Server tests at ``qps`` in one process: VALID only if every one of ``repeats`` is (p99 varies run to run)."""
+    done = subprocess.run(cli([*engine_args, "--scenario", ",".join(["Server"] * repeats), "--target-qps",
+                               f"{qps:.0f}", "--min-duration", str(seconds)], log_dir),
+                          cwd=REPO, capture_output=True, text=True)
+    results = re.findall(r"^result: (\w+)", done.stdout, re.M)
+    ok = done.returncode == 0 and len(results) == repeats and all(r == "VALID" for r in results)
+    print(f"capacity search: {qps:.0f} QPS {'VALID' if ok else 'INVALID'} ({', '.join(results)})", flush=True)
+    return ok
 
 
-def find_capacity(engine_args: list[str], log_dir: Path, start: float, seconds: float) -> float:
-    """Highest VALID Server QPS: doubling from ``start``, then four bisection steps."""
+def find_capacity(engine_args: list[str], log_dir: Path, start: float, seconds: float, repeats: int) -> float:
+    """Highest Server QPS VALID in every repeat: doubling from ``start``, then four bisection steps."""
     low, high = 0.0, start
-    while server_valid(engine_args, high, seconds, log_dir):
-        print(f"capacity search: {high:.0f} QPS VALID", flush=True)
+    while server_valid(engine_args, high, seconds, repeats, log_dir):
         low, high = high, high * 2
-    print(f"capacity search: {high:.0f} QPS INVALID", flush=True)
     for _ in range(4):
         mid = (low + high) / 2
-        ok = server_valid(engine_args, mid, seconds, log_dir)
-        print(f"capacity search: {mid:.0f} QPS {'VALID' if ok else 'INVALID'}", flush=True)
-        low, high = (mid, high) if ok else (low, mid)
+        low, high = (mid, high) if server_valid(engine_args, mid, seconds, repeats, log_dir) else (low, mid)
     return low
 
 
@@ -69,6 +69,7 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.8, help="share of the capacity to run at")
     parser.add_argument("--capacity-qps", type=float, help="skip the search and use this capacity")
     parser.add_argument("--search-start", type=float, default=2000.0)
+    parser.add_argument("--repeats", type=int, default=3, help="capacity search: VALID runs needed at a QPS")
     parser.add_argument("--log-dir", type=Path, default=None)
     parser.add_argument("extra", nargs="*", help="more asyncbench options (after --)")
     args = parser.parse_args()
@@ -78,7 +79,8 @@ def main() -> int:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.machine())
     print(f"machine: {cpu}, {os.cpu_count()} cores; python {platform.python_version()}", flush=True)
-    capacity = args.capacity_qps or find_capacity(engine_args, log_dir / "search", args.search_start, 10.0)
+    capacity = args.capacity_qps or find_capacity(engine_args, log_dir / "search", args.search_start, 10.0,
+                                                  args.repeats)
     qps = capacity * args.fraction
     runs = max(1, round(args.minutes * 60 / args.run_seconds))
     print(f"soak: {runs} Server tests of {args.run_seconds:g} s at {qps:.0f} QPS "
