@@ -175,8 +175,7 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 
 def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.engines.factory import create_engine
-    from asyncbench.loadgen.plan import MODEL, plan_run
-    from asyncbench.loadgen.settings import read_conf
+    from asyncbench.loadgen.plan import plan_run
     from asyncbench.runtime.runner import event_log, new_log_dir, run_scenario, warm_up
 
     configs = [RunConfig(
@@ -190,14 +189,11 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
         completion=args.completion, torch_compile=args.torch_compile, submission_length=args.submission_length,
         gil_switch_us=args.gil_switch_us, audit_config=args.audit_config, loadgen_memory_mb=args.loadgen_memory_mb,
         strict=args.strict) for scenario in args.scenarios]
-    # Checks before any work: the conf file reads as LoadGen would read it, and the log folder is writable.
-    if args.user_conf is not None:
-        problems = read_conf(args.user_conf).problems(MODEL)
-        if problems and args.strict:
-            raise UsageError(f"user.conf {args.user_conf}: LoadGen would ignore {'; '.join(problems)} (--strict)")
+    # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
+    # work, and the log folder is writable.
     total = len(read_map(_dataset(args, paths).val_map))
     for cfg in configs:
-        plan_run(cfg, total, None, {})  # explicit values that cannot work are refused before any work
+        plan_run(cfg, total, None, {})
     log_root = args.log_dir or paths.logs
     first_log_dir = new_log_dir(log_root, configs[0].scenario)
     dataset = _prepare_inputs(args, paths, val=True, cal=False)

@@ -69,24 +69,28 @@ class SampleArena:
         if self._on_load is not None:
             self._on_load(data)
 
+    def _repair(self) -> str:
+        """The command that rewrites this folder's damaged samples (built only when a sample is refused)."""
+        return (f"run `python3 scripts/preprocess_data.py -d build/data -o {self.folder.parents[2]} -b mobilenet "
+                f"--val_only`, which rewrites damaged samples")
+
     def _read(self, path: Path) -> np.ndarray:
         """One sample, checked against its recorded checksum, size, dtype and shape."""
-        repair = (f"run `python3 scripts/preprocess_data.py -d build/data -o {self.folder.parents[2]} -b mobilenet "
-                  f"--val_only`, which rewrites damaged samples")
         try:
             raw = path.read_bytes()
         except OSError as e:
-            raise UserError(f"cannot read preprocessed sample {path} ({e.strerror or e}): {repair}") from None
+            raise UserError(f"cannot read preprocessed sample {path} ({e.strerror or e}): {self._repair()}") from None
         recorded = self._recorded.get(path.name)
         if recorded is not None and crc32_bytes(raw) != recorded:
             raise UserError(f"preprocessed sample {path} does not match the checksum recorded when it was made "
-                            f"(damaged since): {repair}")
+                            f"(damaged since): {self._repair()}")
         try:
             sample = np.load(io.BytesIO(raw))
         except (OSError, ValueError, EOFError) as e:
-            raise UserError(f"preprocessed sample {path} is not a valid .npy file ({e}): {repair}") from None
+            raise UserError(f"preprocessed sample {path} is not a valid .npy file ({e}): {self._repair()}") from None
         if sample.shape != SAMPLE_SHAPE or sample.dtype != np.int8:
-            raise UserError(f"{path} holds {sample.dtype} {sample.shape}, expected int8 {SAMPLE_SHAPE}: {repair}")
+            raise UserError(f"{path} holds {sample.dtype} {sample.shape}, expected int8 {SAMPLE_SHAPE}: "
+                            f"{self._repair()}")
         return sample
 
     def unload(self, indices: Sequence[int]) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from asyncbench.config import RunConfig
 from asyncbench.errors import UsageError
-from asyncbench.loadgen.settings import ConfFile, LoadGenOptions, builtin_settings, read_conf
+from asyncbench.loadgen.settings import LoadGenOptions, builtin_settings, read_conf
 
 MODEL = "mobilenet"
 MULTISTREAM_SAMPLES = 8  # mlperf.conf's samples per MultiStream query
@@ -82,19 +82,13 @@ class RunPlan:
         return "settings: " + (", ".join(parts) if parts else "LoadGen's own")
 
 
-def _duration_s(cfg: RunConfig, conf: ConfFile | None, quick: bool) -> tuple[float, str]:
-    """The minimum duration the test will have, and where it comes from."""
-    if cfg.min_duration_s is not None:
-        return cfg.min_duration_s, "command line"
-    if conf is not None and (value := conf.number(MODEL, cfg.scenario, "min_duration")) is not None:
-        return value / 1000, "user.conf"
-    if quick:
-        return cfg.preset.quick_min_duration_s, "quick-run default"
+def _conf_duration_s(cfg: RunConfig) -> float:
+    """The minimum duration from ``--mlperf-conf``, else LoadGen's built-in mlperf.conf (a submission-length run)."""
     if cfg.mlperf_conf is not None:
         mine = read_conf(cfg.mlperf_conf, "mlperf.conf").number(MODEL, cfg.scenario, "min_duration")
         if mine is not None:
-            return mine / 1000, "mlperf.conf"
-    return builtin_settings(MODEL, cfg.scenario).min_duration_ms / 1000, "mlperf.conf"
+            return mine / 1000
+    return builtin_settings(MODEL, cfg.scenario).min_duration_ms / 1000
 
 
 def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
@@ -106,6 +100,9 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     plan = RunPlan(LoadGenOptions(scenario=scenario, mode=cfg.test_mode))
     if conf is not None:
         plan.conf_problems = conf.problems(MODEL)
+        if plan.conf_problems and cfg.strict:
+            raise UsageError(f"user.conf {cfg.user_conf}: LoadGen would ignore {'; '.join(plan.conf_problems)} "
+                             f"(--strict)")
         if (mode := conf.lookup(MODEL, scenario, "mode")) is not None:
             plan.notes.append(f"user.conf sets mode = {mode}: the run uses --test-mode {cfg.test_mode}")
 
@@ -124,9 +121,12 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         elif derived is not None:
             values[name], plan.sources[name] = derived, derived_source
 
-    duration, duration_source = _duration_s(cfg, conf, quick)
     choose("min_duration_s", cfg.min_duration_s, from_conf("min_duration"),
            cfg.preset.quick_min_duration_s if quick else None, "quick-run default", 1e-3)
+    if "min_duration_s" in values:
+        duration = values["min_duration_s"]
+    else:
+        duration, plan.sources["min_duration_s"] = _conf_duration_s(cfg), "mlperf.conf"
     choose("min_query_count", cfg.min_query_count, from_conf("min_query_count"),
            cfg.preset.quick_min_query_count if quick else None, "quick-run default")
     choose("performance_sample_count", cfg.performance_sample_count, from_conf("performance_sample_count_override"),
@@ -190,8 +190,6 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         queries = max(min_queries, 2 * duration / (expected_ms / 1e3))
         _check_fits(plan.sources.get(key, "mlperf.conf"), "expected latency", scenario, queries, samples, available)
 
-    if duration_source != "quick-run default" and cfg.min_duration_s is None:
-        plan.sources.setdefault("min_duration_s", duration_source)
     if cfg.performance_sample_count is not None and cfg.performance_sample_count > total:
         raise UsageError(f"--performance-sample-count {cfg.performance_sample_count} is more than the "
                          f"{total} samples of this dataset: use at most {total}")

@@ -248,6 +248,15 @@ class _Signals:
             self.loop.remove_signal_handler(sig)
 
 
+@dataclass(frozen=True)
+class SampleCounts:
+    """Samples of one test: issued by LoadGen, completed (each exactly once), and of those completed as failed."""
+
+    issued: int
+    completed: int
+    failed: int
+
+
 class AbortGate:
     """What LoadGen's issue thread does once the run is aborted (a failure or Ctrl-C): stop it quickly.
 
@@ -289,8 +298,8 @@ async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, setting
                 log_settings: lg.LogSettings, performance_count: int, *, inflight: int,
                 timeout_s: float | None, audit_config: Path,
                 complete: Callable[[Sequence[int], np.ndarray | None], None] | None = None,
-                log: structlog.typing.FilteringBoundLogger | None = None) -> tuple[Pipeline, AbortGate]:
-    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the abort gate."""
+                log: structlog.typing.FilteringBoundLogger | None = None) -> tuple[Pipeline, SampleCounts]:
+    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the test's counts."""
     loop = asyncio.get_running_loop()
     inbox = Inbox(loop, lambda ids, indices, arrival: pipeline.submit(ids, indices, arrival),
                   ring_at=policy.max_batch_size)
@@ -345,12 +354,13 @@ async def drive(engine: Engine, arena: SampleArena, policy: BatchPolicy, setting
         lg.DestroySUT(sut)
     if callback_errors and pipeline.failure is None:
         pipeline.failure = "; ".join(callback_errors)
+    # What the gate completed after an abort never reached the pipeline.
+    counts = SampleCounts(pipeline.issued + gate.completed, pipeline.completed + gate.completed,
+                          pipeline.failed_samples + gate.completed)
     if log is not None:
-        log.info("pipeline_done", issued=pipeline.issued + gate.completed,
-                 completed=pipeline.completed + gate.completed, failed=pipeline.failed_samples + gate.completed,
-                 failure=pipeline.failure,
-                 histogram=pipeline.batcher.histogram())
-    return pipeline, gate
+        log.info("pipeline_done", issued=counts.issued, completed=counts.completed, failed=counts.failed,
+                 failure=pipeline.failure, histogram=pipeline.batcher.histogram())
+    return pipeline, counts
 
 
 @contextlib.contextmanager
@@ -455,26 +465,25 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
                     audit_config=str(audit) if cfg.audit_config else None)
         with loop_runner(cfg.loop) as runner, gil_switch_interval(cfg.gil_switch_us * 1e-6), quiet_gc():
             inflight = getattr(engine, "inflight_slots", None) or cfg.inflight or CPU_INFLIGHT
-            pipeline, gate = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
+            pipeline, counts = runner.run(drive(engine, arena, policy, settings, make_log_settings(log_dir, cfg.trace),
                                               settings.performance_sample_count_override or min(arena.total, 1024),
                                               inflight=inflight, timeout_s=cfg.engine_timeout_s, audit_config=audit,
                                               log=events))
         summary, effective = read_results(log_dir)
-        failed = pipeline.failed_samples + gate.completed
-        issued = pipeline.issued + gate.completed
         histogram = pipeline.batcher.histogram()
-        events.info("run_end", result=getattr(summary, "result", None), failure=pipeline.failure, failed=failed,
-                    issued=issued, histogram=histogram, stage_seconds=vars(pipeline.times),
+        events.info("run_end", result=getattr(summary, "result", None), failure=pipeline.failure, failed=counts.failed,
+                    issued=counts.issued, histogram=histogram, stage_seconds=vars(pipeline.times),
                     effective={k: v for k, v in effective.items() if not k.endswith("rng_seed")})
     for note in effective_notes(plan, effective):
         say(f"note: {note}")
-    say(format_report(cfg, engine, summary, pipeline, log_dir, effective, failed, issued))
+    say(format_report(cfg, engine, summary, pipeline, log_dir, effective, counts))
     exit_code = 1 if pipeline.failure else 0
     if pipeline.failure:
         (log_dir / FAILED_MARKER).write_text(
-            f"FAILED: {pipeline.failure}\n{failed} of {issued} samples were completed as failed (no data). "
-            f"LoadGen 6.0 has no error response, so mlperf_log_summary.txt cannot show this: this run is not valid.\n")
-        say(f"error: run failed: {pipeline.failure} ({failed} of {issued} samples completed as failed; "
+            f"FAILED: {pipeline.failure}\n{counts.failed} of {counts.issued} samples were completed as failed "
+            f"(no data). LoadGen 6.0 has no error response, so mlperf_log_summary.txt cannot show this: "
+            f"this run is not valid.\n")
+        say(f"error: run failed: {pipeline.failure} ({counts.failed} of {counts.issued} samples completed as failed; "
             f"LoadGen logs in {log_dir})")
     return RunResult(log_dir, summary, pipeline.failure, histogram, exit_code, effective)
 
@@ -545,21 +554,17 @@ def format_histogram(hist: dict[int, int], max_items: int = 12) -> str:
 
 
 def format_report(cfg: RunConfig, engine: Engine, summary: RunSummary | None, pipeline: Pipeline, log_dir: Path,
-                  effective: dict[str, object] | None = None, failed: int | None = None,
-                  issued: int | None = None) -> str:
+                  effective: dict[str, object], counts: SampleCounts) -> str:
     """The human summary printed after each scenario: LoadGen's effective settings, never just the requested ones."""
-    effective = effective or {}
     scenario, mode = effective.get("scenario", cfg.scenario), effective.get("test_mode", cfg.test_mode)
     lines = [f"== {scenario} / {mode} on {engine.name} ({cfg.loop})"]
     shown = [f"{k} {effective[k]}" for k in EFFECTIVE_SHOWN.get(str(scenario), ()) if k in effective]
     if shown:
         lines.append("effective: " + ", ".join(shown))
-    failed = pipeline.failed_samples if failed is None else failed
-    issued = pipeline.issued if issued is None else issued
     if pipeline.failure is not None:
         said = f" (LoadGen's summary says {summary.result}, but it cannot see failed samples)" if (
             summary is not None and summary.result == "VALID") else ""
-        lines.append(f"result: FAILED: {failed} of {issued} samples completed as failed{said}")
+        lines.append(f"result: FAILED: {counts.failed} of {counts.issued} samples completed as failed{said}")
     elif summary is not None and summary.result is not None:
         lines.append(f"result: {summary.result}" + ("" if summary.result == "VALID" else
                                                     "".join(f"\n  - {r}" for r in summary.reasons)))
