@@ -51,6 +51,11 @@ class BuildPaths:
         return self.root / "engines"
 
     @property
+    def compile_cache(self) -> Path:
+        """Compiled GPU kernels and their tuning choices, reused across runs (Triton, inductor)."""
+        return self.root / "cache"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 

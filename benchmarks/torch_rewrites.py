@@ -31,7 +31,7 @@ def main() -> None:
     fp32, _ = ensure_engine_models(BuildPaths(Path(args.build_dir)), log=lambda _: None)
     print(f"GPU: {device_name(0)}")
     for fold in (False, True):
-        engine = GpuEngine([TorchBackend(fp32, 0, sizes, "fp16", "default", fold=fold)], 1)
+        engine = GpuEngine([TorchBackend(fp32, 0, sizes, "fp16", "default", fold=fold, fused=False)], 1)
         try:
             worker = engine.workers[0]
             rates = {b: b / worker.time_compute(b, max(20, 12_800 // b)) for b in sizes}

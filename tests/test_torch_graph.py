@@ -1,4 +1,4 @@
-"""The torch engine's ONNX interpreter on the CPU: same top-1 as onnxruntime (skipped without torch)."""
+"""The torch engine's per-op builders on the CPU: same top-1 as onnxruntime (skipped without torch)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 def test_interpreter_matches_onnxruntime_on_real_photos(calibrated: BuildPaths) -> None:
     import onnx
 
-    from asyncbench.engines.torch_engine import _build_module
+    from asyncbench.model.torch_ops import GraphModule
 
     fp32, _ = ensure_engine_models(calibrated, log=lambda _: None)
     dataset = resolve_dataset(calibrated)
@@ -27,7 +27,7 @@ def test_interpreter_matches_onnxruntime_on_real_photos(calibrated: BuildPaths) 
         want = ort.infer(batch)
     finally:
         ort.close()
-    module = _build_module(onnx.load(str(fp32)), torch.float32).eval()
+    module = GraphModule(onnx.load(str(fp32)), torch.float32).eval()
     with torch.inference_mode():
         got = module(torch.from_numpy(batch)).numpy()
     assert got.dtype == np.int32

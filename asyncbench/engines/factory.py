@@ -107,13 +107,18 @@ def create_engine(cfg: RunConfig, paths: BuildPaths, say: Callable[[str], None] 
         return OnnxRuntimeEngine(model, max_batch_size=cfg.max_batch_size or CPU_MAX_BATCH,
                                  intra_op_threads=cfg.threads)
     if name == "torch":
-        from asyncbench.engines.torch_engine import TorchBackend
+        from asyncbench.engines.torch_engine import TorchBackend, use_cache_dir
 
+        use_cache_dir(paths.compile_cache)
         compile_mode = None if cfg.torch_compile == "none" else cfg.torch_compile
-        say(f"note: torch engine: {precision}, torch.compile {cfg.torch_compile}, CUDA graphs per batch size "
-            f"(compiling and capturing takes a while once per process)")
-        return _gpu_engine(cfg, devices,
-                           lambda device, buckets: TorchBackend(fp32, device, buckets, precision, compile_mode))
+
+        def torch_backend(device: int, buckets: list[int]) -> TorchBackend:
+            backend = TorchBackend(fp32, device, buckets, precision, compile_mode)
+            if device == devices[0]:
+                say(f"note: torch engine: {backend.path}; CUDA graphs per batch size "
+                    f"(kernels cached under {paths.compile_cache})")
+            return backend
+        return _gpu_engine(cfg, devices, torch_backend)
     if name == "tensorrt":
         from asyncbench.engines.tensorrt_engine import TensorRTBackend
 

@@ -295,6 +295,7 @@ class GpuEngine:
         self.name = f"{first.name}-{first.precision}"
         self.device = ",".join(f"cuda:{w.device}" for w in self.workers)
         self.max_batch_size = min(w.max_batch_size for w in self.workers)
+        self.slots_per_device = slots_per_device  # batches queued on one device at once (Server policy)
         self.inflight_slots = slots_per_device * len(self.workers)
         self.start_from_device = start_from_device
         self._arena: SampleArena | None = None

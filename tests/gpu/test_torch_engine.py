@@ -1,4 +1,8 @@
-"""The torch engine on a GPU: same top-1 as the onnxruntime fp32 engine, from host batches and from the arena."""
+"""The torch engine on a GPU: same top-1 as the onnxruntime fp32 engine, from host batches and from the arena.
+
+The fused fp16 path may differ from fp32 on a photo whose top two classes are nearly tied: at most
+one of the 104 (the product's bar); the node-by-node fp32 path must match exactly.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ def torch_engine(calibrated: BuildPaths) -> GpuEngine:
     from asyncbench.engines.torch_engine import TorchBackend
 
     fp32, _ = ensure_engine_models(calibrated, log=lambda _: None)
-    engine = GpuEngine([TorchBackend(fp32, 0, BUCKETS, "fp16", compile_mode=None)], 2)
+    engine = GpuEngine([TorchBackend(fp32, 0, BUCKETS, "fp16")], 2)
+    assert "fused Triton body" in engine.workers[0].backend.path
     yield engine
     engine.close()
 
@@ -51,7 +56,7 @@ def test_host_batches_match_onnxruntime_fp32(calibrated: BuildPaths, torch_engin
     _, batch = _samples(calibrated)
     got = np.concatenate([torch_engine.infer(batch[i:i + 24]) for i in range(0, len(batch), 24)])
     assert got.dtype == np.int32
-    assert np.array_equal(got, reference), np.flatnonzero(got != reference)
+    assert (got != reference).sum() <= 1, np.flatnonzero(got != reference)
 
 
 @pytest.mark.parametrize("on_device", [False, True])
@@ -73,17 +78,19 @@ def test_arena_batches_match_onnxruntime_fp32(calibrated: BuildPaths, torch_engi
         return out
 
     for indices, top1 in zip(batches, asyncio.run(main()), strict=True):
-        assert np.array_equal(top1, reference[indices])
+        assert (top1 != reference[indices]).sum() <= 1
     torch_engine.start_from_device = False
 
 
-def test_compiled_engine_matches_eager(calibrated: BuildPaths, reference: np.ndarray) -> None:
+def test_node_by_node_fp32_path_matches_exactly(calibrated: BuildPaths, reference: np.ndarray) -> None:
     torch_or_skip()
     from asyncbench.engines.torch_engine import TorchBackend
 
     fp32, _ = ensure_engine_models(calibrated, log=lambda _: None)
     _, batch = _samples(calibrated)
-    engine = GpuEngine([TorchBackend(fp32, 0, [1, 8, 32], "fp16", compile_mode="default")], 1)
+    backend = TorchBackend(fp32, 0, [1, 8, 32], "fp32", compile_mode=None)
+    assert "node by node" in backend.path
+    engine = GpuEngine([backend], 1)
     try:
         got = np.concatenate([engine.infer(batch[i:i + 32]) for i in range(0, len(batch), 32)])
         single = engine.infer(batch[:1])
