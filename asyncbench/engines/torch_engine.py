@@ -71,16 +71,19 @@ class TorchBackend:
             raise UserError(f"{model_path} must have one input and one output (the engine contract)")
         torch.backends.cudnn.benchmark = True
         chain = match_chain(model) if fused and precision == "fp16" else None
-        why = "fused=False" if not fused else "fp32 runs node by node" if precision == "fp32" else (
-            "the graph is not a depthwise-separable body" if chain is None else None)
-        if chain is not None:
+        if not fused:
+            why: str | None = "fused=False"
+        elif precision == "fp32":
+            why = "fp32 runs node by node"
+        elif chain is None:
+            why = "the graph is not a depthwise-separable body"
+        else:
             from asyncbench.engines.triton_chain import supported
 
             why = supported(chain)
-        self.path = ""
         with torch.cuda.device(self._dev):
             self._pool = torch.cuda.graph_pool_handle()
-            if why is None and chain is not None:
+            if why is None:
                 from asyncbench.engines.triton_chain import ChainKernels
 
                 body = ChainKernels(chain, self._dev)

@@ -11,12 +11,13 @@ node. The nodes after the body (pooling, classifier, arg-max) are returned untou
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from asyncbench.model.gpu_rewrite import consumers
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class ConvChain:
         return h, w, self.blocks[-1].pw_weight.shape[1]
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def node_attrs(node: onnx.NodeProto) -> dict[str, object]:
+    """A node's attributes as Python values, by name."""
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -84,10 +86,7 @@ class _Walker:
         for node in graph.node:
             if node.op_type == "Constant":
                 self.consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-        self.users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in graph.node:
-            for name in node.input:
-                self.users[name].append(node)
+        self.users = consumers(graph)
         self.outputs = {o.name for o in graph.output}
 
     def next(self, name: str) -> onnx.NodeProto | None:
@@ -108,7 +107,7 @@ def _activation(walker: _Walker, node: onnx.NodeProto | None) -> Activation | No
         return Activation(0.0, float("inf"))
     if node.op_type != "Clip":
         return None
-    a = _attrs(node)
+    a = node_attrs(node)
     ins = list(node.input)
     low = walker.scalar(ins[1]) if len(ins) > 1 and ins[1] else a.get("min", float("-inf"))
     high = walker.scalar(ins[2]) if len(ins) > 2 and ins[2] else a.get("max", float("inf"))
@@ -121,7 +120,7 @@ def _conv(walker: _Walker, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray
     """Weight, bias and attributes of a Conv with constant weights and explicit pads, or None."""
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in walker.consts:
         return None
-    a = _attrs(node)
+    a = node_attrs(node)
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or list(a.get("dilations", [1, 1])) != [1, 1]:
         return None
     weight = walker.consts[node.input[1]].astype(np.float32)
@@ -163,7 +162,7 @@ def match_chain(model: onnx.ModelProto) -> ConvChain | None:
     name, scale, transposed = graph.input[0].name, 1.0, False
     node = walker.next(name)
     while node is not None and node.op_type != "Conv":
-        a = _attrs(node)
+        a = node_attrs(node)
         if node.op_type in ("Mul", "Div") and node.input[0] == name and walker.scalar(node.input[1]) is not None:
             factor = walker.scalar(node.input[1])
             scale = scale * factor if node.op_type == "Mul" else scale / factor  # type: ignore[operator]

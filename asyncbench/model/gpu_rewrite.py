@@ -18,7 +18,8 @@ from onnx import numpy_helper
 from asyncbench.model.wrap import drop_unused_initializers
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """The nodes reading each value, by value name."""
     users: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
@@ -45,7 +46,7 @@ def fold_pad_channel(model: onnx.ModelProto) -> onnx.ModelProto:
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    users = _consumers(g)
+    users = consumers(g)
     source = g.input[0].name
     while len(users[source]) == 1 and users[source][0].op_type == "Cast":
         source = users[source][0].output[0]

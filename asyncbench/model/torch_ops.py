@@ -20,6 +20,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's own convention
 from onnx import numpy_helper
 
 from asyncbench.errors import UserError
+from asyncbench.model.convchain import node_attrs
 
 POOLS = ("GlobalAveragePool", "AveragePool")
 Op = Callable[..., torch.Tensor]
@@ -225,8 +226,7 @@ class GraphModule(torch.nn.Module):
             if build is None:
                 raise UserError(f"the torch engine does not implement ONNX op {node.op_type} (node {node.name!r}); "
                                 f"use --engine onnxruntime for this model")
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            ctx = _Node(node, attrs, consts, torch.float32 if i >= last_pool else dtype, self)
+            ctx = _Node(node, node_attrs(node), consts, torch.float32 if i >= last_pool else dtype, self)
             self._steps.append((build(ctx), list(node.input), node.output[0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
