@@ -41,6 +41,35 @@ def _prune_depthwise(configs: list[triton.Config], named_args: dict[str, Any], *
     return kept or configs[:1]
 
 
+@triton.jit
+def _pixels(offs_m, OH, OW):
+    """(image as int64, output row, output column) of flat NHWC output-pixel indices."""
+    rest = offs_m // OW
+    return (rest // OH).to(tl.int64), rest % OH, offs_m % OW
+
+
+@triton.jit
+def _depthwise_tile(x_ptr, w_ptr, b_ptr, offs_c, n, oh, ow, mask_m, H, W, C, in_lo, in_hi, lo, hi,
+                    STRIDE: tl.constexpr, PAD_T: tl.constexpr, PAD_L: tl.constexpr, CLAMP_IN: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """clamp(depthwise3x3(x) + bias) for these output pixels and channels, float32 in registers."""
+    d = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    for kh in tl.static_range(3):
+        ih = oh * STRIDE - PAD_T + kh
+        row_ok = mask_m & (ih >= 0) & (ih < H)
+        row = (n * H + ih) * W
+        for kw in tl.static_range(3):
+            iw = ow * STRIDE - PAD_L + kw
+            ok = row_ok & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptr + (row + iw)[:, None] * C + offs_c[None, :], mask=ok[:, None], other=0.0)
+            xv = xv.to(tl.float32)
+            if CLAMP_IN:  # the previous layer's activation, deferred to here (zero padding stays zero)
+                xv = tl.where(ok[:, None], tl.minimum(tl.maximum(xv, in_lo), in_hi), 0.0)
+            d += xv * tl.load(w_ptr + (kh * 3 + kw) * C + offs_c)[None, :]
+    d += tl.load(b_ptr + offs_c)[None, :]
+    return tl.minimum(tl.maximum(d, lo), hi)
+
+
 @triton.autotune(
     configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=2)
              for m, n, k, w in [(64, 64, 32, 4), (128, 64, 32, 4), (128, 64, 64, 4), (64, 128, 32, 4),
@@ -57,29 +86,13 @@ def _separable(x_ptr, dw_w_ptr, dw_b_ptr, pw_w_ptr, pw_b_ptr, y_ptr,
     pid_m = tl.program_id(0) // tiles_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    ow = offs_m % OW
-    rest = offs_m // OW
-    oh = rest % OH
-    n = (rest // OH).to(tl.int64)
+    n, oh, ow = _pixels(offs_m, OH, OW)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        d = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        for kh in tl.static_range(3):
-            ih = oh * STRIDE - PAD_T + kh
-            row_ok = mask_m & (ih >= 0) & (ih < H)
-            row = (n * H + ih) * W
-            for kw in tl.static_range(3):
-                iw = ow * STRIDE - PAD_L + kw
-                ok = row_ok & (iw >= 0) & (iw < W)
-                xv = tl.load(x_ptr + (row + iw)[:, None] * C + offs_k[None, :], mask=ok[:, None], other=0.0)
-                xv = xv.to(tl.float32)
-                if CLAMP_IN:  # the previous layer's activation, deferred to here (zero padding stays zero)
-                    xv = tl.where(ok[:, None], tl.minimum(tl.maximum(xv, in_lo), in_hi), 0.0)
-                d += xv * tl.load(dw_w_ptr + (kh * 3 + kw) * C + offs_k)[None, :]
-        d += tl.load(dw_b_ptr + offs_k)[None, :]
-        d = tl.minimum(tl.maximum(d, dw_lo), dw_hi)
+        d = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, offs_k, n, oh, ow, mask_m, H, W, C, in_lo, in_hi,
+                            dw_lo, dw_hi, STRIDE, PAD_T, PAD_L, CLAMP_IN, BLOCK_M, BLOCK_K)
         b = tl.load(pw_w_ptr + offs_k[:, None] * COUT + offs_n[None, :])
         acc = tl.dot(d.to(tl.float16), b, acc)
     acc += tl.load(pw_b_ptr + offs_n)[None, :]
@@ -102,26 +115,10 @@ def _depthwise(x_ptr, w_ptr, b_ptr, y_ptr, M, H, W, OH, OW, C, in_lo, in_hi, lo,
     pid_m = tl.program_id(0) // tiles_c
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    ow = offs_m % OW
-    rest = offs_m // OW
-    oh = rest % OH
-    n = (rest // OH).to(tl.int64)
+    n, oh, ow = _pixels(offs_m, OH, OW)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    d = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-    for kh in tl.static_range(3):
-        ih = oh * STRIDE - PAD_T + kh
-        row_ok = mask_m & (ih >= 0) & (ih < H)
-        row = (n * H + ih) * W
-        for kw in tl.static_range(3):
-            iw = ow * STRIDE - PAD_L + kw
-            ok = row_ok & (iw >= 0) & (iw < W)
-            xv = tl.load(x_ptr + (row + iw)[:, None] * C + offs_c[None, :], mask=ok[:, None], other=0.0)
-            xv = xv.to(tl.float32)
-            if CLAMP_IN:
-                xv = tl.where(ok[:, None], tl.minimum(tl.maximum(xv, in_lo), in_hi), 0.0)
-            d += xv * tl.load(w_ptr + (kh * 3 + kw) * C + offs_c)[None, :]
-    d += tl.load(b_ptr + offs_c)[None, :]
-    d = tl.minimum(tl.maximum(d, lo), hi)
+    d = _depthwise_tile(x_ptr, w_ptr, b_ptr, offs_c, n, oh, ow, mask_m, H, W, C, in_lo, in_hi, lo, hi,
+                        STRIDE, PAD_T, PAD_L, CLAMP_IN, BLOCK_M, BLOCK_C)
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * C + offs_c[None, :], d.to(tl.float16), mask=mask_m[:, None])
 
 
@@ -134,10 +131,7 @@ def _stem(x_ptr, w_ptr, b_ptr, y_ptr, M, H, W, OH, OW, lo, hi,
     """clamp(conv3x3(int8 NHWC x) + bias) for BLOCK_M output pixels, all COUT channels, fp16 out."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    ow = offs_m % OW
-    rest = offs_m // OW
-    oh = rest % OH
-    n = (rest // OH).to(tl.int64)
+    n, oh, ow = _pixels(offs_m, OH, OW)
     offs_o = tl.arange(0, COUT)
     acc = tl.zeros((BLOCK_M, COUT), dtype=tl.float32)
     for kh in tl.static_range(3):
