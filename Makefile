@@ -38,5 +38,7 @@ evaluate: $(VENV)/.installed $(CACHE)
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# Lint and type check (CI runs both before the tests).
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m mypy

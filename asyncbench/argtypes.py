@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
+
+_N = TypeVar("_N", int, float)
 
 
 def positive_int(text: str) -> int:
@@ -32,7 +36,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _parse(text: str, cast: type, what: str):  # noqa: ANN202 - returns int or float as cast gives
+def _parse(text: str, cast: Callable[[str], _N], what: str) -> _N:
     try:
         return cast(text)
     except ValueError:

@@ -6,35 +6,51 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from asyncbench.argtypes import non_negative_int, positive_float, positive_int
 from asyncbench.config import (
-    COMPLETIONS,
-    ENGINES,
-    LOOPS,
-    PRECISIONS,
-    SCENARIOS,
-    TEST_MODES,
-    TORCH_COMPILE_MODES,
+    BatchingConfig,
+    Choice,
+    Completion,
+    EngineConfig,
+    EngineKind,
+    GpuConfig,
+    LoadGenConfig,
+    Loop,
+    Precision,
+    ProcessConfig,
     RunConfig,
+    Scenario,
+    TestMode,
+    TorchCompile,
 )
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
-from asyncbench.errors import UsageError, UserError
+from asyncbench.errors import AsyncbenchError, ConfigError
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
 
 BENCHMARKS = ("mobilenet",)
 
 
+EXIT_FAILED = 1  # a run failed (samples completed as failed) or a problem the user can fix
+EXIT_USAGE = 2  # a bad command-line or configuration value (as argparse)
+EXIT_INTERRUPTED = 130
+
+
+def exit_code(error: AsyncbenchError) -> int:
+    """The process exit status for a deliberate error (every command line maps them the same way)."""
+    return EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILED
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad value in one line (usage stays in --help)."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
 
 
 def _benchmarks(text: str) -> str:
@@ -45,22 +61,24 @@ def _benchmarks(text: str) -> str:
     return ",".join(names)
 
 
-def _scenarios(text: str) -> list[str]:
-    by_lower = {s.lower(): s for s in SCENARIOS}
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n.lower() not in by_lower]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown scenario {','.join(bad) or text!r}: use {', '.join(SCENARIOS)}")
-    return [by_lower[n.lower()] for n in names]
+def _scenarios(text: str) -> list[Scenario]:
+    try:
+        names = [Scenario.parse(n.strip()) for n in text.split(",") if n.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"unknown scenario {e}") from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"no scenario in {text!r}: use {', '.join(Scenario)}")
+    return names
 
 
-def _choice(options: tuple[str, ...], what: str):  # noqa: ANN202 - argparse type callable
-    by_lower = {o.lower(): o for o in options}
+def _choice(kind: type[Choice], what: str) -> Callable[[str], Choice]:
+    """An argparse type for one enum's values, case-insensitive."""
 
-    def parse(text: str) -> str:
-        if text.lower() not in by_lower:
-            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}: use {', '.join(options)}")
-        return by_lower[text.lower()]
+    def parse(text: str) -> Choice:
+        try:
+            return kind.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"unknown {what} {e}") from None
 
     return parse
 
@@ -87,11 +105,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--scenario", "--scenarios", dest="scenarios", type=_scenarios, default=["Offline"],
                    help="SingleStream, MultiStream, Server, Offline, or a comma list run one after another")
-    p.add_argument("--test-mode", "--test_mode", dest="test_mode", type=_choice(TEST_MODES, "test mode"),
-                   default="PerformanceOnly", help=", ".join(TEST_MODES))
+    p.add_argument("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
+                   default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
     p.add_argument("--target-qps", type=positive_float, help="Server target QPS / Offline expected QPS")
-    p.add_argument("--engine", type=_choice(ENGINES, "engine"), default="auto", help=", ".join(ENGINES))
-    p.add_argument("--precision", type=_choice(PRECISIONS, "precision"),
+    p.add_argument("--engine", type=_choice(EngineKind, "engine"), default=EngineKind.AUTO,
+                   help=", ".join(EngineKind))
+    p.add_argument("--precision", type=_choice(Precision, "precision"),
                    help="default: the engine's best (onnxruntime int8, torch fp16, tensorrt int8)")
     p.add_argument("--max-batch-size", type=positive_int, help="largest batch the batcher forms")
     p.add_argument("--max-queue-delay-us", type=non_negative_int, help="batcher delay from the oldest pending sample")
@@ -102,15 +121,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user-conf", type=_file, help="user.conf applied after mlperf.conf")
     p.add_argument("--mlperf-conf", type=_file, help="mlperf.conf (default: LoadGen's built-in)")
     p.add_argument("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
-    p.add_argument("--loop", type=_choice(LOOPS, "event loop"), default="uvloop", help="uvloop (default) or asyncio")
+    p.add_argument("--loop", type=_choice(Loop, "event loop"), default=Loop.UVLOOP, help="uvloop (default) or asyncio")
     p.add_argument("--inflight", type=positive_int,
                    help="batches in flight: CPU engines (default 2), or slots per GPU (default 3)")
     p.add_argument("--gpus", type=positive_int, help="use the first N visible GPUs (default: all)")
     p.add_argument("--start-from-device", action="store_true",
                    help="keep the QSL samples on each GPU instead of copying every batch from pinned host memory")
-    p.add_argument("--completion", type=_choice(COMPLETIONS, "completion"), default="thread",
+    p.add_argument("--completion", type=_choice(Completion, "completion"), default=Completion.THREAD,
                    help="how a finished GPU batch reaches the loop: thread (event synchronize, default) or hostfunc")
-    p.add_argument("--torch-compile", type=_choice(TORCH_COMPILE_MODES, "torch.compile mode"), default="default",
+    p.add_argument("--torch-compile", type=_choice(TorchCompile, "torch.compile mode"),
+                   default=TorchCompile.DEFAULT,
                    help="torch engine: torch.compile mode, or none (eager + CUDA graphs, quick start)")
     p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
     p.add_argument("--engine-timeout", type=positive_float, default=60.0,
@@ -173,22 +193,29 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
     return argv if argv and argv[0] in SUBCOMMANDS else ["run", *argv]
 
 
-def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
-    from asyncbench.engines.factory import create_engine
-    from asyncbench.loadgen.plan import plan_run
-    from asyncbench.runtime.runner import event_log, new_log_dir, run_scenario, warm_up
-
-    configs = [RunConfig(
-        scenario=scenario, test_mode=args.test_mode, engine=args.engine, precision=args.precision,
-        target_qps=args.target_qps, max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-        preferred_batch_sizes=args.preferred_batch_sizes, min_duration_s=args.min_duration,
+def run_configs(args: argparse.Namespace) -> list[RunConfig]:
+    """The one configuration per scenario asked for, built from the parsed command line."""
+    loadgen = LoadGenConfig(
+        test_mode=args.test_mode, target_qps=args.target_qps, min_duration_s=args.min_duration,
         min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
-        user_conf=args.user_conf, mlperf_conf=args.mlperf_conf,
-        loop=args.loop, inflight=args.inflight, threads=args.threads, engine_timeout_s=args.engine_timeout,
-        null_spec=args.null_spec, trace=args.trace, gpus=args.gpus, start_from_device=args.start_from_device,
-        completion=args.completion, torch_compile=args.torch_compile, submission_length=args.submission_length,
-        gil_switch_us=args.gil_switch_us, audit_config=args.audit_config, loadgen_memory_mb=args.loadgen_memory_mb,
-        strict=args.strict) for scenario in args.scenarios]
+        user_conf=args.user_conf, mlperf_conf=args.mlperf_conf, audit_config=args.audit_config, trace=args.trace,
+        submission_length=args.submission_length, memory_mb=args.loadgen_memory_mb, strict=args.strict)
+    batching = BatchingConfig(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+                              preferred_batch_sizes=args.preferred_batch_sizes, inflight=args.inflight)
+    engine = EngineConfig(kind=args.engine, precision=args.precision, threads=args.threads,
+                          timeout_s=args.engine_timeout, null_spec=args.null_spec, torch_compile=args.torch_compile)
+    gpu = GpuConfig(count=args.gpus, start_from_device=args.start_from_device, completion=args.completion)
+    process = ProcessConfig(loop=args.loop, gil_switch_us=args.gil_switch_us)
+    return [RunConfig(scenario, loadgen, batching, engine, gpu, process) for scenario in args.scenarios]
+
+
+def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
+    from asyncbench.loadgen.plan import plan_run
+    from asyncbench.loadgen.run import event_log, new_log_dir, run_scenario
+    from asyncbench.runtime.sizing import open_engine
+    from asyncbench.runtime.warmup import warm_up
+
+    configs = run_configs(args)
     # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
     # work, and the log folder is writable.
     total = len(read_map(_dataset(args, paths).val_map))
@@ -199,19 +226,20 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
     worst = 0
     # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
-    engine = create_engine(configs[0], paths)
+    engine = open_engine(configs[0], paths)
     try:
-        with event_log(first_log_dir / "asyncbench_events.jsonl") as events:
-            warm_up(engine, configs[0].engine_timeout_s, events)
+        with event_log(first_log_dir) as events:
+            warm_up(engine, configs[0].engine.timeout_s, events)
         for position, cfg in enumerate(configs):
             log_dir = first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario)
             result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir)
-            if cfg.test_mode == "AccuracyOnly" and result.failure is None:
+            if cfg.loadgen.test_mode == TestMode.ACCURACY_ONLY and result.failure is None:
                 acc = accuracy_mod.compute_accuracy(
                     accuracy_mod.load_accuracy_log(result.log_dir / "mlperf_log_accuracy.json"),
                     [e.label for e in read_map(dataset.val_map)], source=str(result.log_dir))
                 print(acc.line())
-            worst = max(worst, result.exit_code)
+            if result.failure is not None:
+                worst = EXIT_FAILED
     finally:
         engine.close()
     return worst
@@ -267,12 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             chosen = models if args.model == "both" else {args.model: models[args.model]}
             evaluate(dataset, paths.preprocessed, chosen, batch_size=args.batch_size, threads=args.threads)
         return 0
-    except UserError as e:
+    except AsyncbenchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def console_main() -> None:

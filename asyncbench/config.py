@@ -1,20 +1,91 @@
-"""One frozen RunConfig per run, and the per-scenario presets behind its defaults."""
+"""The run configuration: one nested, frozen record the CLI builds once, with an enum for every choice list.
+
+Sections follow who reads them: ``loadgen`` (what LoadGen is told), ``batching`` (the batcher and
+how many batches are in flight), ``engine``, ``gpu`` and ``process`` (event loop and interpreter
+knobs). A None value means "derive it" (from the scenario preset, user.conf or the engine's
+measured latencies); the module that derives it says how.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
-SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
-TEST_MODES = ("PerformanceOnly", "AccuracyOnly", "SubmissionRun", "FindPeakPerformance")
-ENGINES = ("auto", "onnxruntime", "torch", "tensorrt", "null")
-LOOPS = ("uvloop", "asyncio")
-PRECISIONS = ("int8", "fp16", "fp32")
+
+class Choice(enum.StrEnum):
+    """A choice list whose values are what users type; parsing ignores case."""
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        """The member spelled ``text`` in any case; ValueError names the valid spellings."""
+        for member in cls:
+            if member.value.lower() == text.lower():
+                return member
+        raise ValueError(f"{text!r}: use {', '.join(m.value for m in cls)}")
+
+
+class Scenario(Choice):
+    SINGLE_STREAM = "SingleStream"
+    MULTI_STREAM = "MultiStream"
+    SERVER = "Server"
+    OFFLINE = "Offline"
+
+
+class TestMode(Choice):
+    __test__ = False  # not a pytest class
+
+    PERFORMANCE_ONLY = "PerformanceOnly"
+    ACCURACY_ONLY = "AccuracyOnly"
+    SUBMISSION_RUN = "SubmissionRun"
+    FIND_PEAK_PERFORMANCE = "FindPeakPerformance"
+
+
+class EngineKind(Choice):
+    AUTO = "auto"
+    ONNXRUNTIME = "onnxruntime"
+    TORCH = "torch"
+    TENSORRT = "tensorrt"
+    NULL = "null"
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether this engine runs on NVIDIA GPUs (device-indexed batches, stream slots)."""
+        return self in (EngineKind.TORCH, EngineKind.TENSORRT)
+
+
+class Precision(Choice):
+    INT8 = "int8"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class Loop(Choice):
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
+class Completion(Choice):
+    """How the loop learns that a GPU batch finished (asyncbench.cuda.completion)."""
+
+    THREAD = "thread"
+    HOSTFUNC = "hostfunc"
+
+
+class TorchCompile(Choice):
+    DEFAULT = "default"
+    MAX_AUTOTUNE_NO_CUDAGRAPHS = "max-autotune-no-cudagraphs"
+    NONE = "none"
+
+
 # Which precisions each engine runs; the first is its default.
-ENGINE_PRECISIONS = {"onnxruntime": ("int8", "fp32"), "torch": ("fp16", "fp32"), "tensorrt": ("int8",),
-                     "null": ("int8", "fp16", "fp32")}
-COMPLETIONS = ("thread", "hostfunc")
-TORCH_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "none")
+ENGINE_PRECISIONS: dict[EngineKind, tuple[Precision, ...]] = {
+    EngineKind.ONNXRUNTIME: (Precision.INT8, Precision.FP32),
+    EngineKind.TORCH: (Precision.FP16, Precision.FP32),
+    EngineKind.TENSORRT: (Precision.INT8,),
+    EngineKind.NULL: (Precision.INT8, Precision.FP16, Precision.FP32),
+}
 
 
 @dataclass(frozen=True)
@@ -27,50 +98,85 @@ class ScenarioPreset:
     quick_min_query_count: int
 
 
-PRESETS = {
+PRESETS: dict[Scenario, ScenarioPreset] = {
     # SingleStream: one sample per query, never wait.
-    "SingleStream": ScenarioPreset(1, 0, 10.0, 256),
+    Scenario.SINGLE_STREAM: ScenarioPreset(1, 0, 10.0, 256),
     # MultiStream: a query's samples dispatch together at once (split only above the engine's best batch).
-    "MultiStream": ScenarioPreset(None, 0, 10.0, 256),
+    Scenario.MULTI_STREAM: ScenarioPreset(None, 0, 10.0, 256),
     # Server: Triton-style delay from the oldest pending sample, sized from the p99 target.
-    "Server": ScenarioPreset(None, None, 10.0, 1024),
+    Scenario.SERVER: ScenarioPreset(None, None, 10.0, 1024),
     # Offline: everything arrives at once: full batches, no delay.
-    "Offline": ScenarioPreset(None, 0, 10.0, 1),
+    Scenario.OFFLINE: ScenarioPreset(None, 0, 10.0, 1),
 }
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one LoadGen run needs, validated by the CLI before anything starts."""
+class LoadGenConfig:
+    """What LoadGen is asked for; None leaves a value to user.conf, mlperf.conf or the harness's derivation."""
 
-    scenario: str = "Offline"
-    test_mode: str = "PerformanceOnly"
-    engine: str = "auto"
-    precision: str | None = None  # None: the engine's best (onnxruntime int8, torch fp16, tensorrt int8)
-    target_qps: float | None = None
-    max_batch_size: int | None = None
-    max_queue_delay_us: int | None = None
-    preferred_batch_sizes: tuple[int, ...] = ()
+    test_mode: TestMode = TestMode.PERFORMANCE_ONLY
+    target_qps: float | None = None  # Server target QPS / Offline expected QPS
     min_duration_s: float | None = None
     min_query_count: int | None = None
     performance_sample_count: int | None = None
     user_conf: Path | None = None
     mlperf_conf: Path | None = None
-    loop: str = "uvloop"
-    inflight: int | None = None  # batches in flight: CPU engines 2, GPU engines 3 per device
-    threads: int | None = None
-    engine_timeout_s: float = 60.0
-    gil_switch_us: int = 500  # sys.setswitchinterval during a run (see runner.gil_switch_interval)
-    null_spec: str = ""
-    gpus: int | None = None  # use the first N visible GPUs (default: all of them)
-    start_from_device: bool = False  # mirror the QSL arena to each GPU (no host-to-device copy per batch)
-    completion: str = "thread"  # how the loop learns a GPU batch finished: "thread" or "hostfunc"
-    torch_compile: str = "default"  # torch.compile mode, or "none" for eager + CUDA graphs
+    audit_config: Path | None = None  # None: LoadGen reads no audit.config (never the working directory's)
     trace: bool = False
     submission_length: bool = False  # True: do not shorten the run to the quick preset
-    audit_config: Path | None = None  # None: LoadGen reads no audit.config (never the working directory's)
-    loadgen_memory_mb: float = 1024.0  # budget for the queries LoadGen generates from derived values
+    memory_mb: float = 1024.0  # budget for the queries LoadGen generates from derived values
     strict: bool = False  # user.conf keys LoadGen would ignore are an error, not a note
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """The batcher's limits and the batches in flight; None: the scenario preset or the engine's latencies."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    preferred_batch_sizes: tuple[int, ...] = ()
+    inflight: int | None = None  # batches in flight: CPU engines 2, GPU engines 3 per device
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which engine runs the model, and how."""
+
+    kind: EngineKind = EngineKind.AUTO
+    precision: Precision | None = None  # None: the engine's best (onnxruntime int8, torch fp16, tensorrt int8)
+    threads: int | None = None  # onnxruntime intra-op threads
+    timeout_s: float = 60.0  # a batch taking longer fails the run as stalled
+    null_spec: str = ""  # the null engine's latency model and injected faults
+    torch_compile: TorchCompile = TorchCompile.DEFAULT
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """GPU engines only."""
+
+    count: int | None = None  # use the first N visible GPUs (default: all of them)
+    start_from_device: bool = False  # mirror the QSL arena to each GPU (no host-to-device copy per batch)
+    completion: Completion = Completion.THREAD
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """Interpreter and event-loop knobs applied for the duration of a run (asyncbench.runtime.process)."""
+
+    loop: Loop = Loop.UVLOOP
+    gil_switch_us: int = 500
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one scenario's run needs, validated by the CLI before anything starts."""
+
+    scenario: Scenario = Scenario.OFFLINE
+    loadgen: LoadGenConfig = field(default_factory=LoadGenConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
 
     @property
     def preset(self) -> ScenarioPreset:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.data.dataset import UNLABELLED, VAL_LAYOUT, Dataset, MapEntry, read_map, require_preprocessed
 from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
 from asyncbench.errors import UserError
@@ -40,8 +41,8 @@ def val_batches(folder: Path, entries: list[MapEntry], batch_size: int) -> Itera
     require_preprocessed(folder, [e.name for e in entries], "--val_only")
     for start in range(0, len(entries), batch_size):
         batch = np.stack([np.load(folder / f"{e.name}.npy") for e in entries[start:start + batch_size]])
-        if batch.shape[1:] != (224, 224, 4) or batch.dtype != np.int8:
-            raise UserError(f"{folder} holds samples of {batch.dtype} {batch.shape[1:]}, expected int8 (224, 224, 4): "
+        if batch.shape[1:] != SAMPLE_SHAPE or batch.dtype != SAMPLE_DTYPE:
+            raise UserError(f"{folder} holds samples of {batch.dtype} {batch.shape[1:]}, expected int8 {SAMPLE_SHAPE}: "
                             f"preprocess again with --val_only --force")
         yield batch
 

@@ -34,7 +34,7 @@ from asyncbench.paths import BuildPaths  # noqa: E402
 
 def tf_pad(x: Any, stride: int, pad_top: int) -> Any:
     """The TF SAME pads of a 3x3 window as F.pad arguments (NCHW)."""
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     h, w = x.shape[2:]
     pad_h = max((-(-h // stride) - 1) * stride + 3 - h, 0)
@@ -56,7 +56,7 @@ def main() -> None:
     paths = BuildPaths(Path(args.build_dir))
     use_cache_dir(paths.compile_cache)
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     from asyncbench.engines import triton_chain
 

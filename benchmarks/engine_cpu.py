@@ -22,8 +22,8 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install
 
+from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.data.dataset import VAL_LAYOUT, resolve_dataset
-from asyncbench.engines.base import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
 from asyncbench.errors import UserError
 from asyncbench.paths import BuildPaths
@@ -106,7 +106,7 @@ def main() -> int:
         }
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return 1
 
     samples, source = load_samples(paths, max(BATCH_SIZES))
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, onnxruntime {ort.__version__}")

@@ -23,10 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asyncbench.config import RunConfig  # noqa: E402
-from asyncbench.engines.base import warmup_batch  # noqa: E402
+from asyncbench.config import BatchingConfig, EngineConfig, EngineKind, GpuConfig, RunConfig, TorchCompile  # noqa: E402
+from asyncbench.engines.base import batch_sizes_upto, warmup_batch  # noqa: E402
 from asyncbench.engines.gpu import GpuEngine, pinned_rows  # noqa: E402
-from asyncbench.runtime.runner import batch_sizes_upto  # noqa: E402
 
 
 def engine_only(engine: GpuEngine, seconds: float = 0.5) -> dict[int, float]:
@@ -42,8 +41,8 @@ def engine_only(engine: GpuEngine, seconds: float = 0.5) -> dict[int, float]:
 
 def copy_costs(engine: GpuEngine, sizes: list[int], samples: int = 1024) -> list[dict[str, float]]:
     """Per batch size: GPU and CPU time of scattered-row copies, batched call vs one call per run."""
+    from asyncbench.contract import SAMPLE_BYTES
     from asyncbench.cuda.memory import RunCopier
-    from asyncbench.data.qsl import SAMPLE_BYTES
 
     worker = engine.workers[0]
     arena = pinned_rows(samples)  # as load_samples fills it
@@ -66,12 +65,15 @@ def copy_costs(engine: GpuEngine, sizes: list[int], samples: int = 1024) -> list
 
 
 def make_engine(args: argparse.Namespace) -> GpuEngine:
-    from asyncbench.engines.factory import create_engine
     from asyncbench.paths import BuildPaths
+    from asyncbench.runtime.sizing import open_engine
 
-    cfg = RunConfig(engine=args.engine, torch_compile=args.torch_compile, max_batch_size=args.max_batch, gpus=1,
-                    inflight=1)
-    return create_engine(cfg, BuildPaths(Path(args.build_dir)))
+    cfg = RunConfig(batching=BatchingConfig(max_batch_size=args.max_batch, inflight=1),
+                    engine=EngineConfig(EngineKind(args.engine), torch_compile=TorchCompile(args.torch_compile)),
+                    gpu=GpuConfig(count=1))
+    engine = open_engine(cfg, BuildPaths(Path(args.build_dir)))
+    assert isinstance(engine, GpuEngine)
+    return engine
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from asyncbench.paths import BuildPaths  # noqa: E402
 def plain_mobilenet(model: onnx.ModelProto) -> Any:
     """nn.Sequential MobileNet v1 from the graph's Conv weights: what a person would write in torch."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     scale = next(float(consts[n.input[1]]) for n in model.graph.node if n.op_type == "Mul")

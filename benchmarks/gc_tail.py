@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
 import contextlib, sys
-import asyncbench.runtime.runner as runner
+import asyncbench.runtime.process as process
 if sys.argv[1] == "collector-on":
-    runner.quiet_gc = contextlib.nullcontext
+    process.quiet_gc = contextlib.nullcontext
 from asyncbench.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -23,12 +23,22 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from engine_roofline import engine_only  # noqa: E402
 
-from asyncbench.config import RunConfig  # noqa: E402
+from asyncbench.config import (  # noqa: E402
+    BatchingConfig,
+    EngineConfig,
+    EngineKind,
+    GpuConfig,
+    LoadGenConfig,
+    RunConfig,
+    Scenario,
+    TorchCompile,
+)
 from asyncbench.cuda.api import device_name  # noqa: E402
 from asyncbench.data.dataset import resolve_dataset  # noqa: E402
-from asyncbench.engines.factory import create_engine  # noqa: E402
+from asyncbench.loadgen.logs import RunSummary  # noqa: E402
+from asyncbench.loadgen.run import new_log_dir, run_scenario  # noqa: E402
 from asyncbench.paths import BuildPaths  # noqa: E402
-from asyncbench.runtime.runner import batch_sizes_upto, new_log_dir, run_scenario  # noqa: E402
+from asyncbench.runtime.sizing import open_engine  # noqa: E402
 
 
 def main() -> None:
@@ -47,13 +57,14 @@ def main() -> None:
     args = p.parse_args()
     paths = BuildPaths(Path(args.build_dir))
     dataset = resolve_dataset(paths)
-    base = RunConfig(engine=args.engine, torch_compile=args.torch_compile, max_batch_size=args.max_batch,
-                     gpus=args.gpus, min_duration_s=args.duration)
-    engine = create_engine(base, paths)
+    engine_cfg = EngineConfig(EngineKind(args.engine), torch_compile=TorchCompile(args.torch_compile))
+    gpu_cfg = GpuConfig(count=args.gpus)
+    engine = open_engine(RunConfig(batching=BatchingConfig(max_batch_size=args.max_batch), engine=engine_cfg,
+                                   gpu=gpu_cfg), paths)
     out: dict[str, object] = {"device": device_name(0), "gpus": args.gpus, "engine": engine.name}
     lines: list[str] = []
     try:
-        engine.warmup(batch_sizes_upto(engine.max_batch_size))
+        engine.warmup(engine.capabilities.buckets)
         rates = engine_only(engine)
         peak_batch = max(rates, key=rates.get)
         peak = rates[peak_batch] * args.gpus
@@ -61,15 +72,18 @@ def main() -> None:
         print("engine-only images/s: " + ", ".join(f"bs {b}: {r:,.0f}" for b, r in rates.items()), flush=True)
         lines.append(f"engine-only peak: {peak:,.0f} images/s (batch {peak_batch}, x{args.gpus} GPU)")
 
-        def run(scenario: str, **kw: object) -> object:
-            cfg = RunConfig(**{**vars(base), "scenario": scenario, **kw})
+        def run(scenario: Scenario, target_qps: float | None = None, max_batch: int | None = None) -> RunSummary:
+            """One LoadGen test; the batch cap is the preset's (from measured latencies) unless given."""
+            cfg = RunConfig(scenario, LoadGenConfig(min_duration_s=args.duration, target_qps=target_qps),
+                            BatchingConfig(max_batch_size=max_batch), engine_cfg, gpu_cfg)
             log_dir = new_log_dir(args.log_dir, cfg.scenario)
             result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir, print)
+            assert result.summary is not None, f"LoadGen wrote no summary in {log_dir}"
             return result.summary
 
         for scenario in args.scenarios.split(","):
             if scenario == "Offline":
-                s = run("Offline", target_qps=peak)
+                s = run(Scenario.OFFLINE, target_qps=peak, max_batch=args.max_batch)
                 out["offline"] = {"samples_per_s": s.metric_value, "result": s.result}
                 lines.append(f"Offline: {s.metric_value:,.0f} samples/s = {s.metric_value / peak:.3f} of peak "
                              f"({s.result})")
@@ -77,7 +91,7 @@ def main() -> None:
                 trials = []
                 for frac in (float(f) for f in args.server_steps.split(",")):
                     # The batcher's delay and batch come from the p99 target and measured latencies (preset).
-                    s = run("Server", target_qps=round(frac * peak), max_batch_size=None)
+                    s = run(Scenario.SERVER, target_qps=round(frac * peak))
                     p99 = s.latency_ns.get("p99", 0) / 1e6
                     trials.append({"qps": round(frac * peak), "result": s.result, "p99_ms": p99})
                     print(f"Server trial {round(frac * peak)} QPS: {s.result}, p99 {p99:.2f} ms", flush=True)
@@ -88,13 +102,13 @@ def main() -> None:
                 lines.append("Server: " + (f"{best['qps']:,} QPS VALID (p99 {best['p99_ms']:.2f} ms) = "
                                            f"{best['qps'] / peak:.3f} of peak" if best else "no VALID trial"))
             elif scenario == "MultiStream":
-                s = run("MultiStream", max_batch_size=None)
+                s = run(Scenario.MULTI_STREAM)
                 p99 = s.latency_ns.get("p99", 0) / 1e6
                 out["multistream"] = {"p99_ms": p99, "result": s.result}
                 lines.append(f"MultiStream: p99 {p99:.3f} ms ({s.result}); engine-only batch 8 "
                              f"{8 / rates[8] * 1e3:.3f} ms, copy-in to top-1 back {engine.latency(8) * 1e3:.3f} ms")
             elif scenario == "SingleStream":
-                s = run("SingleStream", max_batch_size=None)
+                s = run(Scenario.SINGLE_STREAM)
                 p90 = s.latency_ns.get("p90", 0) / 1e6
                 out["singlestream"] = {"p90_ms": p90, "result": s.result}
                 lines.append(f"SingleStream: p90 {p90:.3f} ms ({s.result}); engine-only batch 1 "

@@ -1,6 +1,6 @@
 """Highest VALID Server QPS (p99 <= 10 ms): asyncbench with the null engine vs a minimal inline SUT.
 
-Rerun: python benchmarks/harness_overhead.py [--duration 10] [--precision 0.03]
+Rerun: python benchmarks/harness_overhead.py [--duration 10] [--precision 0.03] [--baseline-tree DIR]
 
 The inline SUT completes every sample inside LoadGen's issue callback: the ceiling any Python
 harness on this machine can reach. asyncbench runs its full path (coalesced hand-off to the
@@ -8,6 +8,9 @@ event loop, dynamic batcher, worker thread, one QuerySamplesComplete per batch) 
 engine, which skips the host gather. Each trial is a separate process running LoadGen's Server
 scenario with identical settings; trials of the two SUTs alternate, so both searches see the
 same machine state. The search doubles the QPS until a trial is INVALID, then bisects.
+With ``--baseline-tree`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~1``)
+that tree's asyncbench is searched too, alternating with the other two: a refactor's cost is then
+a ratio measured in the same run.
 """
 
 from __future__ import annotations
@@ -47,16 +50,17 @@ def inline_trial(qps: float, duration: float, log_dir: Path) -> None:
     lg.DestroySUT(sut)
 
 
-def trial(kind: str, qps: float, duration: float) -> tuple[bool, float | None]:
-    """(VALID?, p99 ms) of one run in a fresh process."""
+def trial(kind: str, qps: float, duration: float, tree: Path = ROOT) -> tuple[bool, float | None]:
+    """(VALID?, p99 ms) of one run in a fresh process; asyncbench runs from ``tree``."""
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "inline":
             cmd = [sys.executable, __file__, "--inline-trial", str(qps), "--duration", str(duration), "--log", tmp]
         else:
             cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--scenario", "Server",
-                   "--target-qps", str(qps), "--min-duration", str(duration), "--log-dir", tmp]
-        subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration * 10 + 120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                   "--target-qps", str(qps), "--min-duration", str(duration), "--log-dir", tmp,
+                   "--build-dir", str(ROOT / "build")]
+        subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=duration * 10 + 120,
+                       env={**os.environ, "PYTHONPATH": str(tree)})
         summaries = list(Path(tmp).rglob("mlperf_log_summary.txt"))
         if not summaries:
             return False, None
@@ -71,6 +75,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per trial (default 10)")
     parser.add_argument("--start", type=float, default=2500.0, help="first QPS tried")
     parser.add_argument("--precision", type=float, default=0.03, help="stop bisecting at this relative gap")
+    parser.add_argument("--baseline-tree", type=Path, help="also search the asyncbench of this checkout")
     parser.add_argument("--inline-trial", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -78,10 +83,18 @@ def main() -> int:
         inline_trial(args.inline_trial, args.duration, args.log)
         return 0
 
-    kinds = ("inline", "asyncbench")
+    trees = {"asyncbench": ROOT}
+    if args.baseline_tree is not None:
+        trees["baseline"] = args.baseline_tree.resolve()
+    kinds = ("inline", *trees)
     state = {k: {"lo": 0.0, "hi": None, "next": args.start} for k in kinds}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"command: python benchmarks/harness_overhead.py --duration {args.duration:g}\n")
+    commits = {k: subprocess.run(["git", "-C", str(t), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip() for k, t in trees.items()}
+    print(f"command: python benchmarks/harness_overhead.py --duration {args.duration:g}"
+          + (f" --baseline-tree {args.baseline_tree}" if args.baseline_tree else "") + "\n")
+    print("trees: " + ", ".join(f"{k} {t} (commit {commits[k] or '?'}, plus its uncommitted changes)"
+                                for k, t in trees.items()) + "\n")
     print("| trial | SUT | target QPS | result | p99 ms |\n|---|---|---|---|---|")
     n = 0
     while any(s["next"] is not None for s in state.values()):
@@ -90,7 +103,7 @@ def main() -> int:
             if s["next"] is None:
                 continue
             qps = round(s["next"])
-            valid, p99 = trial(kind, qps, args.duration)
+            valid, p99 = trial(kind, qps, args.duration, trees.get(kind, ROOT))
             n += 1
             print(f"| {n} | {kind} | {qps} | {'VALID' if valid else 'INVALID'} | "
                   f"{'-' if p99 is None else f'{p99:.2f}'} |", flush=True)
@@ -104,9 +117,10 @@ def main() -> int:
                 s["next"] = None
             else:
                 s["next"] = (s["lo"] + s["hi"]) / 2 if s["lo"] else s["hi"] / 2
-    inline, ours = state["inline"]["lo"], state["asyncbench"]["lo"]
-    print(f"\nhighest VALID Server QPS: inline {inline:g}, asyncbench {ours:g}, "
-          f"ratio {ours / inline if inline else float('nan'):.2f}")
+    inline = state["inline"]["lo"]
+    print(f"\nhighest VALID Server QPS: inline {inline:g}; " + "; ".join(
+        f"{k} {state[k]['lo']:g} (ratio to inline {state[k]['lo'] / inline if inline else float('nan'):.2f})"
+        for k in trees))
     return 0
 
 

@@ -26,9 +26,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset  # noqa: E402
-from asyncbench.model.calibrate import METHODS, CalibrationCache, calibrate, quantize  # noqa: E402
-from asyncbench.paths import BuildPaths  # noqa: E402
+from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset
+from asyncbench.model.calibrate import METHODS, CalibrationCache, calibrate, quantize
+from asyncbench.paths import BuildPaths
 
 
 def _top1(model: bytes, x: np.ndarray, exact: bool) -> np.ndarray:

@@ -88,7 +88,7 @@ def main() -> int:
     soak_dir = log_dir / "soak"
     cmd = cli([*engine_args, "--scenario", ",".join(["Server"] * runs), "--target-qps", f"{qps:.0f}",
                "--min-duration", f"{args.run_seconds:g}"], soak_dir)
-    out = open(log_dir / "soak.out", "w")  # noqa: SIM115 - kept open while the child writes it
+    out = open(log_dir / "soak.out", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     start = time.monotonic()
     samples = []

@@ -14,8 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from asyncbench.cli import exit_code
 from asyncbench.data.preprocess import add_arguments, run
-from asyncbench.errors import UserError
+from asyncbench.errors import AsyncbenchError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except UserError as e:
+    except AsyncbenchError as e:
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except KeyboardInterrupt:
         print("error: interrupted; finished outputs are kept and a rerun resumes where this one stopped",
               file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,10 +26,3 @@ def test_runs_cover_the_batch_in_order(slots: list[int]) -> None:
     rebuilt = [s + k for s, n in zip(starts.tolist(), lengths.tolist(), strict=True) for k in range(n)]
     assert rebuilt == slots
     assert rows.tolist() == (np.cumsum(lengths) - lengths).tolist()  # each run lands after the previous ones
-
-
-def test_unknown_notifier_is_refused() -> None:
-    from asyncbench.engines.gpu import make_notifier
-
-    with pytest.raises(ValueError, match="thread, hostfunc"):
-        make_notifier("poll", 0)

@@ -11,11 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from asyncbench.engines.base import Engine, EngineError, LatencyRecorder, warmup_batch
+from asyncbench.contract import SAMPLE_SHAPE as SHAPE
+from asyncbench.engines.base import Engine, EngineError, ExecutionForm, LatencyRecorder, warmup_batch
 from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
 from asyncbench.errors import UserError
 
-SHAPE = (224, 224, 4)
 RNG = np.random.default_rng(20190611)
 WEIGHTS = RNG.standard_normal((4, 1000)).astype(np.float32)
 BIAS = RNG.standard_normal(1000).astype(np.float32)
@@ -97,9 +97,9 @@ def engine(tiny_model: Path) -> OnnxRuntimeEngine:
 def test_engine_satisfies_protocol(engine: OnnxRuntimeEngine) -> None:
     assert isinstance(engine, Engine)
     assert engine.device == "cpu"
-    assert engine.sample_shape == SHAPE
-    assert engine.sample_dtype == np.dtype(np.int8)
-    assert engine.max_batch_size == 8
+    caps = engine.capabilities
+    assert (caps.form, caps.slots, caps.buckets, caps.reads_input) == (ExecutionForm.BLOCKING, 2, (1, 2, 4, 8), True)
+    assert engine.max_batch_size == caps.max_batch_size == 8
 
 
 @pytest.mark.parametrize("n", [1, 3, 8])

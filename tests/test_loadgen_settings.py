@@ -11,15 +11,16 @@ import mlperf_loadgen as lg
 import pytest
 from test_loadgen_logs import run_tiny_test
 
-from asyncbench.errors import UsageError, UserError
+from asyncbench.config import Scenario, TestMode
+from asyncbench.errors import ConfigError, UserError
 from asyncbench.loadgen.logs import detail_errors, detail_values, parse_detail, parse_summary
 from asyncbench.loadgen.settings import (
-    MODES,
-    SCENARIOS,
     LoadGenOptions,
     build_test_settings,
     builtin_settings,
     is_submission_length,
+    lg_mode,
+    lg_scenario,
     make_log_settings,
     submission_shortfalls,
 )
@@ -28,15 +29,15 @@ OFFICIAL_QSL_SEED = 2085463073848966840  # *.*.qsl_rng_seed in LoadGen 6.0's bui
 
 
 def test_names_map_to_loadgen_enums() -> None:
-    assert list(SCENARIOS) == ["SingleStream", "MultiStream", "Server", "Offline"]
-    assert all(SCENARIOS[name].name == name for name in SCENARIOS)
-    assert all(MODES[name].name == name for name in MODES)
+    assert [s.value for s in Scenario] == ["SingleStream", "MultiStream", "Server", "Offline"]
+    assert all(lg_scenario(s).name == s.value for s in Scenario)
+    assert all(lg_mode(m).name == m.value for m in TestMode)
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("scenario", list(Scenario))
 def test_defaults_are_the_builtin_mlperf_conf(scenario: str) -> None:
     settings, notes = build_test_settings(LoadGenOptions(scenario=scenario))
-    assert settings.scenario == SCENARIOS[scenario] and settings.mode == lg.TestMode.PerformanceOnly
+    assert settings.scenario == lg_scenario(scenario) and settings.mode == lg.TestMode.PerformanceOnly
     assert settings.min_duration_ms == 600_000 and settings.qsl_rng_seed == OFFICIAL_QSL_SEED
     assert settings.server_num_issue_query_threads == 0
     assert notes == [] and is_submission_length(settings)
@@ -100,7 +101,7 @@ def test_scenario_specific_options() -> None:
     ],
 )
 def test_bad_options_are_usage_errors(options: dict, needle: str) -> None:
-    with pytest.raises(UsageError, match=needle):
+    with pytest.raises(ConfigError, match=needle):
         LoadGenOptions(**options)
 
 

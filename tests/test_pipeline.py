@@ -19,29 +19,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncbench.data.qsl import SampleArena
+from asyncbench.engines.base import ExecutionForm
 from asyncbench.engines.null import NullEngine
 from asyncbench.runtime.batcher import BatchPolicy
+from asyncbench.runtime.execution import execution_for
 from asyncbench.runtime.pipeline import Pipeline
 
 LOOPS = ["asyncio", "uvloop"]
-FORMS = ["async", "thread"]
+FORMS = [ExecutionForm.LOOP, ExecutionForm.BLOCKING]  # the null engine awaited on the loop, or on worker threads
 
 
-class ThreadOnly:
-    """The null engine without its async form: the pipeline then runs it on worker threads (as CPU engines)."""
-
-    def __init__(self, inner: NullEngine) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str):  # noqa: ANN204 - plain delegation
-        if name == "infer_async":
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-
-def _engine(form: str, **kwargs: object) -> NullEngine | ThreadOnly:
-    engine = NullEngine(**kwargs)  # type: ignore[arg-type]
-    return engine if form == "async" else ThreadOnly(engine)
+def _pipeline(engine: NullEngine, ledger: Ledger, timeout_s: float | None = None) -> Pipeline:
+    execution = execution_for(engine, _arena(), engine.max_batch_size)
+    return Pipeline(execution, BatchPolicy(engine.max_batch_size, 0), ledger, timeout_s=timeout_s)
 
 
 class Ledger:
@@ -62,7 +52,7 @@ class Ledger:
         return {i for ids, ok in self.calls if not ok for i in ids}
 
 
-def _run(loop_kind: str, coro_fn):  # noqa: ANN001, ANN202 - test helper
+def _run(loop_kind: str, coro_fn):
     factory = uvloop.new_event_loop if loop_kind == "uvloop" else None
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro_fn())
@@ -91,16 +81,17 @@ chunk_lists = st.lists(st.integers(1, 40), min_size=1, max_size=25)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=chunk_lists, fail_after=st.one_of(st.none(), st.integers(0, 10)),
        max_batch=st.integers(1, 16), inflight=st.integers(1, 3), abort_at=st.one_of(st.none(), st.integers(0, 30)))
-def test_every_sample_completed_exactly_once(form: str, loop_kind: str, sizes: list[int], fail_after: int | None,
-                                             max_batch: int, inflight: int, abort_at: int | None) -> None:
+def test_every_sample_completed_exactly_once(form: ExecutionForm, loop_kind: str, sizes: list[int],
+                                             fail_after: int | None, max_batch: int, inflight: int,
+                                             abort_at: int | None) -> None:
     ids, chunks, next_id = [], [], 0
     for size in sizes:
         chunks.append(list(range(next_id, next_id + size)))
         ids.extend(chunks[-1])
         next_id += size
     ledger = Ledger()
-    engine = _engine(form, max_batch_size=max_batch, fail_after_batches=fail_after)
-    pipeline = Pipeline(engine, _arena(), BatchPolicy(max_batch, 0), ledger, inflight=inflight, timeout_s=10)
+    engine = NullEngine(max_batch_size=max_batch, slots=inflight, form=form, fail_after_batches=fail_after)
+    pipeline = _pipeline(engine, ledger, timeout_s=10)
     _run(loop_kind, lambda: _drive(pipeline, chunks, abort_at))
     counts = ledger.counts()
     assert set(counts) == set(ids) and all(c == 1 for c in counts.values())
@@ -108,21 +99,22 @@ def test_every_sample_completed_exactly_once(form: str, loop_kind: str, sizes: l
     if pipeline.failure is None:
         assert not ledger.failed()
     else:
-        assert ("injected" in pipeline.failure) or pipeline.failure == "test abort"
+        assert "injected" in str(pipeline.failure) or str(pipeline.failure) == "test abort"
     assert all(len(batch) <= max_batch for batch, _ in ledger.calls if _)
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("loop_kind", LOOPS)
-def test_stalled_engine_fails_the_run_once(form: str, loop_kind: str) -> None:
+def test_stalled_engine_fails_the_run_once(form: ExecutionForm, loop_kind: str) -> None:
     ledger = Ledger()
-    engine = _engine(form, max_batch_size=4, stall_after_batches=1, stall_s=30)
-    pipeline = Pipeline(engine, _arena(), BatchPolicy(4, 0), ledger, inflight=2, timeout_s=0.3)
+    engine = NullEngine(max_batch_size=4, form=form, stall_after_batches=1, stall_s=30)
+    pipeline = _pipeline(engine, ledger, timeout_s=0.3)
     try:
         _run(loop_kind, lambda: _drive(pipeline, [list(range(k * 4, k * 4 + 4)) for k in range(6)]))
     finally:
         engine.close()  # releases the stalled worker thread
-    assert pipeline.failure is not None and "stalled" in pipeline.failure
+    assert pipeline.failure is not None and "stalled" in str(pipeline.failure)
+    assert isinstance(pipeline.failure.__cause__, TimeoutError)  # the cause travels with the failure
     counts = ledger.counts()
     assert set(counts) == set(range(24)) and set(counts.values()) == {1}
     assert ledger.failed()
@@ -131,8 +123,28 @@ def test_stalled_engine_fails_the_run_once(form: str, loop_kind: str) -> None:
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_batches_respect_policy_and_results_align(loop_kind: str) -> None:
     ledger = Ledger()
-    pipeline = Pipeline(NullEngine(max_batch_size=8), _arena(), BatchPolicy(8, 0), ledger, inflight=2)
+    pipeline = _pipeline(NullEngine(max_batch_size=8), ledger)
     _run(loop_kind, lambda: _drive(pipeline, [list(range(100))]))
     assert pipeline.failure is None
     assert [len(ids) for ids, _ in ledger.calls] == [8] * 12 + [4]
     assert pipeline.batcher.histogram() == {8: 12, 4: 1}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_engine_error_keeps_its_type_and_traceback(form: ExecutionForm) -> None:
+    ledger = Ledger()
+    engine = NullEngine(max_batch_size=4, form=form, fail_after_batches=0)
+    pipeline = _pipeline(engine, ledger, timeout_s=10)
+    _run("asyncio", lambda: _drive(pipeline, [[0, 1, 2]]))
+    assert pipeline.failure is not None
+    details = pipeline.failure.details()
+    assert details["failure_type"] == "EngineError"
+    assert "Traceback" in str(details["traceback"]) and "_begin" in str(details["traceback"])
+
+
+def test_execution_refuses_an_engine_without_its_declared_form() -> None:
+    class Pretender(NullEngine):
+        infer_async = None  # declares LOOP (the default form) but cannot be awaited
+
+    with pytest.raises(TypeError, match="loop form"):
+        execution_for(Pretender(), _arena(), 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -11,37 +12,46 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from asyncbench.config import RunConfig
+from asyncbench.config import (
+    BatchingConfig,
+    EngineConfig,
+    EngineKind,
+    LoadGenConfig,
+    Loop,
+    ProcessConfig,
+    RunConfig,
+    Scenario,
+)
 from asyncbench.data.dataset import resolve_dataset
-from asyncbench.engines.factory import create_engine
+from asyncbench.loadgen.run import new_log_dir, run_scenario
 from asyncbench.paths import REPO_ROOT, BuildPaths
-from asyncbench.runtime.runner import batch_sizes_upto, new_log_dir, run_scenario
+from asyncbench.runtime.sizing import open_engine
 
 # Short runs sized by query count (LoadGen's early stopping needs enough queries, not seconds).
 QUICK = {
-    "SingleStream": {"min_duration_s": 0.3, "min_query_count": 8},
-    "MultiStream": {"min_duration_s": 0.3, "min_query_count": 3},
-    "Server": {"min_duration_s": 0.5, "min_query_count": 20, "target_qps": 20.0},
-    "Offline": {"min_duration_s": 0.3, "min_query_count": 1, "target_qps": 50.0},
+    Scenario.SINGLE_STREAM: LoadGenConfig(min_duration_s=0.3, min_query_count=8),
+    Scenario.MULTI_STREAM: LoadGenConfig(min_duration_s=0.3, min_query_count=3),
+    Scenario.SERVER: LoadGenConfig(min_duration_s=0.5, min_query_count=20, target_qps=20.0),
+    Scenario.OFFLINE: LoadGenConfig(min_duration_s=0.3, min_query_count=1, target_qps=50.0),
 }
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-@pytest.mark.parametrize("engine", ["null", "onnxruntime"])
+@pytest.mark.parametrize("loop", list(Loop))
+@pytest.mark.parametrize("engine", [EngineKind.NULL, EngineKind.ONNXRUNTIME])
 @pytest.mark.parametrize("scenario", list(QUICK))
-def test_scenario_completes_through_loadgen(calibrated: BuildPaths, tmp_path: Path, scenario: str, engine: str,
-                                            loop: str) -> None:
-    cfg = RunConfig(scenario=scenario, engine=engine, loop=loop,
-                    null_spec="fixed_us=200,per_sample_us=5", max_batch_size=8, **QUICK[scenario])
-    eng = create_engine(cfg, calibrated)
+def test_scenario_completes_through_loadgen(calibrated: BuildPaths, tmp_path: Path, scenario: Scenario,
+                                            engine: EngineKind, loop: Loop) -> None:
+    cfg = RunConfig(scenario, QUICK[scenario], BatchingConfig(max_batch_size=8),
+                    EngineConfig(engine, null_spec="fixed_us=200,per_sample_us=5"), process=ProcessConfig(loop))
+    eng = open_engine(cfg, calibrated)
     said: list[str] = []
     try:
-        eng.warmup(batch_sizes_upto(eng.max_batch_size))
+        eng.warmup(eng.capabilities.buckets)
         result = run_scenario(cfg, eng, resolve_dataset(calibrated), calibrated.preprocessed,
                               new_log_dir(tmp_path, cfg.scenario), said.append)
     finally:
         eng.close()
-    assert result.failure is None and result.exit_code == 0
+    assert result.failure is None
     assert result.summary is not None and result.summary.scenario == scenario
     assert result.summary.result in ("VALID", "INVALID")
     assert sum(result.histogram.values()) >= 1
@@ -73,6 +83,12 @@ def test_engine_failure_ends_the_run_with_one_line(calibrated: BuildPaths, tmp_p
     assert "Traceback" not in done.stderr + done.stdout
     assert "error: run failed: engine failed" in done.stdout + done.stderr
     assert list(tmp_path.glob("*/mlperf_log_summary.txt"))  # LoadGen finished and wrote its logs
+    # The one line is for the user; the event log keeps the failure's type and where it was raised.
+    events = tmp_path / "latest" / "asyncbench_events.jsonl"
+    run_end = [json.loads(line) for line in events.read_text().splitlines() if '"run_end"' in line][-1]
+    assert run_end["failure_type"] == "EngineError" and "injected failure" in run_end["failure"]
+    assert run_end["traceback"].startswith("Traceback") and "null.py" in run_end["traceback"]
+    assert run_end["loadgen_errors"] == []
 
 
 def test_sigterm_aborts_cleanly(calibrated: BuildPaths, tmp_path: Path) -> None:

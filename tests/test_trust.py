@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from asyncbench.config import RunConfig
+from asyncbench.config import LoadGenConfig, RunConfig, Scenario
 from asyncbench.data.manifest import MANIFEST, read_manifest
 from asyncbench.data.qsl import SampleArena
-from asyncbench.errors import UsageError, UserError
+from asyncbench.errors import ConfigError, UserError
 from asyncbench.loadgen.logs import detail_values, parse_detail, parse_summary
 from asyncbench.loadgen.plan import ABORT_QUERIES, loadgen_bytes, plan_run
+from asyncbench.loadgen.run import FAILED_MARKER, read_results
 from asyncbench.loadgen.settings import read_conf
 from asyncbench.paths import REPO_ROOT, BuildPaths
-from asyncbench.runtime.runner import FAILED_MARKER, read_results
 
 US = 1e-6
 # An Offline run that is VALID on any machine: the modelled engine (two slots of 50k samples/s) is slower than
@@ -126,16 +126,16 @@ def test_impossible_numbers_are_refused_before_work(calibrated: BuildPaths, tmp_
 def test_derived_values_keep_loadgens_queries_bounded() -> None:
     fast = {1: 2 * US, 8: 3 * US}  # a null engine's warm-up: microseconds
     for scenario in ("SingleStream", "MultiStream"):
-        plan = plan_run(RunConfig(scenario=scenario), 104, None, fast)
+        plan = plan_run(RunConfig(Scenario(scenario)), 104, None, fast)
         key = "single_stream" if scenario == "SingleStream" else "multistream"
         expected_s = getattr(plan.options, f"{key}_expected_latency_ms") / 1e3
         assert 2 * 10.0 / expected_s <= ABORT_QUERIES[scenario] * 1.001  # what LoadGen generates for 10 s
         assert "bounded" in plan.sources[f"{key}_expected_latency_ms"]
-    server = plan_run(RunConfig(scenario="Server"), 104, 5e6, fast, memory_budget_mb=100)
+    server = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(memory_mb=100)), 104, 5e6, fast)
     assert server.sources["target_qps"] == "memory bound"
     assert loadgen_bytes("Server", server.options.target_qps * 10) <= 100e6 * 1.001
-    with pytest.raises(UsageError, match="more than the .* GB of memory available"):
-        plan_run(RunConfig(scenario="Offline", target_qps=1e9), 104, None, fast, available=8 << 30)
+    with pytest.raises(ConfigError, match="more than the .* GB of memory available"):
+        plan_run(RunConfig(Scenario.OFFLINE, LoadGenConfig(target_qps=1e9)), 104, None, fast, available=8 << 30)
 
 
 # The peak resident memory of the CLI process itself (VmHWM: ru_maxrss would carry the parent's over exec).

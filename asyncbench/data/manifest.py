@@ -8,9 +8,10 @@ finds the damage that matters here (truncation, bit rot, a stray write) at memor
 from __future__ import annotations
 
 import contextlib
-import os
 import zlib
 from pathlib import Path
+
+from asyncbench.fileio import write_atomic
 
 MANIFEST = "CRC32SUMS"
 
@@ -49,11 +50,5 @@ def read_manifest(folder: Path) -> dict[str, Entry]:
 
 def write_manifest(folder: Path, entries: dict[str, Entry]) -> None:
     """Replace the folder's manifest atomically (a concurrent reader sees the old or the new one)."""
-    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text("".join(f"{crc:08x} {size} {name}\n" for name, (crc, size) in sorted(entries.items())))
-        os.replace(tmp, folder / MANIFEST)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    text = "".join(f"{crc:08x} {size} {name}\n" for name, (crc, size) in sorted(entries.items()))
+    write_atomic(folder / MANIFEST, lambda tmp: tmp.write_text(text))

@@ -31,7 +31,8 @@ from PIL import Image, UnidentifiedImageError
 from asyncbench.argtypes import positive_int
 from asyncbench.data.dataset import CAL_LAYOUT, VAL_LAYOUT, Dataset, read_map, resolve_dataset
 from asyncbench.data.manifest import Entry, crc32_bytes, crc32_file, read_manifest, write_manifest
-from asyncbench.errors import UsageError, UserError
+from asyncbench.errors import ConfigError, UserError
+from asyncbench.fileio import write_bytes_atomic
 from asyncbench.paths import DATA_MAPS, BuildPaths
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def load_image(path: Path) -> np.ndarray:
         size = (RESIZE, round(height * RESIZE / width))
     else:
         size = (round(width * RESIZE / height), RESIZE)
-    resized = rgb.resize(size, Image.BILINEAR)
+    resized = rgb.resize(size, Image.Resampling.BILINEAR)
     left = (size[0] - CROP) // 2
     top = (size[1] - CROP) // 2
     crop = resized.crop((left, top, left + CROP, top + CROP))
@@ -203,20 +204,12 @@ def _check_output(output: Path, source_mtime_ns: int, recorded: Entry | None) ->
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> Entry:
-    """Write via a same-folder temp file and rename, so an interrupted run leaves no truncated .npy."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write the .npy atomically, so an interrupted run leaves no truncated sample; returns its manifest entry."""
     buffer = io.BytesIO()
     np.save(buffer, array)
     data = buffer.getbuffer()
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        return crc32_bytes(data)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data)
+    return crc32_bytes(data)
 
 
 _Result = tuple[str, _Task, str, dict[Path, Entry]]
@@ -335,7 +328,7 @@ def preprocess(
     manifests = {folder: read_manifest(folder) for folder in out_dirs}
     tasks = [
         _Task(name, dataset.image_dir / name, outs.get(VAL_LAYOUT), outs.get(CAL_LAYOUT),
-              tuple((p, entry) for p in outs.values() if (entry := manifests[p.parent].get(p.name)) is not None))
+              tuple((p, known) for p in outs.values() if (known := manifests[p.parent].get(p.name)) is not None))
         for name, outs in outputs.items()
     ]
 
@@ -402,10 +395,11 @@ def _benchmarks(text: str) -> list[str]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     supported = ", ".join(SUPPORTED_BENCHMARKS)
     if not names:
-        raise UsageError(f"-b/--benchmarks is empty: the supported benchmark is {supported}")
+        raise ConfigError(f"-b/--benchmarks is empty: the supported benchmark is {supported}")
     for name in names:
         if name not in SUPPORTED_BENCHMARKS:
-            raise UsageError(f"-b/--benchmarks: unsupported benchmark {name!r}: the supported benchmark is {supported}")
+            raise ConfigError(f"-b/--benchmarks: unsupported benchmark {name!r}: "
+                              f"the supported benchmark is {supported}")
     return names
 
 

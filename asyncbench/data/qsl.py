@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.data.manifest import crc32_bytes, read_manifest
 from asyncbench.errors import UserError
-
-SAMPLE_SHAPE = (224, 224, 4)
-SAMPLE_BYTES = 224 * 224 * 4
 
 # allocate(count) -> an uninitialised int8 (count, 224, 224, 4) array the arena fills.
 Allocator = Callable[[int], np.ndarray]
@@ -26,7 +24,7 @@ Allocator = Callable[[int], np.ndarray]
 
 def host_allocator(count: int) -> np.ndarray:
     """Plain pageable memory (the CPU engines)."""
-    return np.empty((count, *SAMPLE_SHAPE), dtype=np.int8)
+    return np.empty((count, *SAMPLE_SHAPE), dtype=SAMPLE_DTYPE)
 
 
 class SampleArena:
@@ -39,23 +37,13 @@ class SampleArena:
         self._allocate = allocate
         self._on_load = on_load  # sees each freshly loaded arena (the GPU engine mirrors it to devices)
         self._slot = np.full(len(self.names), -1, dtype=np.int64)
-        self._data = np.empty((0, *SAMPLE_SHAPE), dtype=np.int8)
+        self._data = np.empty((0, *SAMPLE_SHAPE), dtype=SAMPLE_DTYPE)
         self._recorded = read_manifest(folder)  # checksums preprocessing recorded (empty for older folders)
-
-    @property
-    def data(self) -> np.ndarray:
-        """The resident samples, one row per arena slot (pinned memory on the GPU path)."""
-        return self._data
 
     @property
     def total(self) -> int:
         """Number of samples the dataset has (LoadGen's total sample count)."""
         return len(self.names)
-
-    @property
-    def loaded(self) -> int:
-        """Number of samples currently resident."""
-        return int((self._slot >= 0).sum())
 
     def load(self, indices: Sequence[int]) -> None:
         """Read the given samples into a fresh arena (LoadGen loads its whole performance set at once)."""
@@ -88,7 +76,7 @@ class SampleArena:
             sample = np.load(io.BytesIO(raw))
         except (OSError, ValueError, EOFError) as e:
             raise UserError(f"preprocessed sample {path} is not a valid .npy file ({e}): {self._repair()}") from None
-        if sample.shape != SAMPLE_SHAPE or sample.dtype != np.int8:
+        if sample.shape != SAMPLE_SHAPE or sample.dtype != SAMPLE_DTYPE:
             raise UserError(f"{path} holds {sample.dtype} {sample.shape}, expected int8 {SAMPLE_SHAPE}: "
                             f"{self._repair()}")
         return sample
@@ -97,7 +85,7 @@ class SampleArena:
         """Forget the given samples (memory is released when none remain)."""
         self._slot[np.asarray(indices, dtype=np.int64)] = -1
         if not (self._slot >= 0).any():
-            self._data = np.empty((0, *SAMPLE_SHAPE), dtype=np.int8)
+            self._data = np.empty((0, *SAMPLE_SHAPE), dtype=SAMPLE_DTYPE)
 
     def slots(self, indices: Sequence[int]) -> np.ndarray:
         """Arena rows of these QSL indices (KeyError for one that is not loaded)."""

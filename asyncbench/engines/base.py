@@ -1,59 +1,125 @@
-"""What the runtime needs from an inference engine, plus the helpers engines share.
+"""What the runtime needs from an inference engine, declared in full, plus the parts engines share.
 
-Every engine runs the same model contract: an int8 ``(n, 224, 224, 4)`` batch (NHWC with a
-zero fourth channel, values ``pixel - 128``) in, int32 ``(n,)`` top-1 ImageNet classes out.
-The runtime batches and schedules from the engine's own latency measurements, so each engine
+Every engine runs the sample contract of asyncbench.contract: int8 ``(n, 224, 224, 4)`` in, int32
+``(n,)`` top-1 classes out. An engine declares how it executes a batch in its ``Capabilities``
+(``form``), and the runtime picks one adapter for that form when it builds the pipeline:
+
+- ``BLOCKING``: ``infer`` computes with the GIL released; the runtime calls it on worker threads.
+- ``LOOP``: ``infer_async`` is awaited on the event loop (a modelled device holds no thread).
+- ``DEVICE``: ``infer_indices`` reads QSL samples straight from the arena the engine made
+  (pinned host memory or a device mirror) and is awaited on the loop.
+
+The runtime batches and schedules from the engine's own latency measurements, so every engine
 records how long its calls take, per batch size.
 """
 
 from __future__ import annotations
 
+import abc
+import enum
 import statistics
 import threading
 from collections import deque
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 
-SAMPLE_SHAPE: tuple[int, ...] = (224, 224, 4)
-SAMPLE_DTYPE = np.dtype(np.int8)
-RESULT_DTYPE = np.dtype(np.int32)
+from asyncbench.contract import SAMPLE_SHAPE
+from asyncbench.data.qsl import SampleArena
+
+WARMUP_REPEATS = 5  # infers per batch size during warm-up
 
 
 class EngineError(RuntimeError):
     """An engine failed while running a batch (not a caller mistake, not a bad model file)."""
 
 
+class ExecutionForm(enum.StrEnum):
+    """How the runtime drives an engine's batches (see the module docstring)."""
+
+    BLOCKING = "blocking"
+    LOOP = "loop"
+    DEVICE = "device"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can take at once; the pipeline sizes itself from this record only."""
+
+    form: ExecutionForm
+    slots: int  # batches the engine holds at once: the pipeline never has more in flight
+    slots_per_device: int  # of those, how many queue on one device (the Server policy's depth)
+    buckets: tuple[int, ...]  # ascending batch sizes warm-up measures (a GPU's prepared shapes); the last is the max
+    reads_input: bool = True  # False only for engines that ignore pixels (null): the host gather is skipped
+
+    def __post_init__(self) -> None:
+        if self.slots < 1 or self.slots_per_device < 1:
+            raise ValueError(f"an engine needs at least one slot, got {self.slots} "
+                             f"({self.slots_per_device} per device)")
+        if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] < 1:
+            raise ValueError(f"buckets must be ascending batch sizes >= 1, got {self.buckets}")
+
+    @property
+    def max_batch_size(self) -> int:
+        """The largest batch the engine runs."""
+        return self.buckets[-1]
+
+
 @runtime_checkable
 class Engine(Protocol):
-    """An inference backend the runtime can submit batches to from worker threads."""
+    """Everything the runtime calls on every engine."""
 
     name: str
     device: str  # "cpu", "cuda:0", ...
-    max_batch_size: int
-    sample_shape: tuple[int, ...]
-    sample_dtype: np.dtype
-    reads_input: bool  # False only for engines that ignore pixels (null): the host gather is skipped
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Execution form, slots and batch sizes (fixed for the engine's life)."""
+        ...
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Top-1 classes (int32, shape ``(n,)``) of a C-contiguous ``(n, *sample_shape)`` batch.
+        """Blocking top-1 classes (int32 ``(n,)``) of a C-contiguous contract batch; releases the GIL.
 
-        ``1 <= n <= max_batch_size``. Must release the GIL while computing so the event loop and
-        other workers keep running.
+        Every engine has it: warm-up and evaluation use it, and the BLOCKING form runs on it.
         """
         ...
 
     def latency(self, batch_size: int) -> float | None:
-        """Running median of recent ``infer`` seconds at this batch size; None before the first call."""
+        """Running median of recent idle ``infer`` seconds at this batch size; None before the first call."""
         ...
 
     def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
         """Run each batch size a few times so the first real query is not slow; returns latencies."""
         ...
 
+    def make_arena(self, folder: Path, names: Sequence[str]) -> SampleArena:
+        """The QSL arena this engine reads samples from (pinned and bound to the devices for a GPU engine)."""
+        ...
+
     def close(self) -> None:
         """Release the engine's resources; it must not be used afterwards."""
+        ...
+
+
+@runtime_checkable
+class LoopEngine(Engine, Protocol):
+    """An engine of the LOOP form."""
+
+    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
+        """``infer`` awaited on the event loop."""
+        ...
+
+
+@runtime_checkable
+class DeviceEngine(Engine, Protocol):
+    """An engine of the DEVICE form."""
+
+    async def infer_indices(self, indices: Sequence[int]) -> np.ndarray:
+        """Top-1 of these QSL samples, read from the arena ``make_arena`` returned."""
         ...
 
 
@@ -85,6 +151,15 @@ class LatencyRecorder:
             return statistics.median(samples) if samples else None
 
 
+def batch_sizes_upto(limit: int) -> tuple[int, ...]:
+    """Powers of two below ``limit``, then ``limit``: the sizes an engine prepares and warm-up measures."""
+    sizes, b = [], 1
+    while b < limit:
+        sizes.append(b)
+        b *= 2
+    return (*sizes, limit)
+
+
 def warmup_batch(batch_size: int, sample_shape: Sequence[int] = SAMPLE_SHAPE) -> np.ndarray:
     """A deterministic, non-zero int8 batch (zeros could hit fast paths real data never takes)."""
     count = int(np.prod(sample_shape))
@@ -95,34 +170,66 @@ def warmup_batch(batch_size: int, sample_shape: Sequence[int] = SAMPLE_SHAPE) ->
     return batch.reshape(batch_size, *sample_shape)
 
 
-def run_warmup(engine: Engine, batch_sizes: Sequence[int], repeats: int = 5) -> dict[int, float]:
-    """Shared ``Engine.warmup`` body: ``repeats`` infers per size, then the recorded medians."""
+def run_warmup(infer: Callable[[np.ndarray], object], latency: Callable[[int], float | None],
+               batch_sizes: Sequence[int], max_batch_size: int, name: str) -> dict[int, float]:
+    """The one warm-up body: ``WARMUP_REPEATS`` calls of ``infer`` per size, then the recorded medians."""
     sizes = sorted(set(batch_sizes))
     for size in sizes:
-        if not 1 <= size <= engine.max_batch_size:
-            raise ValueError(f"warm-up batch size {size} is outside 1..{engine.max_batch_size} for {engine.name}")
+        if not 1 <= size <= max_batch_size:
+            raise ValueError(f"warm-up batch size {size} is outside 1..{max_batch_size} for {name}")
     result: dict[int, float] = {}
-    largest = warmup_batch(sizes[-1], engine.sample_shape) if sizes else None
+    if not sizes:
+        return result
+    largest = warmup_batch(sizes[-1])
     for size in sizes:
         batch = largest[:size]  # a leading slice of a C-contiguous array is C-contiguous
-        for _ in range(repeats):
-            engine.infer(batch)
-        seconds = engine.latency(size)
+        for _ in range(WARMUP_REPEATS):
+            infer(batch)
+        seconds = latency(size)
         if seconds is None:
-            raise EngineError(f"{engine.name} recorded no latency for batch size {size} after warm-up")
+            raise EngineError(f"{name} recorded no latency for batch size {size} after warm-up")
         result[size] = seconds
     return result
 
 
-def check_batch(batch: np.ndarray, max_batch_size: int, name: str) -> int:
-    """Validate a batch against the engine contract (type, dtype, shape, size); returns its size."""
-    if not isinstance(batch, np.ndarray):
-        raise TypeError(f"batch must be a numpy array, got {type(batch).__name__}")
-    if batch.dtype != SAMPLE_DTYPE:
-        raise ValueError(f"batch must be int8, got {batch.dtype}")
-    if batch.ndim != 4 or batch.shape[1:] != SAMPLE_SHAPE:
-        raise ValueError(f"batch must have shape (n, {', '.join(map(str, SAMPLE_SHAPE))}), got {batch.shape}")
-    n = batch.shape[0]
-    if not 1 <= n <= max_batch_size:
-        raise ValueError(f"batch size {n} is outside 1..{max_batch_size} for {name}")
-    return n
+class HostEngine(abc.ABC):
+    """What the CPU engines share: a host arena, the latency record, warm-up and the context manager.
+
+    A subclass sets ``name``, ``max_batch_size`` and ``capabilities``, implements ``infer``
+    (recording each call in ``self._latency``) and ``close``.
+    """
+
+    name: str
+    device: str = "cpu"
+    max_batch_size: int
+    capabilities: Capabilities
+
+    def __init__(self) -> None:
+        self._latency = LatencyRecorder()
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """See ``Engine.infer``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """See ``Engine.close``."""
+
+    def latency(self, batch_size: int) -> float | None:
+        """Median of the recent ``infer`` durations at this batch size (None before any)."""
+        return self._latency.median(batch_size)
+
+    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """Run each size a few times so first-call allocations do not land on a real query."""
+        return run_warmup(self.infer, self.latency, batch_sizes, self.max_batch_size, self.name)
+
+    def make_arena(self, folder: Path, names: Sequence[str]) -> SampleArena:
+        """A plain (pageable) arena: the CPU engines read batches gathered from it."""
+        return SampleArena(folder, names)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -23,24 +23,23 @@ from typing import Protocol
 
 import numpy as np
 
+from asyncbench.config import Completion
+from asyncbench.contract import RESULT_DTYPE, SAMPLE_BYTES, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
 from asyncbench.cuda.api import set_device
 from asyncbench.cuda.completion import EventThread, HostFunc, Notifier
 from asyncbench.cuda.memory import DeviceBuffer, PinnedBuffer, RunCopier, copy, copy_async
 from asyncbench.cuda.stream import Event, Stream
-from asyncbench.data.qsl import SAMPLE_BYTES, SampleArena
+from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import (
-    RESULT_DTYPE,
-    SAMPLE_DTYPE,
-    SAMPLE_SHAPE,
+    Capabilities,
     EngineError,
+    ExecutionForm,
     LatencyRecorder,
-    check_batch,
-    warmup_batch,
+    run_warmup,
 )
 
 # launch(bucket): enqueue one batch of `bucket` rows on the stream the launcher was bound to.
 Launch = Callable[[int], None]
-NOTIFIERS = ("thread", "hostfunc")
 
 
 class DeviceBackend(Protocol):
@@ -82,19 +81,18 @@ class _Slot:
     launch: Launch
 
 
-def make_notifier(kind: str, device: int) -> Notifier:
+def make_notifier(kind: Completion, device: int) -> Notifier:
     """The completion mechanism by name (see asyncbench.cuda.completion for the two)."""
-    if kind == "thread":
-        return EventThread(device)
-    if kind == "hostfunc":
+    if kind == Completion.HOSTFUNC:
         return HostFunc()
-    raise ValueError(f"unknown completion notifier {kind!r}: choose one of {', '.join(NOTIFIERS)}")
+    return EventThread(device)
 
 
 class DeviceWorker:
     """One GPU: a copy stream, a compute stream and a pool of stream slots."""
 
-    def __init__(self, backend: DeviceBackend, slots: int, recorder: LatencyRecorder, notifier: str = "thread",
+    def __init__(self, backend: DeviceBackend, slots: int, recorder: LatencyRecorder,
+                 notifier: Completion = Completion.THREAD,
                  batch_copy: bool | None = None) -> None:
         if slots < 1:
             raise ValueError(f"a device needs at least one slot, got {slots}")
@@ -273,14 +271,11 @@ class DeviceWorker:
 
 
 class GpuEngine:
-    """The Engine over one or more GPUs; the runtime feeds it QSL indices, not host batches."""
-
-    sample_shape: tuple[int, ...] = SAMPLE_SHAPE
-    sample_dtype: np.dtype = SAMPLE_DTYPE
-    reads_input = True
+    """The Engine over one or more GPUs, of the DEVICE form: the runtime feeds it QSL indices, not host batches."""
 
     def __init__(self, backends: Sequence[DeviceBackend], slots_per_device: int = 3, *,
-                 start_from_device: bool = False, notifier: str = "thread", batch_copy: bool | None = None) -> None:
+                 start_from_device: bool = False, notifier: Completion = Completion.THREAD,
+                 batch_copy: bool | None = None) -> None:
         if not backends:
             raise ValueError("a GPU engine needs at least one device backend")
         self._latency = LatencyRecorder()
@@ -295,8 +290,9 @@ class GpuEngine:
         self.name = f"{first.name}-{first.precision}"
         self.device = ",".join(f"cuda:{w.device}" for w in self.workers)
         self.max_batch_size = min(w.max_batch_size for w in self.workers)
-        self.slots_per_device = slots_per_device  # batches queued on one device at once (Server policy)
-        self.inflight_slots = slots_per_device * len(self.workers)
+        buckets = tuple(b for b in self.workers[0].buckets if b <= self.max_batch_size)
+        self.capabilities = Capabilities(ExecutionForm.DEVICE, slots_per_device * len(self.workers), slots_per_device,
+                                         buckets)
         self.start_from_device = start_from_device
         self._arena: SampleArena | None = None
 
@@ -309,11 +305,11 @@ class GpuEngine:
         for worker in self.workers:
             worker.set_source(data, self.start_from_device)
 
-    async def infer_indices(self, arena: SampleArena, indices: Sequence[int]) -> np.ndarray:
+    async def infer_indices(self, indices: Sequence[int]) -> np.ndarray:
         """Top-1 of these QSL samples, computed on the least-loaded device straight from the arena."""
-        if arena is not self._arena:
-            raise EngineError("the GPU engine reads samples only from the arena it made (make_arena)")
-        rows = arena.slots(indices)
+        if self._arena is None:
+            raise EngineError("the GPU engine has no arena: make_arena was not called")
+        rows = self._arena.slots(indices)
         order = np.argsort(rows, kind="stable")  # neighbouring rows merge into one copy
         worker = min((w for w in self.workers if w.free_slots),
                      key=lambda w: (w.busy_batches, w.busy_samples), default=None)
@@ -333,13 +329,10 @@ class GpuEngine:
 
     def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
         """Every device runs every size a few times (each size's graph replays once at least)."""
-        sizes = sorted({min(max(1, s), self.max_batch_size) for s in batch_sizes})
-        largest = warmup_batch(sizes[-1]) if sizes else None
+        result: dict[int, float] = {}
         for worker in self.workers:
-            for size in sizes:
-                for _ in range(5):
-                    worker.infer(largest[:size])
-        return {size: self.latency(size) or 0.0 for size in sizes}
+            result = run_warmup(worker.infer, self.latency, batch_sizes, self.max_batch_size, self.name)
+        return result
 
     def close(self) -> None:
         """Release every device's resources."""

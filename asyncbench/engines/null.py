@@ -11,44 +11,36 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 
-from asyncbench.engines.base import (
-    RESULT_DTYPE,
-    SAMPLE_DTYPE,
-    SAMPLE_SHAPE,
-    EngineError,
-    LatencyRecorder,
-    check_batch,
-    run_warmup,
-)
-from asyncbench.errors import UsageError
+from asyncbench.contract import RESULT_DTYPE, check_batch
+from asyncbench.engines.base import Capabilities, EngineError, ExecutionForm, HostEngine, batch_sizes_upto
+from asyncbench.errors import ConfigError
 
 
-class NullEngine:
+class NullEngine(HostEngine):
     """Sleeps ``fixed_s + per_sample_s * n`` per batch of ``n`` and returns ``n`` zeros (class 0).
 
     Batches are counted from 0 across every ``infer`` call that passes validation, warm-up
     included. The batch numbered ``fail_after_batches`` raises EngineError (only that one);
     the batch numbered ``stall_after_batches`` waits ``stall_s`` instead of the model, or until
     ``close()``, which makes it raise EngineError.
+
+    Its form is LOOP by default: the model waits on the event loop's timers, so harness-overhead
+    figures measure the harness without the GIL hand-offs a worker thread adds (the GPU engines
+    complete on events the same way); ``form=BLOCKING`` runs it on worker threads like a CPU engine.
+    It never looks at pixels, so the pipeline skips the host gather.
     """
 
     name = "null"
-    device = "cpu"
-    # It never looks at pixels, so the pipeline skips the host gather: harness-overhead figures then
-    # measure batching, hand-offs and completion, not a memory copy (the GPU path gathers by DMA).
-    reads_input = False
-    sample_shape: tuple[int, ...] = SAMPLE_SHAPE
-    sample_dtype: np.dtype = SAMPLE_DTYPE
 
     def __init__(
         self,
         max_batch_size: int = 1024,
+        slots: int = 2,
+        form: ExecutionForm = ExecutionForm.LOOP,
         fixed_s: float = 0.0,
         per_sample_s: float = 0.0,
         fail_after_batches: int | None = None,
@@ -63,7 +55,11 @@ class NullEngine:
         for label, count in (("fail_after_batches", fail_after_batches), ("stall_after_batches", stall_after_batches)):
             if count is not None and count < 0:
                 raise ValueError(f"{label} must be at least 0, got {count}")
+        if form is ExecutionForm.DEVICE:
+            raise ValueError("the null engine runs in the blocking or the loop form, not on a device")
+        super().__init__()
         self.max_batch_size = max_batch_size
+        self.capabilities = Capabilities(form, slots, slots, batch_sizes_upto(max_batch_size), reads_input=False)
         self.fixed_s = fixed_s
         self.per_sample_s = per_sample_s
         self.fail_after_batches = fail_after_batches
@@ -72,7 +68,6 @@ class NullEngine:
         self._closed = threading.Event()
         self._count_lock = threading.Lock()
         self._batches = 0
-        self._latency = LatencyRecorder()
 
     def expected_latency(self, n: int) -> float:
         """Seconds the model says a batch of ``n`` takes (what ``infer`` waits, stalls aside)."""
@@ -102,11 +97,7 @@ class NullEngine:
         return np.zeros(n, RESULT_DTYPE)
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
-        """The same model on the event loop's timers: a modelled device holds no host thread.
-
-        The pipeline prefers this form, so the null engine measures the harness without the GIL
-        hand-offs a worker thread adds (the GPU engines complete on events the same way).
-        """
+        """The same model on the event loop's timers: a modelled device holds no host thread."""
         _, n, wait = self._begin(batch)
         start = time.perf_counter()
         if wait > 0:
@@ -114,25 +105,9 @@ class NullEngine:
         self._latency.record(n, time.perf_counter() - start)
         return np.zeros(n, RESULT_DTYPE)
 
-    def latency(self, batch_size: int) -> float | None:
-        """Median of the recent ``infer`` durations at this batch size (None before any)."""
-        return self._latency.median(batch_size)
-
-    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
-        """Same contract as the real engines, so the runtime need not special-case this one."""
-        return run_warmup(self, batch_sizes)
-
     def close(self) -> None:
         """Release any call stalled or waiting; later ``infer`` calls raise EngineError."""
         self._closed.set()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 # spec key -> (NullEngine argument, factor from the key's unit, integer?, smallest value)
@@ -142,7 +117,6 @@ _SPEC_KEYS: dict[str, tuple[str, float, bool, int]] = {
     "stall_s": ("stall_s", 1.0, False, 0),
     "fail_after": ("fail_after_batches", 1, True, 0),
     "stall_after": ("stall_after_batches", 1, True, 0),
-    "max_batch": ("max_batch_size", 1, True, 1),
 }
 
 
@@ -159,18 +133,18 @@ def parse_null_spec(text: str) -> dict[str, Any]:
             continue
         key, sep, raw = (s.strip() for s in item.partition("="))
         if not sep:
-            raise UsageError(f"null engine spec item {item!r} is not key=value (valid keys: {valid})")
+            raise ConfigError(f"null engine spec item {item!r} is not key=value (valid keys: {valid})")
         if key not in _SPEC_KEYS:
-            raise UsageError(f"null engine spec: unknown key {key!r} (valid keys: {valid})")
+            raise ConfigError(f"null engine spec: unknown key {key!r} (valid keys: {valid})")
         argument, factor, integer, minimum = _SPEC_KEYS[key]
         if argument in result:
-            raise UsageError(f"null engine spec: {key} is given twice")
+            raise ConfigError(f"null engine spec: {key} is given twice")
         try:
             value = int(raw) if integer else float(raw)
         except ValueError:
             value = None
         if value is None or not math.isfinite(value) or value < minimum:
             kind = "an integer" if integer else "a number"
-            raise UsageError(f"null engine spec: {key} must be {kind} >= {minimum}, got {raw!r}")
+            raise ConfigError(f"null engine spec: {key} must be {kind} >= {minimum}, got {raw!r}")
         result[argument] = value * factor
     return result

@@ -7,23 +7,13 @@ this engine do not stall the asyncio event loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import numpy as np
 import onnxruntime as ort
 
-from asyncbench.engines.base import (
-    RESULT_DTYPE,
-    SAMPLE_DTYPE,
-    SAMPLE_SHAPE,
-    EngineError,
-    LatencyRecorder,
-    check_batch,
-    run_warmup,
-)
+from asyncbench.contract import RESULT_DTYPE, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
+from asyncbench.engines.base import Capabilities, EngineError, ExecutionForm, HostEngine, batch_sizes_upto
 from asyncbench.errors import UserError
 
 _ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16"}
@@ -44,15 +34,16 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-class OnnxRuntimeEngine:
-    """Runs a contract model (int8 NHW4 in, int32 top-1 out) with ONNX Runtime on the CPU."""
+class OnnxRuntimeEngine(HostEngine):
+    """Runs a contract model (int8 NHW4 in, int32 top-1 out) with ONNX Runtime on the CPU.
 
-    device = "cpu"
-    reads_input = True
-    sample_shape: tuple[int, ...] = SAMPLE_SHAPE
-    sample_dtype: np.dtype = SAMPLE_DTYPE
+    Blocking form: ``slots`` batches run at once on the runtime's worker threads (one being
+    computed while the next is gathered), sharing the session's intra-op thread pool.
+    """
 
-    def __init__(self, model_path: Path, max_batch_size: int = 32, intra_op_threads: int | None = None) -> None:
+    def __init__(self, model_path: Path, max_batch_size: int = 32, intra_op_threads: int | None = None,
+                 slots: int = 2) -> None:
+        super().__init__()
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if intra_op_threads is not None and intra_op_threads < 1:
@@ -76,11 +67,11 @@ class OnnxRuntimeEngine:
         self.name = f"onnxruntime-cpu:{model_path.name}"
         self.model_path = model_path
         self.max_batch_size = max_batch_size
+        self.capabilities = Capabilities(ExecutionForm.BLOCKING, slots, slots, batch_sizes_upto(max_batch_size))
         self._fixed_batch = self._check_contract(session, model_path, max_batch_size)
         self._input_name = session.get_inputs()[0].name
         self._output_name = session.get_outputs()[0].name
         self._session: ort.InferenceSession | None = session
-        self._latency = LatencyRecorder()
 
     @staticmethod
     def _check_contract(session: ort.InferenceSession, path: Path, max_batch_size: int) -> int | None:
@@ -129,22 +120,6 @@ class OnnxRuntimeEngine:
         self._latency.record(n, elapsed)
         return result
 
-    def latency(self, batch_size: int) -> float | None:
-        """Median of the recent ``infer`` durations at this batch size (None before any)."""
-        return self._latency.median(batch_size)
-
-    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
-        """Run each size a few times so first-call allocations do not land on a real query."""
-        return run_warmup(self, batch_sizes)
-
     def close(self) -> None:
         """Drop the session (and its thread pool); later ``infer`` calls raise EngineError."""
         self._session = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -13,8 +13,6 @@ changes it: the rewritten model, the TensorRT version, the GPU model and the lar
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from asyncbench.cuda.memory import DeviceBuffer
 from asyncbench.cuda.stream import Stream
 from asyncbench.engines.gpu import Launch
 from asyncbench.errors import UserError
+from asyncbench.fileio import write_bytes_atomic
 from asyncbench.model.profiles import load_onnx
 from asyncbench.model.trt_onnx import TRT_INPUT_SHAPE, tensorrt_form
 from asyncbench.model.wrap import ENGINE_INPUT, ENGINE_OUTPUT
@@ -66,20 +65,6 @@ def _logger(trt: Any, say: Log) -> Any:
             return text
 
     return Logger()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temp file in the same folder, so a crash never leaves half an engine."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _build(trt: Any, logger: Any, model: bytes, max_batch: int, what: str) -> bytes:
@@ -171,7 +156,8 @@ class TensorRTBackend:
         if self._engine is None:
             start = time.perf_counter()
             plan = _build(trt, self._logger, model, sizes[-1], f"{model_path} for {gpu}")
-            _write_atomic(path, plan)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(path, plan)
             log(f"tensorrt: built {path} (batch 1..{sizes[-1]}, {gpu}, TensorRT {trt.__version__}) "
                 f"in {time.perf_counter() - start:.1f} s")
             self._engine = self._runtime.deserialize_cuda_engine(plan)

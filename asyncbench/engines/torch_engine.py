@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.cuda.memory import device_array
 from asyncbench.cuda.stream import Stream
 from asyncbench.engines.gpu import Launch
@@ -83,7 +84,7 @@ class TorchBackend:
             why = supported(chain)
         with torch.cuda.device(self._dev):
             self._pool = torch.cuda.graph_pool_handle()
-            if why is None:
+            if why is None and chain is not None:  # why is None only for a matched, supported chain
                 from asyncbench.engines.triton_chain import ChainKernels
 
                 body = ChainKernels(chain, self._dev)
@@ -114,7 +115,7 @@ class TorchBackend:
         tstream = torch.cuda.ExternalStream(stream.handle, device=self._dev)
         graphs: dict[int, Any] = {}
         with torch.cuda.device(self._dev), torch.inference_mode():
-            x_all = torch.as_tensor(device_array(input_ptr, np.int8, (rows, 224, 224, 4)), device=self._dev)
+            x_all = torch.as_tensor(device_array(input_ptr, SAMPLE_DTYPE, (rows, *SAMPLE_SHAPE)), device=self._dev)
             y_all = torch.as_tensor(device_array(output_ptr, np.int32, (rows,)), device=self._dev)
             with torch.cuda.stream(tstream):
                 for b in self._buckets:

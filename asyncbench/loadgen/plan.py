@@ -23,13 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from asyncbench.config import RunConfig
-from asyncbench.errors import UsageError
+from asyncbench.config import RunConfig, Scenario, TestMode
+from asyncbench.errors import ConfigError
 from asyncbench.loadgen.settings import LoadGenOptions, builtin_settings, read_conf
 
 MODEL = "mobilenet"
 MULTISTREAM_SAMPLES = 8  # mlperf.conf's samples per MultiStream query
-SERVER_DEFAULT_TARGET_LATENCY_S = 0.010
+SERVER_DEFAULT_TARGET_LATENCY_NS = 10_000_000
 
 # LoadGen 6.0 peak resident bytes per generated query and per sample in it, and per Offline sample
 # (benchmarks/loadgen_memory.py on x86-64 Linux: 1M SingleStream queries 0.43 GB, 1M MultiStream 0.74 GB,
@@ -75,9 +75,10 @@ class RunPlan:
 
     options: LoadGenOptions
     sources: dict[str, str] = field(default_factory=dict)  # setting -> "command line", "user.conf", ...
-    values: dict[str, float | None] = field(default_factory=dict)  # setting -> the value from that source
+    values: dict[str, float] = field(default_factory=dict)  # setting -> the value from that source
     notes: list[str] = field(default_factory=list)
     conf_problems: list[str] = field(default_factory=list)
+    target_latency_ns: int = SERVER_DEFAULT_TARGET_LATENCY_NS  # Server's p99 bound, for the batching policy
 
     def describe(self) -> str:
         """One line: every setting the harness decided, with its source."""
@@ -86,29 +87,36 @@ class RunPlan:
         return "settings: " + (", ".join(parts) if parts else "LoadGen's own")
 
 
+def _mlperf_conf_value(cfg: RunConfig, key: str) -> float | None:
+    """``key`` for this scenario from ``--mlperf-conf`` (None without one, or where it does not set it)."""
+    if cfg.loadgen.mlperf_conf is None:
+        return None
+    return read_conf(cfg.loadgen.mlperf_conf, "mlperf.conf").number(MODEL, cfg.scenario, key)
+
+
 def _conf_duration_s(cfg: RunConfig) -> float:
     """The minimum duration from ``--mlperf-conf``, else LoadGen's built-in mlperf.conf (a submission-length run)."""
-    if cfg.mlperf_conf is not None:
-        mine = read_conf(cfg.mlperf_conf, "mlperf.conf").number(MODEL, cfg.scenario, "min_duration")
-        if mine is not None:
-            return mine / 1000
+    mine = _mlperf_conf_value(cfg, "min_duration")
+    if mine is not None:
+        return mine / 1000
     return builtin_settings(MODEL, cfg.scenario).min_duration_ms / 1000
 
 
 def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
-             memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, available: int | None = None) -> RunPlan:
+             available: int | None = None) -> RunPlan:
     """Resolve every value LoadGen gets for ``cfg``; ``latency_s`` maps batch size to measured seconds."""
-    conf = read_conf(cfg.user_conf) if cfg.user_conf is not None else None
+    lgc = cfg.loadgen
+    conf = read_conf(lgc.user_conf) if lgc.user_conf is not None else None
     scenario = cfg.scenario
-    quick = not cfg.submission_length and cfg.test_mode != "SubmissionRun"
-    plan = RunPlan(LoadGenOptions(scenario=scenario, mode=cfg.test_mode))
+    quick = not lgc.submission_length and lgc.test_mode != TestMode.SUBMISSION_RUN
+    plan = RunPlan(LoadGenOptions(scenario=scenario, mode=lgc.test_mode))
     if conf is not None:
         plan.conf_problems = conf.problems(MODEL)
-        if plan.conf_problems and cfg.strict:
-            raise UsageError(f"user.conf {cfg.user_conf}: LoadGen would ignore {'; '.join(plan.conf_problems)} "
-                             f"(--strict)")
+        if plan.conf_problems and lgc.strict:
+            raise ConfigError(f"user.conf {lgc.user_conf}: LoadGen would ignore {'; '.join(plan.conf_problems)} "
+                              f"(--strict)")
         if (mode := conf.lookup(MODEL, scenario, "mode")) is not None:
-            plan.notes.append(f"user.conf sets mode = {mode}: the run uses --test-mode {cfg.test_mode}")
+            plan.notes.append(f"user.conf sets mode = {mode}: the run uses --test-mode {lgc.test_mode}")
 
     def from_conf(key: str, scenario_key: str | None = None) -> float | None:
         return None if conf is None else conf.number(MODEL, scenario_key or scenario, key)
@@ -125,17 +133,18 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         elif derived is not None:
             values[name], plan.sources[name] = derived, derived_source
 
-    choose("min_duration_s", cfg.min_duration_s, from_conf("min_duration"),
+    choose("min_duration_s", lgc.min_duration_s, from_conf("min_duration"),
            cfg.preset.quick_min_duration_s if quick else None, "quick-run default", 1e-3)
     if "min_duration_s" in values:
         duration = values["min_duration_s"]
     else:
         duration, plan.sources["min_duration_s"] = _conf_duration_s(cfg), "mlperf.conf"
-    choose("min_query_count", cfg.min_query_count, from_conf("min_query_count"),
+    choose("min_query_count", lgc.min_query_count, from_conf("min_query_count"),
            cfg.preset.quick_min_query_count if quick else None, "quick-run default")
-    choose("performance_sample_count", cfg.performance_sample_count, from_conf("performance_sample_count_override"),
+    choose("performance_sample_count", lgc.performance_sample_count, from_conf("performance_sample_count_override"),
            min(total, 1024), "dataset size")
 
+    memory_budget_mb = lgc.memory_mb
     budget = memory_budget_mb * 1e6
     available = available_memory_bytes() if available is None else available
     min_queries = values.get("min_query_count") or 0
@@ -144,7 +153,7 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         peak_target = None
         if peak_qps:
             peak_target = round(min(peak_qps, 500_000.0) * (OFFLINE_OVERESTIMATE if scenario == "Offline" else 0.5), 1)
-        choose("target_qps", cfg.target_qps, from_conf("target_qps", scenario), peak_target,
+        choose("target_qps", lgc.target_qps, from_conf("target_qps", scenario), peak_target,
                f"engine's measured peak x {OFFLINE_OVERESTIMATE:g}" if scenario == "Offline"
                else "engine's measured peak / 2")
         target = values.get("target_qps")
@@ -159,11 +168,14 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                                   f"(--loadgen-memory-mb, or pass --target-qps)")
             _check_fits(plan.sources["target_qps"], "target QPS", scenario,
                         max(min_queries, values["target_qps"] * duration * per_second), 1, available)
-        if scenario == "Server":
+        if scenario == Scenario.SERVER:
+            # The p99 bound LoadGen will judge by: user.conf, then --mlperf-conf, then LoadGen's built-in file.
+            target_ms = from_conf("target_latency") or _mlperf_conf_value(cfg, "target_latency")
+            plan.target_latency_ns = round(target_ms * 1e6) if target_ms else \
+                builtin_settings(MODEL, scenario).server_target_latency_ns or SERVER_DEFAULT_TARGET_LATENCY_NS
+            latency_limit = plan.target_latency_ns / 1e9
             conf_async = from_conf("max_async_queries", "Server")
             if conf_async is None:
-                target_latency = from_conf("target_latency", "Server")
-                latency_limit = (target_latency or SERVER_DEFAULT_TARGET_LATENCY_S * 1e3) / 1e3
                 hold = max(SERVER_HOLD_S, 20 * latency_limit)
                 rate = values.get("target_qps") or builtin_settings(MODEL, scenario).server_target_qps
                 values["server_max_async_queries"] = max(8, math.ceil(rate * hold))
@@ -184,7 +196,8 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                 floor = max(floor, 2 * duration / ABORT_QUERIES[scenario])
             derived_ms = max(measured, floor) * 1e3
         choose(key, None, from_conf("target_latency", scenario), derived_ms, "engine's measured latency")
-        if plan.sources.get(key) == "engine's measured latency" and measured and derived_ms > measured * 1e3:
+        if plan.sources.get(key) == "engine's measured latency" and measured and derived_ms is not None \
+                and derived_ms > measured * 1e3:
             plan.sources[key] = "bounded so LoadGen's generated queries stay small"
             plan.notes.append(f"expected latency {derived_ms:.3f} ms instead of the engine's {measured * 1e3:.3f} ms: "
                               f"LoadGen generates 2 x duration / expected latency queries up front, which must "
@@ -195,15 +208,15 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         queries = max(min_queries, 2 * duration / (expected_ms / 1e3))
         _check_fits(plan.sources.get(key, "mlperf.conf"), "expected latency", scenario, queries, samples, available)
 
-    if cfg.performance_sample_count is not None and cfg.performance_sample_count > total:
-        raise UsageError(f"--performance-sample-count {cfg.performance_sample_count} is more than the "
-                         f"{total} samples of this dataset: use at most {total}")
+    if lgc.performance_sample_count is not None and lgc.performance_sample_count > total:
+        raise ConfigError(f"--performance-sample-count {lgc.performance_sample_count} is more than the "
+                          f"{total} samples of this dataset: use at most {total}")
     plan.options = LoadGenOptions(
-        scenario=scenario, mode=cfg.test_mode,
+        scenario=scenario, mode=lgc.test_mode,
         min_duration_s=_explicit(values, plan, "min_duration_s"), target_qps=_explicit(values, plan, "target_qps"),
         min_query_count=_int(values, plan, "min_query_count"),
         performance_sample_count=_int(values, plan, "performance_sample_count"),
-        user_conf=cfg.user_conf, mlperf_conf=cfg.mlperf_conf,
+        user_conf=lgc.user_conf, mlperf_conf=lgc.mlperf_conf,
         single_stream_expected_latency_ms=_explicit(values, plan, "single_stream_expected_latency_ms"),
         multistream_expected_latency_ms=_explicit(values, plan, "multistream_expected_latency_ms"),
         server_max_async_queries=_int(values, plan, "server_max_async_queries"),
@@ -211,12 +224,12 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     return plan
 
 
-def _explicit(values: dict[str, float | None], plan: RunPlan, key: str) -> float | None:
+def _explicit(values: dict[str, float], plan: RunPlan, key: str) -> float | None:
     """A value the harness passes itself: not one user.conf already sets (LoadGen reads that from the file)."""
     return None if plan.sources.get(key) == "user.conf" else values.get(key)
 
 
-def _int(values: dict[str, float | None], plan: RunPlan, key: str) -> int | None:
+def _int(values: dict[str, float], plan: RunPlan, key: str) -> int | None:
     value = _explicit(values, plan, key)
     return None if value is None else int(value)
 
@@ -226,7 +239,7 @@ def _check_fits(source: str, what: str, scenario: str, queries: float, samples: 
     """Refuse a value whose generated queries cannot fit in the memory this machine has free."""
     need = loadgen_bytes(scenario, queries, samples)
     if available is not None and need > 0.8 * available:
-        raise UsageError(
+        raise ConfigError(
             f"{what} from {source} would make LoadGen generate {queries:.3g} queries up front (~{need / 1e9:.3g} GB), "
             f"more than the {available / 1e9:.3g} GB of memory available: lower the target QPS or the duration, "
             f"or raise the expected latency")

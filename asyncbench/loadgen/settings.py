@@ -33,20 +33,19 @@ from pathlib import Path
 
 import mlperf_loadgen as lg
 
-from asyncbench.errors import UsageError, UserError
+from asyncbench.config import Scenario, TestMode
+from asyncbench.errors import ConfigError, UserError
 
-SCENARIOS: dict[str, lg.TestScenario] = {
-    "SingleStream": lg.TestScenario.SingleStream,
-    "MultiStream": lg.TestScenario.MultiStream,
-    "Server": lg.TestScenario.Server,
-    "Offline": lg.TestScenario.Offline,
-}
-MODES: dict[str, lg.TestMode] = {
-    "PerformanceOnly": lg.TestMode.PerformanceOnly,
-    "AccuracyOnly": lg.TestMode.AccuracyOnly,
-    "SubmissionRun": lg.TestMode.SubmissionRun,
-    "FindPeakPerformance": lg.TestMode.FindPeakPerformance,
-}
+
+def lg_scenario(scenario: Scenario) -> lg.TestScenario:
+    """LoadGen's enum member for a scenario (the names match)."""
+    return getattr(lg.TestScenario, scenario.value)
+
+
+def lg_mode(mode: TestMode) -> lg.TestMode:
+    """LoadGen's enum member for a test mode (the names match)."""
+    return getattr(lg.TestMode, mode.value)
+
 
 _BUILTIN = 0  # FromConfig's conf_type for LoadGen's built-in mlperf.conf (the path is ignored)
 _USER = 1  # user.conf: counted process-wide, the first one also applies the built-in mlperf.conf
@@ -99,7 +98,7 @@ class ConfFile:
             elif parts[2] not in CONF_KEYS:
                 close = difflib.get_close_matches(parts[2], CONF_KEYS, 1)
                 found.append(f"{full} (unknown key{f'; did you mean {close[0]}?' if close else ''})")
-            elif parts[1] != "*" and parts[1] not in SCENARIOS:
+            elif parts[1] != "*" and parts[1] not in tuple(Scenario):
                 found.append(f"{full} (unknown scenario {parts[1]!r})")
             elif parts[0] not in ("*", model):
                 found.append(f"{full} (for model {parts[0]!r}, not {model!r})")
@@ -119,11 +118,11 @@ def read_conf(path: Path, what: str = "user.conf") -> ConfFile:
     try:
         text = Path(path).read_text(errors="replace")
     except FileNotFoundError:
-        raise UsageError(f"{what} {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
-        raise UsageError(f"{what} {path} is not a file") from None
+        raise ConfigError(f"{what} {path} is not a file") from None
     except OSError as e:
-        raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         tokens = line.split()
@@ -132,14 +131,14 @@ def read_conf(path: Path, what: str = "user.conf") -> ConfFile:
         if not tokens or tokens[0].startswith("#"):
             continue
         if len(tokens) != 3 or tokens[1] != "=":
-            raise UsageError(f"{what} {path} line {number}: {line.strip()!r} is not 'model.scenario.key = number'")
+            raise ConfigError(f"{what} {path} line {number}: {line.strip()!r} is not 'model.scenario.key = number'")
         key, value = tokens[0], tokens[2]
         try:
             ok = _is_int(value) or math.isfinite(float(value))
         except ValueError:
             ok = False
         if not ok:
-            raise UsageError(f"{what} {path} line {number}: {key} = {value!r} is not a finite number")
+            raise ConfigError(f"{what} {path} line {number}: {key} = {value!r} is not a finite number")
         values[key] = value
     return ConfFile(Path(path), values)
 
@@ -148,8 +147,8 @@ def read_conf(path: Path, what: str = "user.conf") -> ConfFile:
 class LoadGenOptions:
     """What the user asked for; None leaves the value to user.conf, then mlperf.conf."""
 
-    scenario: str
-    mode: str = "PerformanceOnly"
+    scenario: Scenario
+    mode: TestMode = TestMode.PERFORMANCE_ONLY
     target_qps: float | None = None  # Server: server_target_qps; Offline: offline_expected_qps
     min_duration_s: float | None = None
     min_query_count: int | None = None
@@ -168,10 +167,13 @@ class LoadGenOptions:
     schedule_rng_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.scenario not in SCENARIOS:
-            raise UsageError(f"unknown scenario {self.scenario!r}: choose one of {', '.join(SCENARIOS)}")
-        if self.mode not in MODES:
-            raise UsageError(f"unknown test mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        # Plain strings spelled exactly as LoadGen's enums are accepted and normalised.
+        for name, kind in (("scenario", Scenario), ("mode", TestMode)):
+            value = getattr(self, name)
+            if value not in tuple(kind):
+                raise ConfigError(f"unknown {'scenario' if kind is Scenario else 'test mode'} {value!r}: "
+                                  f"choose one of {', '.join(kind)}")
+            object.__setattr__(self, name, kind(value))
         positive = {
             "target_qps": self.target_qps,
             "server_target_latency_ms": self.server_target_latency_ms,
@@ -184,7 +186,7 @@ class LoadGenOptions:
         }
         for name, value in positive.items():
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise UsageError(f"{name} must be greater than 0, got {value}")
+                raise ConfigError(f"{name} must be greater than 0, got {value}")
         not_negative = {
             "min_duration_s": self.min_duration_s,
             "max_query_count": self.max_query_count,
@@ -195,14 +197,14 @@ class LoadGenOptions:
         }
         for name, value in not_negative.items():
             if value is not None and not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"{name} must be 0 or more, got {value}")
+                raise ConfigError(f"{name} must be 0 or more, got {value}")
         if self.target_qps is not None and self.scenario not in ("Server", "Offline"):
-            raise UsageError(
+            raise ConfigError(
                 f"target_qps applies to the Server and Offline scenarios, not {self.scenario}: "
                 "set the expected latency instead"
             )
         if self.target_qps is not None and self.offline_expected_qps is not None:
-            raise UsageError("give either target_qps or offline_expected_qps, not both")
+            raise ConfigError("give either target_qps or offline_expected_qps, not both")
 
 
 def _apply_conf(
@@ -293,8 +295,8 @@ def build_test_settings(opts: LoadGenOptions, model: str = "mobilenet") -> tuple
         conf_type = _USER if opts.mlperf_conf is None else _PLAIN
         _apply_conf(settings, Path(opts.user_conf), model, opts.scenario, conf_type, "user.conf", notes)
 
-    settings.scenario = SCENARIOS[opts.scenario]
-    settings.mode = MODES[opts.mode]
+    settings.scenario = lg_scenario(opts.scenario)
+    settings.mode = lg_mode(opts.mode)
     if opts.target_qps is not None:
         if opts.scenario == "Server":
             settings.server_target_qps = opts.target_qps

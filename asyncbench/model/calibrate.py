@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import platform
 import struct
 import tempfile
@@ -32,7 +31,8 @@ from onnx import numpy_helper
 
 from asyncbench.checksum import sha256_file
 from asyncbench.data.dataset import CAL_LAYOUT, Dataset, read_map, require_preprocessed
-from asyncbench.errors import UserError
+from asyncbench.errors import ConfigError, UserError
+from asyncbench.fileio import write_atomic
 from asyncbench.model.profiles import ModelProfile, detect_profile, load_onnx, source_model_path
 from asyncbench.model.wrap import ENGINE_INPUT, wrap_for_engine
 from asyncbench.paths import BuildPaths
@@ -102,20 +102,6 @@ class CalibrationCache:
                 from None
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file in the same folder so a crash never leaves half a model or cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _load_source(paths: BuildPaths) -> tuple[Path, onnx.ModelProto, ModelProfile]:
     src = source_model_path(paths)
     model = load_onnx(src)
@@ -133,7 +119,7 @@ def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
 def _metadata(path: Path) -> dict[str, str]:
     try:
         return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception:  # unreadable or absent means stale: it will be rebuilt
+    except Exception:  # noqa: BLE001 - unreadable or absent means stale: it will be rebuilt
         return {}
 
 
@@ -242,7 +228,7 @@ def calibrate(paths: BuildPaths, dataset: Dataset, method: str = "percentile", l
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
     if method not in METHODS:
-        raise UserError(f"unknown calibration method {method!r}: use one of {', '.join(METHODS)}", exit_code=2)
+        raise ConfigError(f"unknown calibration method {method!r}: use one of {', '.join(METHODS)}")
     src, model, profile = _load_source(paths)
     fp32 = wrap_for_engine(model, profile)
     calib_methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -266,7 +252,8 @@ def calibrate(paths: BuildPaths, dataset: Dataset, method: str = "percentile", l
     _fuse_activation_scales(fp32, scales)
     means = _conv_input_means(fp32, calibration_batches(dataset, paths.preprocessed))
     cache = CalibrationCache(method, reader.count, sha256_file(src), profile.name, scales, means)
-    _write_atomic(paths.calibration_cache, lambda p: p.write_text(cache.dumps()))
+    paths.calibration_cache.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(paths.calibration_cache, lambda p: p.write_text(cache.dumps()))
     log(f"calibrate: {reader.count} samples ({dataset.name} cal map), {len(scales)} tensor scales ({method}), "
         f"{len(means)} conv input means -> {paths.calibration_cache}")
     ensure_engine_models(paths, log=log)
@@ -361,7 +348,8 @@ def ensure_engine_models(paths: BuildPaths, weight_bits: int | None = None, log:
     _set_metadata(fp32, fp32_meta)
     current = _metadata(paths.fp32_nhw4_model)
     if any(current.get(k) != v for k, v in fp32_meta.items()):
-        _write_atomic(paths.fp32_nhw4_model, lambda p: onnx.save(fp32, p))
+        paths.fp32_nhw4_model.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(paths.fp32_nhw4_model, lambda p: onnx.save(fp32, p))
         log(f"calibrate: built {paths.fp32_nhw4_model} ({profile.name}, int8 NHW4 in, int32 top-1 out)")
     cache = CalibrationCache.load(paths.calibration_cache)
     if cache.source_sha256 != source_sha:
@@ -373,7 +361,8 @@ def ensure_engine_models(paths: BuildPaths, weight_bits: int | None = None, log:
     if any(meta.get(k) != v for k, v in want.items()):
         int8 = quantize(fp32, cache, bits)
         _set_metadata(int8, want)
-        _write_atomic(paths.int8_model, lambda p: onnx.save(int8, p))
+        paths.int8_model.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(paths.int8_model, lambda p: onnx.save(int8, p))
         log(f"calibrate: built {paths.int8_model} from {paths.calibration_cache} ({bits}-bit per-channel weights, "
             f"8-bit per-tensor activations, bias-corrected)")
     return paths.fp32_nhw4_model, paths.int8_model

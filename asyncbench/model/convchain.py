@@ -12,6 +12,7 @@ node. The nodes after the body (pooling, classifier, arg-max) are returned untou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -73,8 +74,12 @@ class ConvChain:
         return h, w, self.blocks[-1].pw_weight.shape[1]
 
 
-def node_attrs(node: onnx.NodeProto) -> dict[str, object]:
-    """A node's attributes as Python values, by name."""
+def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes as Python values, by name.
+
+    Typed Any, as onnx's get_attribute_value is: a value is a float, int, bytes, list or proto by
+    the attribute's ONNX type, which the operator's schema fixes and the caller knows.
+    """
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -113,10 +118,10 @@ def _activation(walker: _Walker, node: onnx.NodeProto | None) -> Activation | No
     high = walker.scalar(ins[2]) if len(ins) > 2 and ins[2] else a.get("max", float("inf"))
     if low is None or high is None:
         return None
-    return Activation(float(low), float(high))  # type: ignore[arg-type]
+    return Activation(float(low), float(high))
 
 
-def _conv(walker: _Walker, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, dict[str, object]] | None:
+def _conv(walker: _Walker, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
     """Weight, bias and attributes of a Conv with constant weights and explicit pads, or None."""
     if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in walker.consts:
         return None
@@ -133,10 +138,10 @@ def _conv(walker: _Walker, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray
     return weight, bias, a
 
 
-def _same_pads(a: dict[str, object], kernel: int) -> tuple[int, int, int] | None:
+def _same_pads(a: dict[str, Any], kernel: int) -> tuple[int, int, int] | None:
     """(stride, pad top, pad left) when the pads are TF SAME for a square kernel, else None."""
-    strides = list(a.get("strides", [1, 1]))  # type: ignore[call-overload]
-    pads = list(a.get("pads", [0, 0, 0, 0]))  # type: ignore[call-overload]
+    strides = list(a.get("strides", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
     if strides[0] != strides[1] or pads[0] != pads[1] or pads[2] != pads[3]:
         return None
     stride = int(strides[0])
@@ -163,10 +168,10 @@ def match_chain(model: onnx.ModelProto) -> ConvChain | None:
     node = walker.next(name)
     while node is not None and node.op_type != "Conv":
         a = node_attrs(node)
-        if node.op_type in ("Mul", "Div") and node.input[0] == name and walker.scalar(node.input[1]) is not None:
-            factor = walker.scalar(node.input[1])
-            scale = scale * factor if node.op_type == "Mul" else scale / factor  # type: ignore[operator]
-        elif node.op_type == "Transpose" and list(a.get("perm", [])) == [0, 3, 1, 2] and not transposed:  # type: ignore[call-overload]
+        factor = walker.scalar(node.input[1]) if node.op_type in ("Mul", "Div") and node.input[0] == name else None
+        if factor is not None:
+            scale = scale * factor if node.op_type == "Mul" else scale / factor
+        elif node.op_type == "Transpose" and list(a.get("perm", [])) == [0, 3, 1, 2] and not transposed:
             transposed = True
         elif node.op_type == "Cast" and a.get("to") == onnx.TensorProto.FLOAT or node.op_type == "Identity":
             pass
@@ -182,7 +187,7 @@ def match_chain(model: onnx.ModelProto) -> ConvChain | None:
     weight, bias, a = stem
     pads = _same_pads(a, 3)
     act = _activation(walker, walker.next(node.output[0]))
-    if (pads is None or act is None or int(a.get("group", 1)) != 1 or weight.shape[2:] != (3, 3)  # type: ignore[call-overload]
+    if (pads is None or act is None or int(a.get("group", 1)) != 1 or weight.shape[2:] != (3, 3)
             or weight.shape[1] != shape[3]):
         return None
     first = FirstConv(np.ascontiguousarray((weight * scale).transpose(2, 3, 1, 0).reshape(9, weight.shape[1], -1)),
@@ -193,7 +198,7 @@ def match_chain(model: onnx.ModelProto) -> ConvChain | None:
     while True:
         dw_node = walker.next(name)
         dw = _conv(walker, dw_node) if dw_node is not None else None
-        if dw is None or int(dw[2].get("group", 1)) != channels or dw[0].shape != (channels, 1, 3, 3):  # type: ignore[call-overload]
+        if dw is None or int(dw[2].get("group", 1)) != channels or dw[0].shape != (channels, 1, 3, 3):
             break
         dw_pads = _same_pads(dw[2], 3)
         dw_act = _activation(walker, walker.next(dw_node.output[0]))  # type: ignore[union-attr]
@@ -201,7 +206,7 @@ def match_chain(model: onnx.ModelProto) -> ConvChain | None:
             return None
         pw_node = walker.next(walker.next(dw_node.output[0]).output[0])  # type: ignore[union-attr]
         pw = _conv(walker, pw_node) if pw_node is not None else None
-        if (pw is None or int(pw[2].get("group", 1)) != 1 or pw[0].shape[1:] != (channels, 1, 1)  # type: ignore[call-overload]
+        if (pw is None or int(pw[2].get("group", 1)) != 1 or pw[0].shape[1:] != (channels, 1, 1)
                 or _same_pads(pw[2], 1) != (1, 0, 0)):
             return None
         pw_act = _activation(walker, walker.next(pw_node.output[0]))  # type: ignore[union-attr]

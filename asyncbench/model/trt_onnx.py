@@ -21,8 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from asyncbench.contract import SAMPLE_SHAPE
 from asyncbench.model.profiles import PROFILES, ModelProfile
-from asyncbench.model.wrap import ENGINE_INPUT, ENGINE_OUTPUT, SAMPLE_SHAPE, _live, drop_unused_initializers
+from asyncbench.model.wrap import ENGINE_INPUT, ENGINE_OUTPUT, _live, drop_unused_initializers
 
 TRT_INPUT_SHAPE = (3, 224, 224)
 _DEQUANTIZED = "trt/dequantized"
@@ -155,8 +156,9 @@ def _fold_int32_dequantize(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) 
     inits = {i.name: i for i in graph.initializer}
     kept = []
     for node in nodes:
-        args = [_const(inits, name) for name in node.input] if node.op_type == "DequantizeLinear" else []
-        if len(args) < 2 or any(a is None for a in args) or args[0].dtype != np.int32:
+        maybe = [_const(inits, name) for name in node.input] if node.op_type == "DequantizeLinear" else []
+        args = [a for a in maybe if a is not None]
+        if len(args) < 2 or len(args) != len(maybe) or args[0].dtype != np.int32:
             kept.append(node)
             continue
         values, scale = args[0], args[1]

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
+from asyncbench.contract import SAMPLE_SHAPE
 from asyncbench.model.profiles import ModelProfile
 
 ENGINE_INPUT = "input"
 ENGINE_OUTPUT = "top1"
-SAMPLE_SHAPE = (224, 224, 4)
 MIN_OPSET = 13
 
 

@@ -1,13 +1,11 @@
-"""The streaming pipeline: batcher -> (gather + execute) slots -> complete, joined by bounded channels.
+"""The streaming pipeline: batcher -> execute slots -> complete, joined by bounded channels.
 
-The event-loop thread batches and completes. For a blocking engine (CPU compute) each execute
-slot hands its batch to an engine thread that gathers the samples out of the arena and runs the
-engine, so no bulk memory work blocks the loop; an engine with an async form (the null engine's
-modelled device) is awaited on the loop itself, and a GPU engine takes the batch's QSL indices
-and copies the samples from the (pinned) arena by DMA itself, so the host never gathers.
-Backpressure is the number of slots: at most `inflight` batches are in the engine at once;
-while they are busy the one-slot batch channel is full and the batcher keeps merging new
-arrivals into bigger batches.
+The event-loop thread batches and completes. Each execute slot awaits one batch through the
+engine's execution adapter (asyncbench.runtime.execution: worker thread, loop-native or
+device-indexed, chosen once from the engine's declared form). Backpressure is the engine's
+slots: at most ``capabilities.slots`` batches are in the engine at once; while they are busy
+the one-slot batch channel is full and the batcher keeps merging new arrivals into bigger
+batches.
 
 Exactly once: every sample id that enters through submit() leaves through the completer exactly
 once. A batch is completed by whichever comes first, its result or its failure (an engine
@@ -21,29 +19,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from asyncbench.data.qsl import SampleArena
-from asyncbench.engines.base import Engine
+from asyncbench.errors import RunFailure
 from asyncbench.runtime.batcher import Batch, Batcher, BatchPolicy
-from asyncbench.runtime.channel import Channel
+from asyncbench.runtime.channel import Channel, ChannelClosed, ChannelEmpty
+from asyncbench.runtime.execution import Execution
 
 # complete(ids, top1): top1 is an int32 array aligned with ids, or None when the samples failed.
 Completer = Callable[[Sequence[int], "np.ndarray | None"], None]
-
-
-@dataclass
-class StageTimes:
-    """Seconds each stage spent working (not waiting), for the run summary."""
-
-    gather: float = 0.0
-    execute: float = 0.0
-    complete: float = 0.0
-    batches: int = 0
-    samples: int = 0
+STOPPED = "pipeline stopped with samples in flight"
 
 
 @dataclass
@@ -56,23 +43,17 @@ class _Work:
 class Pipeline:
     """Runs LoadGen's samples through one engine; see the module docstring for the guarantees."""
 
-    def __init__(self, engine: Engine, arena: SampleArena, policy: BatchPolicy, complete: Completer, *,
-                 inflight: int = 2, timeout_s: float | None = None,
-                 sleep_until: Callable[[int], Awaitable[None]] | None = None) -> None:
-        self.engine = engine
-        self.arena = arena
+    def __init__(self, execution: Execution, policy: BatchPolicy, complete: Completer, *,
+                 timeout_s: float | None = None, sleep_until: Callable[[int], Awaitable[None]] | None = None) -> None:
+        self._execution = execution
         self._complete_cb = complete
-        self.inflight = max(1, inflight)
+        self.inflight = execution.slots
         self.timeout_s = timeout_s
         self._batches: Channel[Batch] = Channel(1)
         self._done: Channel[_Work] = Channel(self.inflight * 2)
         self.batcher = Batcher(policy, self._batches, sleep_until=sleep_until)
-        # Engines with an async form run on the loop; blocking ones (CPU compute) get worker threads.
-        self._by_index = hasattr(engine, "infer_indices")
-        self._on_loop = self._by_index or hasattr(engine, "infer_async")
-        self._pool = ThreadPoolExecutor(max_workers=self.inflight, thread_name_prefix="engine")
-        self.times = StageTimes()
-        self.failure: str | None = None
+        self.times = execution.times
+        self.failure: RunFailure | None = None
         self.issued = 0
         self.completed = 0
         self.failed_samples = 0
@@ -87,10 +68,10 @@ class Pipeline:
             return
         self.batcher.submit(ids, indices, arrival_ns)
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: RunFailure | str) -> None:
         """Stop doing work: complete everything pending as failed, and everything that arrives later."""
         if self.failure is None:
-            self.failure = reason
+            self.failure = reason if isinstance(reason, RunFailure) else RunFailure(reason)
         ids, _ = self.batcher.drain()
         if ids:
             self._finish(ids, None)
@@ -98,6 +79,15 @@ class Pipeline:
     def close(self) -> None:
         """No more issues will come (LoadGen's test ended): flush and let the stages finish."""
         self.batcher.close()
+
+    def statistics(self) -> dict[str, object]:
+        """Queue state for the event log: samples waiting in the batcher, and each channel's counters.
+
+        ``batches.max_buffered`` 1 with many ``waiting_senders`` means the engine's slots were the
+        bottleneck; ``done.max_buffered`` near its capacity means completion was.
+        """
+        return {"pending_samples": self.batcher.pending_count, "batches": vars(self._batches.statistics()),
+                "done": vars(self._done.statistics())}
 
     # -- stages -----------------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -113,71 +103,40 @@ class Pipeline:
         finally:
             for task in stages:
                 task.cancel()
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._execution.close()
             self._complete_leftovers()
 
     def _complete_leftovers(self) -> None:
         """Whatever a crashed or cancelled stage still held is completed as failed: never left hanging."""
         for work in list(self._works.values()):
-            self._fail(work, self.failure or "pipeline stopped with samples in flight")
+            self._fail(work, self.failure or RunFailure(STOPPED))
         while True:
             try:
                 batch = self._batches.receive_nowait()
-            except Exception:  # ChannelEmpty or ChannelClosed: nothing left
+            except (ChannelEmpty, ChannelClosed):
                 break
-            self._fail(_Work(batch), self.failure or "pipeline stopped with samples in flight")
+            self._fail(_Work(batch), self.failure or RunFailure(STOPPED))
         ids, _ = self.batcher.drain()  # a batch whose send was cancelled went back to pending
         if ids:
-            self.abort(self.failure or "pipeline stopped with samples in flight")
+            self.abort(self.failure or RunFailure(STOPPED))
             self._finish(ids, None)
 
-    def _input(self, batch: Batch, buffer: np.ndarray) -> np.ndarray:
-        """The batch's samples in this slot's buffer (left as is for engines that never read pixels)."""
-        if self.engine.reads_input:
-            return self.arena.gather(batch.indices, out=buffer)
-        return buffer[: len(batch.indices)]
-
-    def _gather_infer(self, work: _Work, buffer: np.ndarray) -> np.ndarray:
-        """Worker thread: copy the batch into this slot's buffer, then run the engine (the loop stays free)."""
-        t0 = time.perf_counter()
-        data = self._input(work.batch, buffer)
-        t1 = time.perf_counter()
-        top1 = self.engine.infer(data)
-        self.times.gather += t1 - t0
-        self.times.execute += time.perf_counter() - t1
-        return top1
-
     async def _execute(self) -> None:
-        """One in-flight slot: it owns a reusable input buffer (LWIS-style), so slots bound memory and work."""
-        loop = asyncio.get_running_loop()
-        buffer = None if self._by_index else np.empty(
-            (self.batcher.policy.max_batch_size, *self.engine.sample_shape), self.engine.sample_dtype)
+        """One in-flight slot: awaits its batch through the engine's execution adapter."""
         async for batch in self._batches:
             work = _Work(batch)
             self._works[id(work)] = work
             if self.failure is not None:
                 self._fail(work, self.failure)
                 continue
-            t0 = t1 = time.perf_counter()
-            if self._by_index:
-                pending = self.engine.infer_indices(self.arena, batch.indices)
-            elif self._on_loop:
-                data = self._input(batch, buffer)
-                t1 = time.perf_counter()
-                self.times.gather += t1 - t0
-                pending = self.engine.infer_async(data)
-            else:
-                pending = asyncio.shield(loop.run_in_executor(self._pool, self._gather_infer, work, buffer))
             try:
-                work.data = await asyncio.wait_for(pending, self.timeout_s)
-                if self._on_loop:
-                    self.times.execute += time.perf_counter() - t1
-            except TimeoutError:
-                self._fail(work, f"engine stalled: no result for a batch of {len(batch.ids)} "
-                                 f"within {self.timeout_s:g} s")
+                work.data = await asyncio.wait_for(self._execution.run(batch.indices), self.timeout_s)
+            except TimeoutError as e:
+                self._fail(work, RunFailure.caused_by(
+                    f"engine stalled: no result for a batch of {len(batch.ids)} within {self.timeout_s:g} s", e))
                 continue
-            except Exception as e:
-                self._fail(work, f"engine failed: {type(e).__name__}: {e}")
+            except Exception as e:  # noqa: BLE001 - any engine error fails the run, with its traceback kept
+                self._fail(work, RunFailure.caused_by(f"engine failed: {type(e).__name__}: {e}", e))
                 continue
             await self._done.send(work)
 
@@ -194,7 +153,7 @@ class Pipeline:
             self.times.complete += time.perf_counter() - t0
 
     # -- completion -------------------------------------------------------------------------------------------------
-    def _fail(self, work: _Work, reason: str) -> None:
+    def _fail(self, work: _Work, reason: RunFailure) -> None:
         if not work.done:
             work.done = True
             self._works.pop(id(work), None)

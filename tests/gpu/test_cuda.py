@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from asyncbench.config import Completion
 from asyncbench.cuda.api import CudaError, call, device_name
 from asyncbench.cuda.graphs import CapturedGraph
 from asyncbench.cuda.memory import DeviceBuffer, PinnedBuffer, RunCopier, contiguous_runs, copy, copy_async
@@ -80,9 +81,9 @@ def test_captured_graph_replays_its_copy() -> None:
     graph.close()
 
 
-@pytest.mark.parametrize("kind", ["thread", "hostfunc"])
+@pytest.mark.parametrize("kind", list(Completion))
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_notifiers_resolve_in_order_after_the_work(kind: str, loop: str) -> None:
+def test_notifiers_resolve_in_order_after_the_work(kind: Completion, loop: str) -> None:
     big = 256 << 20
     dev = DeviceBuffer(big, 0)
     stream = Stream(0)

@@ -7,43 +7,58 @@ from pathlib import Path
 import pytest
 from gpu_support import torch_or_skip
 
-from asyncbench.config import RunConfig
+from asyncbench.config import (
+    BatchingConfig,
+    EngineConfig,
+    EngineKind,
+    GpuConfig,
+    LoadGenConfig,
+    Loop,
+    ProcessConfig,
+    RunConfig,
+    Scenario,
+    TestMode,
+    TorchCompile,
+)
 from asyncbench.cuda.api import device_count
 from asyncbench.data.dataset import resolve_dataset
-from asyncbench.engines.factory import create_engine
 from asyncbench.engines.gpu import GpuEngine
+from asyncbench.loadgen.run import new_log_dir, run_scenario
 from asyncbench.paths import BuildPaths
-from asyncbench.runtime.runner import batch_sizes_upto, new_log_dir, run_scenario
+from asyncbench.runtime.sizing import open_engine
 
 QUICK = {
-    "SingleStream": {"min_duration_s": 0.5, "min_query_count": 64},
-    "MultiStream": {"min_duration_s": 0.5, "min_query_count": 64},
-    "Server": {"min_duration_s": 1.0, "min_query_count": 2000, "target_qps": 2000.0},
+    Scenario.SINGLE_STREAM: LoadGenConfig(min_duration_s=0.5, min_query_count=64),
+    Scenario.MULTI_STREAM: LoadGenConfig(min_duration_s=0.5, min_query_count=64),
+    Scenario.SERVER: LoadGenConfig(min_duration_s=1.0, min_query_count=2000, target_qps=2000.0),
     # Offline is INVALID when it finishes before min_duration: expect more than the GPU does.
-    "Offline": {"min_duration_s": 0.5, "min_query_count": 1, "target_qps": 200000.0},
+    Scenario.OFFLINE: LoadGenConfig(min_duration_s=0.5, min_query_count=1, target_qps=200000.0),
 }
+TORCH = EngineConfig(EngineKind.TORCH, torch_compile=TorchCompile.NONE)
+UP_TO_64 = BatchingConfig(max_batch_size=64)
 
 
 @pytest.fixture(scope="module")
 def engine(calibrated: BuildPaths) -> GpuEngine:
     torch_or_skip()
-    eng = create_engine(RunConfig(engine="torch", torch_compile="none", max_batch_size=64), calibrated)
-    eng.warmup(batch_sizes_upto(eng.max_batch_size))
+    eng = open_engine(RunConfig(batching=UP_TO_64, engine=TORCH), calibrated)
+    assert isinstance(eng, GpuEngine)
+    eng.warmup(eng.capabilities.buckets)
     yield eng
     eng.close()
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", list(Loop))
 @pytest.mark.parametrize("scenario", list(QUICK))
-def test_every_scenario_on_the_gpu(calibrated: BuildPaths, engine: GpuEngine, tmp_path: Path, scenario: str,
-                                   loop: str) -> None:
-    cfg = RunConfig(scenario=scenario, engine="torch", loop=loop, max_batch_size=64, **QUICK[scenario])
+def test_every_scenario_on_the_gpu(calibrated: BuildPaths, engine: GpuEngine, tmp_path: Path, scenario: Scenario,
+                                   loop: Loop) -> None:
+    cfg = RunConfig(scenario, QUICK[scenario], UP_TO_64, TORCH, process=ProcessConfig(loop))
     said: list[str] = []
     result = run_scenario(cfg, engine, resolve_dataset(calibrated), calibrated.preprocessed,
                               new_log_dir(tmp_path, cfg.scenario), said.append)
-    assert result.failure is None and result.exit_code == 0, said
+    assert result.failure is None, said
     assert result.summary is not None, said
-    if scenario in ("Server", "Offline"):
+    if scenario in (Scenario.SERVER, Scenario.OFFLINE):
         assert result.summary.result == "VALID", said
     else:  # sub-second latency-bound runs: LoadGen may still ask for more queries; all must complete
         assert result.summary.result in ("VALID", "INVALID"), said
@@ -57,7 +72,7 @@ def test_accuracy_run_on_the_gpu(calibrated: BuildPaths, engine: GpuEngine, tmp_
     from asyncbench.data.dataset import read_map
     from asyncbench.loadgen.accuracy import compute_accuracy, load_accuracy_log
 
-    cfg = RunConfig(scenario="Offline", engine="torch", test_mode="AccuracyOnly", max_batch_size=64)
+    cfg = RunConfig(Scenario.OFFLINE, LoadGenConfig(test_mode=TestMode.ACCURACY_ONLY), UP_TO_64, TORCH)
     dataset = resolve_dataset(calibrated)
     result = run_scenario(cfg, engine, dataset, calibrated.preprocessed,
                               new_log_dir(tmp_path, cfg.scenario), lambda _: None)
@@ -84,15 +99,16 @@ def test_a_failing_launch_completes_every_sample(calibrated: BuildPaths, engine:
     for s in slots:
         s.launch = failing(s.launch)
     try:
-        cfg = RunConfig(scenario="Server", engine="torch", max_batch_size=8, min_duration_s=1.0,
-                        min_query_count=500, target_qps=500.0)
+        cfg = RunConfig(Scenario.SERVER, LoadGenConfig(min_duration_s=1.0, min_query_count=500, target_qps=500.0),
+                        BatchingConfig(max_batch_size=8), TORCH)
         result = run_scenario(cfg, engine, resolve_dataset(calibrated), calibrated.preprocessed,
                               new_log_dir(tmp_path, cfg.scenario),
                               lambda _: None)
     finally:
         for s, real in zip(slots, launches, strict=True):
             s.launch = real
-    assert result.exit_code == 1 and "injected launch failure" in (result.failure or "")
+    assert result.failure is not None and "injected launch failure" in str(result.failure)
+    assert isinstance(result.failure.__cause__, RuntimeError)
     assert (result.log_dir / "mlperf_log_summary.txt").is_file()  # LoadGen finished: every sample completed
 
 
@@ -100,9 +116,10 @@ def test_two_gpus_share_an_offline_run(calibrated: BuildPaths, tmp_path: Path) -
     torch_or_skip()
     if device_count() < 2:
         pytest.skip("needs two GPUs")
-    cfg = RunConfig(scenario="Offline", engine="torch", torch_compile="none", max_batch_size=64, gpus=2,
-                    min_duration_s=1.0, min_query_count=1, target_qps=400000.0)
-    eng = create_engine(cfg, calibrated)
+    cfg = RunConfig(Scenario.OFFLINE, LoadGenConfig(min_duration_s=1.0, min_query_count=1, target_qps=400000.0),
+                    UP_TO_64, TORCH, GpuConfig(count=2))
+    eng = open_engine(cfg, calibrated)
+    assert isinstance(eng, GpuEngine)
     try:
         assert len(eng.workers) == 2 and eng.device == "cuda:0,cuda:1"
         eng.warmup([1, 64])

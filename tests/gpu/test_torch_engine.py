@@ -74,7 +74,7 @@ def test_arena_batches_match_onnxruntime_fp32(calibrated: BuildPaths, torch_engi
         # Two batches in flight at once, as the pipeline runs them (one slot each).
         out = []
         for i in range(0, len(batches), 2):
-            out.extend(await asyncio.gather(*(torch_engine.infer_indices(arena, b) for b in batches[i:i + 2])))
+            out.extend(await asyncio.gather(*(torch_engine.infer_indices(b) for b in batches[i:i + 2])))
         return out
 
     for indices, top1 in zip(batches, asyncio.run(main()), strict=True):

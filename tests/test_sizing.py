@@ -1,19 +1,32 @@
-"""Pure pieces of the runner: Server batching from measured latency, presets, report formatting."""
+"""Batch sizing (engine sizes and slots, Server batching from measured latency), presets, report formatting."""
 
 from __future__ import annotations
 
-from asyncbench.config import RunConfig
+from asyncbench.config import BatchingConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
+from asyncbench.engines.base import batch_sizes_upto
 from asyncbench.engines.null import NullEngine
 from asyncbench.loadgen.plan import plan_run
-from asyncbench.runtime.runner import batch_sizes_upto, format_histogram, make_policy, server_policy
+from asyncbench.loadgen.report import format_histogram
+from asyncbench.runtime.sizing import batch_policy, engine_sizing, server_policy
 
 MS = 1e-3
 
 
 def test_batch_sizes_upto() -> None:
-    assert batch_sizes_upto(1) == [1]
-    assert batch_sizes_upto(8) == [1, 2, 4, 8]
-    assert batch_sizes_upto(12) == [1, 2, 4, 8, 12]
+    assert batch_sizes_upto(1) == (1,)
+    assert batch_sizes_upto(8) == (1, 2, 4, 8)
+    assert batch_sizes_upto(12) == (1, 2, 4, 8, 12)
+
+
+def test_engine_sizing_from_the_command_line_else_the_engine_kind() -> None:
+    default = RunConfig()
+    cpu = engine_sizing(default, EngineKind.ONNXRUNTIME)
+    assert (cpu.max_batch_size, cpu.slots) == (32, 2)
+    gpu = engine_sizing(default, EngineKind.TORCH)
+    assert (gpu.buckets[-1], gpu.slots, gpu.buckets[:3]) == (1024, 3, (1, 2, 4))
+    assert engine_sizing(default, EngineKind.NULL).max_batch_size == 1024
+    mine = engine_sizing(RunConfig(batching=BatchingConfig(max_batch_size=48, inflight=5)), EngineKind.TORCH)
+    assert (mine.buckets, mine.slots) == ((1, 2, 4, 8, 16, 32, 48), 5)
 
 
 def test_server_policy_picks_largest_batch_that_fits_and_caps_delay() -> None:
@@ -45,11 +58,13 @@ def test_explicit_values_win_over_presets() -> None:
     engine = NullEngine(max_batch_size=64)
     policy, _ = server_policy(lambda b: 0.0, 64, 10_000_000, 16, 250)
     assert (policy.max_batch_size, policy.max_queue_delay_ns) == (16, 250_000)
-    single, _ = make_policy(RunConfig(scenario="SingleStream"), engine, 10_000_000)
+    single, _ = batch_policy(RunConfig(Scenario.SINGLE_STREAM), engine, 10_000_000)
     assert (single.max_batch_size, single.max_queue_delay_ns) == (1, 0)
-    offline, _ = make_policy(RunConfig(scenario="Offline", max_batch_size=32), engine, 10_000_000)
+    offline, _ = batch_policy(RunConfig(Scenario.OFFLINE, batching=BatchingConfig(max_batch_size=32)), engine,
+                              10_000_000)
     assert (offline.max_batch_size, offline.max_queue_delay_ns) == (32, 0)
-    multi, _ = make_policy(RunConfig(scenario="MultiStream", preferred_batch_sizes=(8,)), engine, 10_000_000)
+    multi, _ = batch_policy(RunConfig(Scenario.MULTI_STREAM, batching=BatchingConfig(preferred_batch_sizes=(8,))),
+                            engine, 10_000_000)
     assert (multi.max_batch_size, multi.preferred_batch_sizes) == (64, (8,))
 
 
@@ -62,13 +77,13 @@ def test_format_histogram() -> None:
 
 def test_expected_latencies_come_from_the_engine_unless_a_user_conf_is_given(tmp_path) -> None:
     latency = {1: 0.25 * MS, 8: 0.5 * MS}
-    single = plan_run(RunConfig(scenario="SingleStream"), 104, None, latency).options
+    single = plan_run(RunConfig(Scenario.SINGLE_STREAM), 104, None, latency).options
     assert single.single_stream_expected_latency_ms == 0.25
-    multi = plan_run(RunConfig(scenario="MultiStream"), 104, None, latency).options
+    multi = plan_run(RunConfig(Scenario.MULTI_STREAM), 104, None, latency).options
     assert multi.multistream_expected_latency_ms == 0.5 and multi.single_stream_expected_latency_ms is None
     conf = tmp_path / "user.conf"
     conf.write_text("*.SingleStream.target_latency = 1\n")
-    mine = plan_run(RunConfig(scenario="SingleStream", user_conf=conf), 104, None, latency)
+    mine = plan_run(RunConfig(Scenario.SINGLE_STREAM, LoadGenConfig(user_conf=conf)), 104, None, latency)
     assert mine.options.single_stream_expected_latency_ms is None
     assert mine.sources["single_stream_expected_latency_ms"] == "user.conf"
 
@@ -76,9 +91,18 @@ def test_expected_latencies_come_from_the_engine_unless_a_user_conf_is_given(tmp
 def test_quiet_gc_stops_the_collector_for_the_run_only() -> None:
     import gc
 
-    from asyncbench.runtime.runner import quiet_gc
+    from asyncbench.runtime.process import quiet_gc
 
     assert gc.isenabled()
     with quiet_gc():
         assert not gc.isenabled() and gc.get_freeze_count() > 0
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_the_server_latency_target_comes_from_the_plan(tmp_path) -> None:
+    default = plan_run(RunConfig(Scenario.SERVER), 104, 1000.0, {})
+    assert default.target_latency_ns == 10_000_000  # LoadGen's built-in mlperf.conf
+    conf = tmp_path / "user.conf"
+    conf.write_text("mobilenet.Server.target_latency = 15\n")
+    mine = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(user_conf=conf)), 104, 1000.0, {})
+    assert mine.target_latency_ns == 15_000_000

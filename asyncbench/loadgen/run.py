@@ -1,0 +1,186 @@
+"""One scenario through LoadGen end to end: arena, plan, batching policy, the loop, logs and the report."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from asyncbench.config import RunConfig
+from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
+from asyncbench.data.qsl import SampleArena
+from asyncbench.engines.base import Engine
+from asyncbench.errors import RunFailure, UserError
+from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
+from asyncbench.loadgen.plan import MULTISTREAM_SAMPLES, RunPlan, plan_run
+from asyncbench.loadgen.report import format_report
+from asyncbench.loadgen.settings import build_test_settings, make_log_settings
+from asyncbench.loadgen.sut import drive
+from asyncbench.runtime.execution import execution_for
+from asyncbench.runtime.process import run_process
+from asyncbench.runtime.sizing import batch_policy, engine_peak_qps
+
+EVENTS_FILE = "asyncbench_events.jsonl"
+FAILED_MARKER = "asyncbench_FAILED.txt"  # written into a run's log folder when samples were completed as failed
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports back to the CLI."""
+
+    log_dir: Path
+    summary: RunSummary | None
+    failure: RunFailure | None
+    histogram: dict[int, int]
+    effective: dict[str, object]  # LoadGen's effective_* values from the detail log (key without the prefix)
+
+
+def new_log_dir(root: Path, scenario: str) -> Path:
+    """build/logs/<timestamp>_<scenario>/ plus a `latest` link to it, checked writable before any work."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = root / f"{stamp}_{scenario}"
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+        (path / EVENTS_FILE).touch()
+    except OSError as e:
+        raise UserError(f"cannot write the log folder {path}: {e.strerror or e}; "
+                        f"pass --log-dir with a writable folder") from None
+    latest = root / "latest"
+    try:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(path.name)
+    except OSError:
+        pass  # a filesystem without symlinks still gets the run's own folder
+    return path
+
+
+@contextlib.contextmanager
+def event_log(log_dir: Path) -> Iterator[structlog.typing.FilteringBoundLogger]:
+    """A structlog JSON-lines logger writing to the run folder's event log; the file is closed with the run."""
+    with (log_dir / EVENTS_FILE).open("a") as handle:
+        yield structlog.wrap_logger(
+            structlog.PrintLogger(file=handle),
+            processors=[structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.JSONRenderer()],
+        )
+
+
+def dataset_arena(dataset: Dataset, preprocessed: Path, engine: Engine) -> SampleArena:
+    """The engine's arena over the validation map's preprocessed samples (pinned for a GPU engine)."""
+    names = [e.name for e in read_map(dataset.val_map)]
+    folder = dataset.preprocessed_dir(preprocessed, VAL_LAYOUT)
+    require_preprocessed(folder, names, "--val_only", preprocessed)
+    return engine.make_arena(folder, names)
+
+
+def plan_for(cfg: RunConfig, engine: Engine, total: int) -> RunPlan:
+    """The LoadGen plan for ``cfg`` from the engine's warm-up measurements."""
+    latencies = {b: engine.latency(b) for b in (1, MULTISTREAM_SAMPLES) if b <= engine.capabilities.max_batch_size}
+    return plan_run(cfg, total, engine_peak_qps(engine), latencies)
+
+
+def audit_config_path(cfg: RunConfig, log_dir: Path, say: Callable[[str], None]) -> Path:
+    """The audit.config LoadGen reads: the one asked for, else a path that cannot exist (never ./audit.config)."""
+    if cfg.loadgen.audit_config is not None:
+        say(f"note: applying audit config {cfg.loadgen.audit_config}: it overrides the test settings "
+            f"(compliance test)")
+        return cfg.loadgen.audit_config.resolve()
+    if Path("audit.config").exists():
+        say("note: ./audit.config is present and was ignored (LoadGen would apply it silently); "
+            "pass --audit-config audit.config to run that compliance test")
+    return log_dir / "no-audit.config"
+
+
+def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, log_dir: Path,
+                 say: Callable[[str], None] = print) -> RunResult:
+    """One scenario through LoadGen into ``log_dir``; prints notes as it goes and returns the parsed result."""
+    arena = dataset_arena(dataset, preprocessed, engine)
+    plan = plan_for(cfg, engine, arena.total)
+    settings, notes = build_test_settings(plan.options)
+    with event_log(log_dir) as events:
+        policy, policy_note = batch_policy(cfg, engine, plan.target_latency_ns)
+        if plan.conf_problems:
+            say(f"note: user.conf keys LoadGen ignores: {'; '.join(plan.conf_problems)}")
+        say(plan.describe())
+        for note in [*plan.notes, *notes, policy_note]:
+            say(f"note: {note}")
+        audit = audit_config_path(cfg, log_dir, say)
+        events.info("run_start", scenario=cfg.scenario, mode=cfg.loadgen.test_mode, engine=engine.name,
+                    loop=cfg.process.loop, max_batch_size=policy.max_batch_size,
+                    max_queue_delay_ns=policy.max_queue_delay_ns, settings=plan.describe(),
+                    notes=[*plan.notes, *notes], log_dir=str(log_dir),
+                    audit_config=str(audit) if cfg.loadgen.audit_config else None)
+        execution = execution_for(engine, arena, policy.max_batch_size)
+        with run_process(cfg.process) as runner:
+            pipeline, counts = runner.run(drive(
+                execution, arena, policy, settings, make_log_settings(log_dir, cfg.loadgen.trace),
+                settings.performance_sample_count_override or min(arena.total, 1024),
+                timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events))
+        summary, effective, loadgen_errors = read_results(log_dir)
+        histogram = pipeline.batcher.histogram()
+        events.info("run_end", result=getattr(summary, "result", None), failed=counts.failed,
+                    issued=counts.issued, histogram=histogram, stage_seconds=vars(pipeline.times),
+                    effective={k: v for k, v in effective.items() if not k.endswith("rng_seed")},
+                    loadgen_errors=loadgen_errors,
+                    **(pipeline.failure.details() if pipeline.failure else {"failure": None}))
+    for note in [*effective_notes(plan, effective), *(f"LoadGen logged {e}" for e in loadgen_errors)]:
+        say(f"note: {note}")
+    say(format_report(cfg, engine.name, summary, pipeline, log_dir, effective, counts))
+    if pipeline.failure:
+        (log_dir / FAILED_MARKER).write_text(
+            f"FAILED: {pipeline.failure}\n{counts.failed} of {counts.issued} samples were completed as failed "
+            f"(no data). LoadGen 6.0 has no error response, so mlperf_log_summary.txt cannot show this: "
+            f"this run is not valid.\n")
+        say(f"error: run failed: {pipeline.failure} ({counts.failed} of {counts.issued} samples completed as failed; "
+            f"LoadGen logs in {log_dir})")
+    return RunResult(log_dir, summary, pipeline.failure, histogram, effective)
+
+
+def read_results(log_dir: Path) -> tuple[RunSummary | None, dict[str, object], list[str]]:
+    """LoadGen's summary, its effective settings and the errors it logged (from the detail log), as written."""
+    summary_path, detail_path = log_dir / "mlperf_log_summary.txt", log_dir / "mlperf_log_detail.txt"
+    try:
+        summary = parse_summary(summary_path) if summary_path.is_file() else None
+        effective: dict[str, object] = {}
+        errors: list[str] = []
+        if detail_path.is_file():
+            records = parse_detail(detail_path)
+            values = detail_values(records)
+            effective = {k.removeprefix("effective_"): v for k, v in values.items() if k.startswith("effective_")}
+            errors = detail_errors(records)
+    except UserError:
+        free = shutil.disk_usage(log_dir).free
+        if free < 1 << 20:
+            raise UserError(f"LoadGen could not finish its logs in {log_dir}: the disk is full ({free} bytes free); "
+                            f"free some space and run again") from None
+        raise
+    return summary, effective, errors
+
+
+def effective_notes(plan: RunPlan, effective: dict[str, object]) -> list[str]:
+    """Where LoadGen ran with other values than the harness passed (an audit config, LoadGen's own rules)."""
+    o = plan.options
+    asked: dict[str, float | str | None] = {
+        "target_qps": o.target_qps if o.scenario in ("Server", "Offline") else None,
+        "min_duration_ms": None if o.min_duration_s is None else round(o.min_duration_s * 1000),
+        "min_query_count": None if o.min_query_count is None or o.scenario == "Offline" else o.min_query_count,
+        "performance_sample_count": o.performance_sample_count,
+        "max_async_queries": o.server_max_async_queries,
+        "test_mode": o.mode,
+    }
+    notes = []
+    for key, value in asked.items():
+        got = effective.get(key)
+        if value is None or got is None:
+            continue
+        # LoadGen prints doubles with 6 significant digits.
+        same = str(got) == value if isinstance(value, str) else math.isclose(float(str(got)), value, rel_tol=1e-5)
+        if not same:
+            notes.append(f"LoadGen ran with {key} {got}, not the {value} asked for")
+    return notes

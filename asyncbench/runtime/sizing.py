@@ -1,0 +1,108 @@
+"""Batch sizing, decided in one place: the engine's batch sizes and slots, and the batcher's policy.
+
+Two moments: before the engine exists (``engine_sizing``: which batch sizes it prepares and how
+many batches it holds at once, from the command line or the engine kind's defaults), and after
+its warm-up (``batch_policy``: the scenario preset, or for Server the latency target and the
+engine's measured latency per batch size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asyncbench.config import EngineKind, RunConfig, Scenario
+from asyncbench.engines.base import Engine, batch_sizes_upto
+from asyncbench.engines.factory import create_engine, resolve_engine_kind
+from asyncbench.paths import BuildPaths
+from asyncbench.runtime.batcher import BatchPolicy
+
+CPU_MAX_BATCH = 32
+NULL_MAX_BATCH = 1024
+GPU_MAX_BATCH = 1024  # Offline peaks at the largest batch; Server and MultiStream pick smaller ones
+CPU_SLOTS = 2  # batches in a CPU engine at once: one computing, one being gathered
+GPU_SLOTS = 3  # batches in flight per GPU: one copying in, one computing, one coming back
+
+
+@dataclass(frozen=True)
+class EngineSizing:
+    """What an engine is built for: the batch sizes it prepares and the batches it holds at once."""
+
+    buckets: tuple[int, ...]
+    slots: int  # per device for a GPU engine
+
+    @property
+    def max_batch_size(self) -> int:
+        """The largest batch the engine runs."""
+        return self.buckets[-1]
+
+
+def engine_sizing(cfg: RunConfig, kind: EngineKind) -> EngineSizing:
+    """``--max-batch-size`` and ``--inflight``, else the defaults of this kind of engine."""
+    default_max = GPU_MAX_BATCH if kind.on_gpu else NULL_MAX_BATCH if kind is EngineKind.NULL else CPU_MAX_BATCH
+    max_batch = cfg.batching.max_batch_size or default_max
+    slots = cfg.batching.inflight or (GPU_SLOTS if kind.on_gpu else CPU_SLOTS)
+    return EngineSizing(batch_sizes_upto(max_batch), slots)
+
+
+def open_engine(cfg: RunConfig, paths: BuildPaths, say: Callable[[str], None] = print) -> Engine:
+    """The engine ``cfg`` names (`auto` resolved and announced), sized by ``engine_sizing``."""
+    kind = resolve_engine_kind(cfg.engine.kind, say)
+    if cfg.engine.kind is EngineKind.AUTO:
+        say(f"note: --engine auto chose {kind}")
+    sizing = engine_sizing(cfg, kind)
+    return create_engine(kind, cfg, paths, sizing.buckets, sizing.slots, say)
+
+
+def engine_peak_qps(engine: Engine) -> float | None:
+    """Best samples/s over the batch sizes the engine's warm-up measured."""
+    rates = [b / lat for b in engine.capabilities.buckets if (lat := engine.latency(b))]
+    return max(rates) if rates else None
+
+
+def server_policy(latency: Callable[[int], float | None], engine_max: int, target_ns: int,
+                  max_batch_size: int | None, max_queue_delay_us: int | None,
+                  depth: int = 2) -> tuple[BatchPolicy, str]:
+    """Server batching from the p99 target and the engine's measured (idle) latency per batch size.
+
+    A sample can wait the queue delay, then for the batches ahead of it, then run: ``depth``
+    batches in all (2 for engines that run batches side by side; a GPU's slots share one device,
+    so there it is its slots per device: on the H200 a cap of 128 with 3 slots put the p50 at
+    9.4 ms, about 3 x the 2.2 ms batch time plus the delay, at every load from 0.7 to 0.9 of the
+    peak). Pick the largest batch B with depth * latency(B) <= 50% of the target: batches only
+    grow that large under backlog, so a large cap costs no latency at low load and keeps the queue
+    stable at high load. The delay is what is left of 60% of the target, capped at 10% of it; the
+    rest is headroom for the harness and the tail. Explicit --max-batch-size / --max-queue-delay-us win.
+    """
+    target_s = target_ns / 1e9
+    chosen = 1
+    for b in batch_sizes_upto(max_batch_size or engine_max):
+        lat = latency(b)
+        if lat is not None and depth * lat <= 0.5 * target_s:
+            chosen = b
+    chosen = max_batch_size or chosen
+    lat = latency(chosen) or 0.0
+    auto_delay = min(0.6 * target_s - depth * lat, 0.1 * target_s)
+    delay_us = max_queue_delay_us if max_queue_delay_us is not None else max(0, int(auto_delay * 1e6))
+    note = (f"Server batching: max batch {chosen}, max queue delay {delay_us} us "
+            f"(engine latency at batch {chosen}: {lat * 1e3:.3f} ms, {depth} batches deep; "
+            f"p99 target {target_ns / 1e6:g} ms)")
+    if 2 * (latency(1) or 0.0) > 0.6 * target_s:
+        note += "; the engine alone is too slow for this latency target, expect INVALID"
+    return BatchPolicy(chosen, delay_us * 1000), note
+
+
+def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int) -> tuple[BatchPolicy, str]:
+    """The batcher's policy for this scenario: the preset, overridden by explicit command-line values."""
+    batching, caps = cfg.batching, engine.capabilities
+    if cfg.scenario == Scenario.SERVER:
+        depth = max(2, caps.slots_per_device)
+        policy, note = server_policy(engine.latency, caps.max_batch_size, target_latency_ns,
+                                     batching.max_batch_size, batching.max_queue_delay_us, depth)
+        return BatchPolicy(policy.max_batch_size, policy.max_queue_delay_ns, batching.preferred_batch_sizes), note
+    preset = cfg.preset
+    max_batch = min(batching.max_batch_size or preset.max_batch_size or caps.max_batch_size, caps.max_batch_size)
+    delay_us = batching.max_queue_delay_us if batching.max_queue_delay_us is not None else (
+        preset.max_queue_delay_us or 0)
+    policy = BatchPolicy(max_batch, delay_us * 1000, batching.preferred_batch_sizes)
+    return policy, f"{cfg.scenario} batching: max batch {policy.max_batch_size}, max queue delay {delay_us} us"
