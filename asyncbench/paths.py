@@ -60,10 +60,6 @@ class BuildPaths:
         return self.root / "data"
 
     @property
-    def imagenet_images(self) -> Path:
-        return self.data / "imagenet"
-
-    @property
     def embedded_images(self) -> Path:
         return self.data / "embedded"
 

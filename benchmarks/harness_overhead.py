@@ -70,12 +70,40 @@ def trial(kind: str, qps: float, duration: float, tree: Path = ROOT) -> tuple[bo
     return valid, int(m.group(1)) / 1e6 if m else None
 
 
+def fixed_rates(kinds: tuple[str, ...], trees: dict[str, Path], rates: list[float], repeats: int,
+                duration: float) -> int:
+    """Every SUT at each QPS ``repeats`` times, alternating run by run: VALID count and median p99 per cell.
+
+    A bisection's last steps hinge on single runs near the edge, where p99 varies run to run;
+    repeated runs at the same rates compare two trees within that noise.
+    """
+    cells: dict[tuple[str, float], list[tuple[bool, float | None]]] = {}
+    n = 0
+    for _ in range(repeats):
+        for qps in rates:
+            for kind in kinds:
+                valid, p99 = trial(kind, qps, duration, trees.get(kind, ROOT))
+                cells.setdefault((kind, qps), []).append((valid, p99))
+                n += 1
+                print(f"| {n} | {kind} | {qps:g} | {'VALID' if valid else 'INVALID'} | "
+                      f"{'-' if p99 is None else f'{p99:.2f}'} |", flush=True)
+    print(f"\n| SUT | target QPS | VALID of {repeats} | median p99 ms |\n|---|---|---|---|")
+    for (kind, qps), runs in cells.items():
+        p99s = sorted(p for _, p in runs if p is not None)
+        median = p99s[len(p99s) // 2] if p99s else float("nan")
+        print(f"| {kind} | {qps:g} | {sum(v for v, _ in runs)} | {median:.2f} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per trial (default 10)")
     parser.add_argument("--start", type=float, default=2500.0, help="first QPS tried")
     parser.add_argument("--precision", type=float, default=0.03, help="stop bisecting at this relative gap")
     parser.add_argument("--baseline-tree", type=Path, help="also search the asyncbench of this checkout")
+    parser.add_argument("--at", type=lambda t: [float(q) for q in t.split(",")],
+                        help="instead of searching: run every SUT at these QPS, alternating (e.g. 250000,280000)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per SUT and QPS with --at (default 5)")
     parser.add_argument("--inline-trial", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,6 +124,8 @@ def main() -> int:
     print("trees: " + ", ".join(f"{k} {t} (commit {commits[k] or '?'}, plus its uncommitted changes)"
                                 for k, t in trees.items()) + "\n")
     print("| trial | SUT | target QPS | result | p99 ms |\n|---|---|---|---|---|")
+    if args.at:
+        return fixed_rates(kinds, trees, args.at, args.repeats, args.duration)
     n = 0
     while any(s["next"] is not None for s in state.values()):
         for kind in kinds:  # alternate so both searches share the machine's state

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from asyncbench.errors import UserError
-from asyncbench.loadgen.logs import detail_errors, detail_values, parse_detail, parse_summary
+from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
 from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
 
 QSL_SIZE = 16
@@ -55,17 +55,17 @@ def test_single_stream_valid(tmp_path: Path) -> None:
     assert (summary.scenario, summary.mode, summary.result, summary.sut_name) == (
         "SingleStream", "PerformanceOnly", "VALID", "PySUT"
     )
-    assert summary.valid and summary.reasons == [] and summary.unmet_constraints == []
+    assert summary.valid and summary.reasons == [] and _unmet(summary) == []
     assert set(summary.constraints) == {"Min duration satisfied", "Min queries satisfied", "Early stopping satisfied"}
     assert summary.metric_name == "90.0th percentile latency (ns)"
     latency = summary.latency
-    assert latency is not None and summary.metric_value == latency.p90_ns
-    assert 1_000_000 <= latency.min_ns <= latency.p50_ns <= latency.p90_ns <= latency.p95_ns  # type: ignore[operator]
-    assert latency.p95_ns <= latency.p99_ns <= latency.max_ns  # type: ignore[operator]
+    assert latency is not None and summary.metric_value == latency.percentiles_ns.get(90.0)
+    pct = latency.percentiles_ns
+    assert 1_000_000 <= latency.min_ns <= pct[50.0] <= pct[90.0] <= pct[95.0] <= pct[99.0] <= latency.max_ns
     assert latency.min_ns <= latency.mean_ns <= latency.max_ns
     assert set(latency.percentiles_ns) == {50.0, 90.0, 95.0, 97.0, 99.0, 99.9}
     assert set(summary.latency_ns) == {"min", "mean", "max", "p50", "p90", "p95", "p97", "p99", "p99.9"}
-    assert summary.latency_ns["p90"] == latency.p90_ns
+    assert summary.latency_ns["p90"] == latency.percentiles_ns.get(90.0)
     assert any(line.startswith("Processed at least 64 queries") for line in summary.early_stopping)
     assert summary.stats["QPS w/ loadgen overhead"] > 0
     assert summary.parameters["min_duration (ms)"] == "200" and summary.parameters["min_query_count"] == "100"
@@ -73,7 +73,7 @@ def test_single_stream_valid(tmp_path: Path) -> None:
     records = parse_detail(out / "mlperf_log_detail.txt")
     values = detail_values(records)
     assert values["effective_scenario"] == "SingleStream" and values["result_validity"] == "VALID"
-    assert values["result_90.00_percentile_latency_ns"] == latency.p90_ns
+    assert values["result_90.00_percentile_latency_ns"] == latency.percentiles_ns.get(90.0)
     assert summary.errors == len(detail_errors(records))
 
 
@@ -99,7 +99,7 @@ def test_invalid_run_gives_loadgen_reasons(tmp_path: Path) -> None:
     )
     summary = parse_summary(out / "mlperf_log_summary.txt")
     assert summary.result == "INVALID" and not summary.valid
-    assert summary.unmet_constraints == ["Min duration satisfied"]
+    assert _unmet(summary) == ["Min duration satisfied"]
     assert summary.reasons == ["Decrease the expected latency so the loadgen pre-generates more queries."]
     errors = detail_errors(parse_detail(out / "mlperf_log_detail.txt"))
     assert any(e.startswith("error_runtime: Ending early: Ran out of generated queries") for e in errors)
@@ -162,7 +162,7 @@ def test_server_summary_layout(tmp_path: Path) -> None:
     path.write_text(SUMMARY)
     summary = parse_summary(path)
     assert (summary.metric_name, summary.metric_value) == ("Completed samples per second", 1.23457e06)
-    assert summary.unmet_constraints == [
+    assert _unmet(summary) == [
         "Performance constraints satisfied", "Min queries satisfied", "Early stopping satisfied"
     ]
     assert summary.reasons == [
@@ -175,7 +175,8 @@ def test_server_summary_layout(tmp_path: Path) -> None:
         "were under latency."
     )
     assert summary.stats["Scheduled samples per second"] == 1250000.5
-    assert summary.latency is not None and (summary.latency.p50_ns, summary.latency.p90_ns) == (30, None)
+    assert summary.latency is not None and (
+        summary.latency.percentiles_ns.get(50.0), summary.latency.percentiles_ns.get(90.0)) == (30, None)
     assert summary.parameters == {"target_latency (ns)": "10000000"}
     assert parse_summary(path).latency_ns == {"min": 10, "mean": 40, "max": 90, "p50": 30, "p99": 80}
     assert (summary.warnings, summary.errors) == (2, 0)
@@ -232,3 +233,8 @@ def test_detail_rejects_a_bad_line_in_the_middle(tmp_path: Path) -> None:
     path.write_text("just text\n")
     with pytest.raises(UserError, match="holds no :::MLLOG records"):
         parse_detail(path)
+
+
+def _unmet(summary: RunSummary) -> list[str]:
+    """The constraints LoadGen marked NO, e.g. ``["Min duration satisfied"]``."""
+    return [name for name, met in summary.constraints.items() if not met]

@@ -18,7 +18,6 @@ from asyncbench.loadgen.settings import (
     LoadGenOptions,
     build_test_settings,
     builtin_settings,
-    is_submission_length,
     lg_mode,
     lg_scenario,
     make_log_settings,
@@ -40,7 +39,7 @@ def test_defaults_are_the_builtin_mlperf_conf(scenario: str) -> None:
     assert settings.scenario == lg_scenario(scenario) and settings.mode == lg.TestMode.PerformanceOnly
     assert settings.min_duration_ms == 600_000 and settings.qsl_rng_seed == OFFICIAL_QSL_SEED
     assert settings.server_num_issue_query_threads == 0
-    assert notes == [] and is_submission_length(settings)
+    assert notes == [] and submission_shortfalls(settings) == []
 
 
 def test_builtin_minimums_per_scenario() -> None:
@@ -69,7 +68,7 @@ def test_options_override_and_short_runs_are_flagged() -> None:
         "qsl_rng_seed 7 replaces the official seed: not a submission run",
         "min_duration 10 s is shorter than the submission minimum 600 s: not a submission-length run",
     ]
-    assert not is_submission_length(settings)
+    assert submission_shortfalls(settings) != []
 
 
 def test_scenario_specific_options() -> None:

@@ -44,22 +44,6 @@ class LatencyStats:
     mean_ns: int
     percentiles_ns: dict[float, int]  # {50.0: ..., 90.0: ..., 95.0: ..., 97.0: ..., 99.0: ..., 99.9: ...}
 
-    @property
-    def p50_ns(self) -> int | None:
-        return self.percentiles_ns.get(50.0)
-
-    @property
-    def p90_ns(self) -> int | None:
-        return self.percentiles_ns.get(90.0)
-
-    @property
-    def p95_ns(self) -> int | None:
-        return self.percentiles_ns.get(95.0)
-
-    @property
-    def p99_ns(self) -> int | None:
-        return self.percentiles_ns.get(99.0)
-
 
 @dataclass(frozen=True)
 class RunSummary:
@@ -96,11 +80,6 @@ class RunSummary:
         flat = {"min": self.latency.min_ns, "mean": self.latency.mean_ns, "max": self.latency.max_ns}
         flat.update({f"p{p:g}": ns for p, ns in self.latency.percentiles_ns.items()})
         return flat
-
-    @property
-    def unmet_constraints(self) -> list[str]:
-        """The constraints LoadGen marked NO, e.g. ``["Min duration satisfied"]``."""
-        return [name for name, met in self.constraints.items() if not met]
 
 
 def _sections(lines: list[str]) -> dict[str, list[str]]:

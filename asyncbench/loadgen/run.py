@@ -124,7 +124,7 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
                 timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events))
         summary, effective, loadgen_errors = read_results(log_dir)
         histogram = pipeline.batcher.histogram()
-        events.info("run_end", result=getattr(summary, "result", None), failed=counts.failed,
+        events.info("run_end", result=summary.result if summary is not None else None, failed=counts.failed,
                     issued=counts.issued, histogram=histogram, stage_seconds=vars(pipeline.times),
                     effective={k: v for k, v in effective.items() if not k.endswith("rng_seed")},
                     loadgen_errors=loadgen_errors,

@@ -269,11 +269,6 @@ def submission_shortfalls(settings: lg.TestSettings, model: str = "mobilenet") -
     return shortfalls
 
 
-def is_submission_length(settings: lg.TestSettings, model: str = "mobilenet") -> bool:
-    """Whether LoadGen's built-in minimum duration and query count are met (see ``submission_shortfalls``)."""
-    return not submission_shortfalls(settings, model)
-
-
 def build_test_settings(opts: LoadGenOptions, model: str = "mobilenet") -> tuple[lg.TestSettings, list[str]]:
     """The settings for one LoadGen test, plus notes on anything that keeps it from being a submission run.
 
