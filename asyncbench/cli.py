@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from asyncbench.argtypes import non_negative_int, positive_float, positive_int
 from asyncbench.config import (
@@ -30,6 +31,7 @@ from asyncbench.config import (
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
 from asyncbench.errors import AsyncbenchError, ConfigError
+from asyncbench.fileio import write_bytes_atomic
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
 
@@ -38,6 +40,8 @@ BENCHMARKS = ("mobilenet",)
 
 EXIT_FAILED = 1  # a run failed (samples completed as failed) or a problem the user can fix
 EXIT_USAGE = 2  # a bad command-line or configuration value (as argparse)
+EXIT_INVALID = 3  # --strict: a scenario's result is INVALID
+EXIT_ACCURACY = 4  # --strict: an AccuracyOnly run is below the accuracy target
 EXIT_INTERRUPTED = 130
 
 
@@ -108,6 +112,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
                    default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
     p.add_argument("--target-qps", type=positive_float, help="Server target QPS / Offline expected QPS")
+    p.add_argument("--p99-ms", type=positive_float, help="Server p99 latency target in ms (LoadGen's default 10)")
+    p.add_argument("--config", type=_file,
+                   help="tuned settings from `asyncbench tune` (build/tune/systems/<system>.json); without it the "
+                        "file for this system is used when there is one")
     p.add_argument("--engine", type=_choice(EngineKind, "engine"), default=EngineKind.AUTO,
                    help=", ".join(EngineKind))
     p.add_argument("--precision", type=_choice(Precision, "precision"),
@@ -147,7 +155,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loadgen-memory-mb", type=positive_float, default=1024.0,
                    help="memory the queries LoadGen generates may take when the harness derives the target or "
                         "expected latency (default 1024)")
-    p.add_argument("--strict", action="store_true", help="user.conf keys that LoadGen would ignore are an error")
+    p.add_argument("--strict", action="store_true",
+                   help="user.conf keys that LoadGen would ignore are an error (exit 2), an INVALID result exits 3, "
+                        "accuracy below the target exits 4")
+    p.add_argument("--json", dest="json_out", metavar="FILE|-",
+                   help="also write every scenario's result.json record: to FILE (a JSON list), or - for stdout "
+                        "(one line each)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines during the run")
+    p.add_argument("--progress-every", type=positive_float, metavar="S",
+                   help="seconds between progress lines (default: 1 on a terminal, 60 otherwise)")
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -179,10 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy_mod.add_arguments(p)
     p = sub.add_parser("run", help="run LoadGen scenarios through the asyncio pipeline (the default command)")
     _add_run_arguments(p)
+    p = sub.add_parser("tune", help="find the best Server QPS or MultiStream batching with repeated LoadGen tests")
+    _add_run_arguments(p)
+    p.add_argument("--trial-duration", type=positive_float, default=10.0, help="seconds per trial (default 10)")
+    p.add_argument("--grid", nargs="+", default=[], metavar="KEY=N,N",
+                   help="batching settings to try: max_batch=32,64,128 delay_us=500,1000,2000")
+    p.add_argument("--start-qps", type=positive_float, help="Server: first rate tried (default: half the peak)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="VALID trials the reported setting needs")
+    p.add_argument("--search-precision", type=positive_float, default=0.02,
+                   help="Server: stop bisecting when VALID and INVALID rates are this close (default 0.02)")
+    p.add_argument("--confirm", action="store_true", help="finish with one submission-length run at the best")
+    p.add_argument("--tune-dir", type=Path, help="root of tuning folders (default <build>/tune)")
+    p = sub.add_parser("report", help="tabulate result.json of run folders (or tune folders)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--csv", type=Path, help="also write the table as CSV")
+    p = sub.add_parser("plot", help="PNG plots of a run folder or a tune folder (needs matplotlib)")
+    p.add_argument("path", type=Path, metavar="RUN_DIR|TUNE_DIR")
     return parser
 
 
-SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run")
+SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run", "tune", "report", "plot")
 
 
 def _with_default_command(argv: Sequence[str]) -> list[str]:
@@ -196,7 +228,8 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 def run_configs(args: argparse.Namespace) -> list[RunConfig]:
     """The one configuration per scenario asked for, built from the parsed command line."""
     loadgen = LoadGenConfig(
-        test_mode=args.test_mode, target_qps=args.target_qps, min_duration_s=args.min_duration,
+        test_mode=args.test_mode, target_qps=args.target_qps, server_target_latency_ms=args.p99_ms,
+        min_duration_s=args.min_duration,
         min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
         user_conf=args.user_conf, mlperf_conf=args.mlperf_conf, audit_config=args.audit_config, trace=args.trace,
         submission_length=args.submission_length, memory_mb=args.loadgen_memory_mb, strict=args.strict)
@@ -214,6 +247,7 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.loadgen.run import event_log, new_log_dir, run_scenario
     from asyncbench.runtime.sizing import open_engine
     from asyncbench.runtime.warmup import warm_up
+    from asyncbench.tune import with_tuned
 
     configs = run_configs(args)
     # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
@@ -224,25 +258,95 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     log_root = args.log_dir or paths.logs
     first_log_dir = new_log_dir(log_root, configs[0].scenario)
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
-    worst = 0
+    codes: set[int] = set()
+    records: list[dict[str, Any]] = []
     # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
     engine = open_engine(configs[0], paths)
     try:
         with event_log(first_log_dir) as events:
             warm_up(engine, configs[0].engine.timeout_s, events)
         for position, cfg in enumerate(configs):
+            cfg, note = with_tuned(cfg, engine, paths.tune, args.config)
+            if note:
+                print(f"note: {note}")
             log_dir = first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario)
-            result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir)
-            if cfg.loadgen.test_mode == TestMode.ACCURACY_ONLY and result.failure is None:
-                acc = accuracy_mod.compute_accuracy(
-                    accuracy_mod.load_accuracy_log(result.log_dir / "mlperf_log_accuracy.json"),
-                    [e.label for e in read_map(dataset.val_map)], source=str(result.log_dir))
-                print(acc.line())
-            if result.failure is not None:
-                worst = EXIT_FAILED
+            result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir,
+                                  progress_every_s=_progress_every(args))
+            records.append(result.record)
+            if args.json_out == "-":
+                print(json.dumps(result.record, default=str), flush=True)
+            codes.add(scenario_exit_code(result.record, args.strict))
     finally:
         engine.close()
-    return worst
+    if args.json_out not in (None, "-"):
+        write_bytes_atomic(Path(args.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode())
+    return next((code for code in (EXIT_FAILED, EXIT_ACCURACY, EXIT_INVALID) if code in codes), 0)
+
+
+def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
+    """`tune`: one engine, many LoadGen tests; writes the tune folder and the per-system settings."""
+    import dataclasses
+
+    from asyncbench.loadgen.plan import plan_run
+    from asyncbench.loadgen.run import event_log, run_scenario
+    from asyncbench.runtime.sizing import open_engine
+    from asyncbench.runtime.warmup import warm_up
+    from asyncbench.tune import new_tune_dir, parse_grid, write_outputs
+    from asyncbench.tune import tune as search
+
+    if len(args.scenarios) != 1 or args.scenarios[0] not in (Scenario.SERVER, Scenario.MULTI_STREAM):
+        raise ConfigError("tune takes one --scenario: Server or MultiStream")
+    if args.target_qps is not None:
+        raise ConfigError("tune searches the target QPS itself: give --start-qps for its first trial")
+    grid = parse_grid(args.grid)
+    (cfg,) = run_configs(args)
+    plan_run(cfg, len(read_map(_dataset(args, paths).val_map)), None, {})
+    out = new_tune_dir(args.tune_dir or paths.tune, cfg.scenario)
+    dataset = _prepare_inputs(args, paths, val=True, cal=False)
+    engine = open_engine(cfg, paths)
+    try:
+        with event_log(out) as events:
+            warm_up(engine, cfg.engine.timeout_s, events)
+        print(f"tuning {cfg.scenario} on {engine.name}: {args.trial_duration:g} s trials, folder {out}", flush=True)
+        best, trials = search(cfg, engine, dataset, paths.preprocessed, out, grid=grid, duration_s=args.trial_duration,
+                              precision=args.search_precision, repeats=args.repeats, start_qps=args.start_qps)
+        if best is None:
+            print(f"error: no VALID {cfg.scenario} setting found in {len(trials)} trials (see {out / 'trials.csv'})",
+                  file=sys.stderr)
+            return EXIT_INVALID
+        for line in write_outputs(out, cfg, engine, best, trials, args.tune_dir or paths.tune):
+            print(line)
+        if args.confirm:
+            confirm = dataclasses.replace(cfg, loadgen=dataclasses.replace(
+                cfg.loadgen, submission_length=True,
+                target_qps=best.setting.target_qps if cfg.scenario == Scenario.SERVER else None),
+                batching=dataclasses.replace(cfg.batching, max_batch_size=int(str(best.row["max_batch_size"])),
+                                             max_queue_delay_us=int(str(best.row["max_queue_delay_us"]))))
+            (out / "confirm").mkdir()
+            result = run_scenario(confirm, engine, dataset, paths.preprocessed, out / "confirm",
+                                  progress_every_s=_progress_every(args))
+            return scenario_exit_code(result.record, strict=True)
+    finally:
+        engine.close()
+    return 0
+
+
+def _progress_every(args: argparse.Namespace) -> float | None:
+    """Seconds between progress lines, or None with --no-progress."""
+    from asyncbench.loadgen.progress import progress_interval
+
+    return None if args.no_progress else progress_interval(sys.stderr, args.progress_every)
+
+
+def scenario_exit_code(record: dict[str, Any], strict: bool) -> int:
+    """A scenario's exit status from its result record: failed 1; with --strict, accuracy 4 and INVALID 3."""
+    if record["result"]["validity"] == "FAILED":
+        return EXIT_FAILED
+    if strict and record["accuracy"] is not None and not record["accuracy"]["met"]:
+        return EXIT_ACCURACY
+    if strict and record["result"]["validity"] != "VALID":
+        return EXIT_INVALID
+    return 0
 
 
 def _dataset(args: argparse.Namespace, paths: BuildPaths) -> Dataset:
@@ -274,6 +378,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return preprocess_mod.run(args)
         if args.command == "accuracy":
             return accuracy_mod.run(args)
+        if args.command == "report":
+            from asyncbench.loadgen.report import find_results, format_table, report_row, write_csv
+
+            rows = [report_row(path) for path in find_results(args.paths)]
+            print(format_table(rows))
+            if args.csv is not None:
+                write_csv(args.csv, rows)
+            return 0
+        if args.command == "plot":
+            from asyncbench.plot import plot_path
+
+            for written in plot_path(args.path):
+                print(written)
+            return 0
         paths = BuildPaths(args.build_dir)
         if args.command == "prepare":
             from asyncbench.model.prepare import prepare
@@ -285,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibrate(paths, _prepare_inputs(args, paths, val=False, cal=True), method=args.method)
         elif args.command == "run":
             return _run(args, paths)
+        elif args.command == "tune":
+            return _tune(args, paths)
         elif args.command == "evaluate":
             from asyncbench.evaluate import evaluate
             from asyncbench.model.calibrate import ensure_engine_models

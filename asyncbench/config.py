@@ -39,7 +39,6 @@ class TestMode(Choice):
     PERFORMANCE_ONLY = "PerformanceOnly"
     ACCURACY_ONLY = "AccuracyOnly"
     SUBMISSION_RUN = "SubmissionRun"
-    FIND_PEAK_PERFORMANCE = "FindPeakPerformance"
 
 
 class EngineKind(Choice):
@@ -116,6 +115,7 @@ class LoadGenConfig:
 
     test_mode: TestMode = TestMode.PERFORMANCE_ONLY
     target_qps: float | None = None  # Server target QPS / Offline expected QPS
+    server_target_latency_ms: float | None = None  # Server's p99 bound (LoadGen's default: 10 ms)
     min_duration_s: float | None = None
     min_query_count: int | None = None
     performance_sample_count: int | None = None

@@ -60,6 +60,11 @@ class BuildPaths:
         return self.root / "data"
 
     @property
+    def tune(self) -> Path:
+        """Tuning runs (one folder each) and the per-system tuned settings (systems/)."""
+        return self.root / "tune"
+
+    @property
     def embedded_images(self) -> Path:
         return self.data / "embedded"
 

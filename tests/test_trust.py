@@ -29,7 +29,7 @@ from asyncbench.loadgen.settings import read_conf
 from asyncbench.paths import REPO_ROOT, BuildPaths
 
 US = 1e-6
-# An Offline run that is VALID on any machine: the modelled engine (two slots of 50k samples/s) is slower than
+# An Offline run that is VALID on any machine: the modelled engine (one device at 50k samples/s) is slower than
 # the expected QPS, so LoadGen's single query lasts longer than the minimum duration.
 OFFLINE_VALID = ("--engine", "null", "--null", "per_sample_us=20", "--scenario", "Offline", "--target-qps", "200000",
                  "--min-duration", "0.5")

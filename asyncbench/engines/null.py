@@ -28,9 +28,11 @@ class NullEngine(HostEngine):
     the batch numbered ``stall_after_batches`` waits ``stall_s`` instead of the model, or until
     ``close()``, which makes it raise EngineError.
 
-    Its form is LOOP by default: the model waits on the event loop's timers, so harness-overhead
-    figures measure the harness without the GIL hand-offs a worker thread adds (the GPU engines
-    complete on events the same way); ``form=BLOCKING`` runs it on worker threads like a CPU engine.
+    Its form is LOOP by default: one modelled device, ``slots`` batches queued on it, waited for
+    on the event loop's timers, so harness-overhead figures measure the harness without the GIL
+    hand-offs a worker thread adds (the GPU engines complete on events the same way); its
+    capacity is one batch per modelled batch time. ``form=BLOCKING`` runs ``slots`` batches side
+    by side on worker threads, like a CPU engine.
     It never looks at pixels, so the pipeline skips the host gather.
     """
 
@@ -68,6 +70,7 @@ class NullEngine(HostEngine):
         self._closed = threading.Event()
         self._count_lock = threading.Lock()
         self._batches = 0
+        self._device_free_at = 0.0  # LOOP form: when the modelled device finishes its queued work (perf_counter s)
 
     def expected_latency(self, n: int) -> float:
         """Seconds the model says a batch of ``n`` takes (what ``infer`` waits, stalls aside)."""
@@ -97,12 +100,21 @@ class NullEngine(HostEngine):
         return np.zeros(n, RESULT_DTYPE)
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
-        """The same model on the event loop's timers: a modelled device holds no host thread."""
+        """The same model as one device that runs its queued batches in turn, awaited on the loop's timers.
+
+        Like a GPU stream, the device runs queued batches back to back in device time: a batch
+        starts when the previous one ends, not when the loop noticed that (uvloop's timers round
+        to 1 ms). With ``slots`` >= 2 batches queued, the modelled capacity is exactly one batch
+        per ``fixed_s + per_sample_s * n``.
+        """
         _, n, wait = self._begin(batch)
         start = time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)  # a stall is cut short by the pipeline's timeout (cancellation)
-        self._latency.record(n, time.perf_counter() - start)
+        with self._count_lock:
+            finish = max(start, self._device_free_at) + wait
+            self._device_free_at = finish
+        if finish > start:
+            await asyncio.sleep(finish - start)  # a stall is cut short by the pipeline's timeout (cancellation)
+        # No latency record: under load it includes the queue; batching is sized from the idle ``infer`` time.
         return np.zeros(n, RESULT_DTYPE)
 
     def close(self) -> None:

@@ -169,8 +169,9 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
             _check_fits(plan.sources["target_qps"], "target QPS", scenario,
                         max(min_queries, values["target_qps"] * duration * per_second), 1, available)
         if scenario == Scenario.SERVER:
-            # The p99 bound LoadGen will judge by: user.conf, then --mlperf-conf, then LoadGen's built-in file.
-            target_ms = from_conf("target_latency") or _mlperf_conf_value(cfg, "target_latency")
+            # The p99 bound LoadGen will judge by: the command line, user.conf, --mlperf-conf, LoadGen's built-in file.
+            target_ms = lgc.server_target_latency_ms or from_conf("target_latency") or \
+                _mlperf_conf_value(cfg, "target_latency")
             plan.target_latency_ns = round(target_ms * 1e6) if target_ms else \
                 builtin_settings(MODEL, scenario).server_target_latency_ns or SERVER_DEFAULT_TARGET_LATENCY_NS
             latency_limit = plan.target_latency_ns / 1e9
@@ -220,6 +221,7 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         single_stream_expected_latency_ms=_explicit(values, plan, "single_stream_expected_latency_ms"),
         multistream_expected_latency_ms=_explicit(values, plan, "multistream_expected_latency_ms"),
         server_max_async_queries=_int(values, plan, "server_max_async_queries"),
+        server_target_latency_ms=lgc.server_target_latency_ms if scenario == Scenario.SERVER else None,
     )
     return plan
 

@@ -1,11 +1,16 @@
-"""The human summary printed after each scenario: LoadGen's effective settings, never just the requested ones."""
+"""What people read: the summary printed after each scenario, and `asyncbench report`'s table of runs."""
 
 from __future__ import annotations
 
+import csv
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from asyncbench.config import RunConfig
+from asyncbench.errors import UserError
 from asyncbench.loadgen.logs import RunSummary
+from asyncbench.loadgen.result import RESULT_FILE
 from asyncbench.loadgen.sut import SampleCounts
 from asyncbench.runtime.pipeline import Pipeline
 
@@ -59,3 +64,61 @@ def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, 
                  f"over {t.batches} batches / {t.samples} samples")
     lines.append(f"logs: {log_dir}")
     return "\n".join(lines)
+
+
+REPORT_COLUMNS = ("run", "scenario", "mode", "engine", "validity", "metric", "value", "p50_ms", "p90_ms", "p99_ms",
+                  "target_qps", "max_batch", "delay_us", "accuracy")
+
+
+def find_results(paths: Sequence[Path]) -> list[Path]:
+    """The result.json of each run folder given, or of every run below a folder (a tune folder, a log root)."""
+    found: list[Path] = []
+    for path in paths:
+        if (path / RESULT_FILE).is_file():
+            found.append(path / RESULT_FILE)
+        elif path.is_dir():
+            found.extend(sorted(p for p in path.rglob(RESULT_FILE) if "latest" not in p.parts))
+        else:
+            raise UserError(f"{path} is not a run folder (no {RESULT_FILE}) nor a folder holding runs")
+    if not found:
+        raise UserError(f"no {RESULT_FILE} under {', '.join(map(str, paths))}: runs write one since this version")
+    return found
+
+
+def report_row(path: Path) -> dict[str, object]:
+    """One table row from a result.json."""
+    try:
+        record = json.loads(path.read_text())
+        latency, cfg, batching = record["latency_ns"], record["config"], record["batching"]
+        accuracy = record.get("accuracy")
+        return {
+            "run": path.parent.name, "scenario": cfg["scenario"], "mode": cfg["loadgen"]["test_mode"],
+            "engine": record["engine"]["name"], "validity": record["result"]["validity"],
+            "metric": (record["metric"] or {}).get("name"), "value": (record["metric"] or {}).get("value"),
+            **{f"{k}_ms": round(latency[k] / 1e6, 3) if k in latency else None for k in ("p50", "p90", "p99")},
+            "target_qps": record["loadgen_effective"].get("target_qps"), "max_batch": batching["max_batch_size"],
+            "delay_us": batching["max_queue_delay_us"],
+            "accuracy": None if not accuracy else accuracy["percent"],
+        }
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a result.json this version reads ({type(e).__name__}: {e})") from None
+
+
+def format_table(rows: Sequence[dict[str, object]]) -> str:
+    """A plain-text table, one run per line, columns aligned."""
+    def cell(value: object) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,.2f}" if isinstance(value, float) else str(value)
+
+    table = [list(REPORT_COLUMNS), *([cell(row[c]) for c in REPORT_COLUMNS] for row in rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(REPORT_COLUMNS))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    """The table as CSV (raw values)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, REPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)

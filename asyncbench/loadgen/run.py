@@ -9,17 +9,20 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from asyncbench.config import RunConfig
+from asyncbench.config import RunConfig, TestMode
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import Engine
 from asyncbench.errors import RunFailure, UserError
+from asyncbench.loadgen.accuracy import AccuracyResult, compute_accuracy, load_accuracy_log
 from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
 from asyncbench.loadgen.plan import MULTISTREAM_SAMPLES, RunPlan, plan_run
 from asyncbench.loadgen.report import format_report
+from asyncbench.loadgen.result import build_result, write_result
 from asyncbench.loadgen.settings import build_test_settings, make_log_settings
 from asyncbench.loadgen.sut import drive
 from asyncbench.runtime.execution import execution_for
@@ -31,6 +34,16 @@ FAILED_MARKER = "asyncbench_FAILED.txt"  # written into a run's log folder when 
 
 
 @dataclass(frozen=True)
+class LoadGenLogs:
+    """What LoadGen wrote about one test, whichever of its files it got to write."""
+
+    summary: RunSummary | None
+    effective: dict[str, object]  # LoadGen's effective_* values from the detail log (key without the prefix)
+    errors: list[str]  # records LoadGen flagged as errors
+    detail: dict[str, Any]  # every detail-log key's last value
+
+
+@dataclass(frozen=True)
 class RunResult:
     """What a finished run reports back to the CLI."""
 
@@ -38,8 +51,9 @@ class RunResult:
     summary: RunSummary | None
     failure: RunFailure | None
     histogram: dict[int, int]
-    effective: dict[str, object]  # LoadGen's effective_* values from the detail log (key without the prefix)
-
+    effective: dict[str, object]
+    accuracy: AccuracyResult | None  # AccuracyOnly runs
+    record: dict[str, Any]  # what result.json holds
 
 def new_log_dir(root: Path, scenario: str) -> Path:
     """build/logs/<timestamp>_<scenario>/ plus a `latest` link to it, checked writable before any work."""
@@ -98,8 +112,11 @@ def audit_config_path(cfg: RunConfig, log_dir: Path, say: Callable[[str], None])
 
 
 def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, log_dir: Path,
-                 say: Callable[[str], None] = print) -> RunResult:
-    """One scenario through LoadGen into ``log_dir``; prints notes as it goes and returns the parsed result."""
+                 say: Callable[[str], None] = print, progress_every_s: float | None = None) -> RunResult:
+    """One scenario through LoadGen into ``log_dir``; prints notes as it goes and returns the parsed result.
+
+    ``progress_every_s``: seconds between progress lines on stderr (None: none).
+    """
     arena = dataset_arena(dataset, preprocessed, engine)
     plan = plan_for(cfg, engine, arena.total)
     settings, notes = build_test_settings(plan.options)
@@ -121,17 +138,32 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
             pipeline, counts = runner.run(drive(
                 execution, arena, policy, settings, make_log_settings(log_dir, cfg.loadgen.trace),
                 settings.performance_sample_count_override or min(arena.total, 1024),
-                timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events))
-        summary, effective, loadgen_errors = read_results(log_dir)
+                timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events, progress_every_s=progress_every_s))
+        logs = read_results(log_dir)
+        summary, effective = logs.summary, logs.effective
         histogram = pipeline.batcher.histogram()
+        failure = pipeline.failure.details() if pipeline.failure else None
         events.info("run_end", result=summary.result if summary is not None else None, failed=counts.failed,
                     issued=counts.issued, histogram=histogram, stage_seconds=vars(pipeline.times),
                     effective={k: v for k, v in effective.items() if not k.endswith("rng_seed")},
-                    loadgen_errors=loadgen_errors,
-                    **(pipeline.failure.details() if pipeline.failure else {"failure": None}))
-    for note in [*effective_notes(plan, effective), *(f"LoadGen logged {e}" for e in loadgen_errors)]:
+                    loadgen_errors=logs.errors, **(failure or {"failure": None}))
+    accuracy = None
+    if cfg.loadgen.test_mode == TestMode.ACCURACY_ONLY and pipeline.failure is None:
+        accuracy = compute_accuracy(load_accuracy_log(log_dir / "mlperf_log_accuracy.json"),
+                                    [e.label for e in read_map(dataset.val_map)], source=str(log_dir))
+    record = build_result(
+        cfg=cfg, engine_name=engine.name, device=engine.device, summary=summary, effective=effective,
+        detail=logs.detail, failure=failure, histogram=histogram, stage_seconds=vars(pipeline.times),
+        policy={"max_batch_size": policy.max_batch_size, "max_queue_delay_us": policy.max_queue_delay_ns // 1000,
+                "preferred_batch_sizes": list(policy.preferred_batch_sizes), "slots": execution.slots},
+        counts={"issued": counts.issued, "completed": counts.completed, "failed": counts.failed},
+        latency_histogram=pipeline.latency.to_json(), accuracy=accuracy, log_dir=log_dir)
+    write_result(log_dir, record)
+    for note in [*effective_notes(plan, effective), *(f"LoadGen logged {e}" for e in logs.errors)]:
         say(f"note: {note}")
     say(format_report(cfg, engine.name, summary, pipeline, log_dir, effective, counts))
+    if accuracy is not None:
+        say(accuracy.line())
     if pipeline.failure:
         (log_dir / FAILED_MARKER).write_text(
             f"FAILED: {pipeline.failure}\n{counts.failed} of {counts.issued} samples were completed as failed "
@@ -139,28 +171,28 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
             f"this run is not valid.\n")
         say(f"error: run failed: {pipeline.failure} ({counts.failed} of {counts.issued} samples completed as failed; "
             f"LoadGen logs in {log_dir})")
-    return RunResult(log_dir, summary, pipeline.failure, histogram, effective)
+    return RunResult(log_dir, summary, pipeline.failure, histogram, effective, accuracy, record)
 
 
-def read_results(log_dir: Path) -> tuple[RunSummary | None, dict[str, object], list[str]]:
-    """LoadGen's summary, its effective settings and the errors it logged (from the detail log), as written."""
+def read_results(log_dir: Path) -> LoadGenLogs:
+    """LoadGen's summary, and from its detail log the effective settings, the errors it logged and every value."""
     summary_path, detail_path = log_dir / "mlperf_log_summary.txt", log_dir / "mlperf_log_detail.txt"
     try:
         summary = parse_summary(summary_path) if summary_path.is_file() else None
-        effective: dict[str, object] = {}
+        values: dict[str, Any] = {}
         errors: list[str] = []
         if detail_path.is_file():
             records = parse_detail(detail_path)
             values = detail_values(records)
-            effective = {k.removeprefix("effective_"): v for k, v in values.items() if k.startswith("effective_")}
             errors = detail_errors(records)
+        effective = {k.removeprefix("effective_"): v for k, v in values.items() if k.startswith("effective_")}
     except UserError:
         free = shutil.disk_usage(log_dir).free
         if free < 1 << 20:
             raise UserError(f"LoadGen could not finish its logs in {log_dir}: the disk is full ({free} bytes free); "
                             f"free some space and run again") from None
         raise
-    return summary, effective, errors
+    return LoadGenLogs(summary, effective, errors, values)
 
 
 def effective_notes(plan: RunPlan, effective: dict[str, object]) -> list[str]:

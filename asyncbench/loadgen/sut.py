@@ -25,6 +25,7 @@ import structlog
 
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import RunFailure
+from asyncbench.loadgen.progress import report_progress
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import Execution
 from asyncbench.runtime.inbox import Inbox
@@ -145,10 +146,11 @@ class AbortGate:
 async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
                 settings: lg.TestSettings, log_settings: lg.LogSettings, performance_count: int, *,
                 timeout_s: float | None, audit_config: Path, complete: Completer | None = None,
-                log: structlog.typing.FilteringBoundLogger | None = None) -> tuple[Pipeline, SampleCounts]:
+                log: structlog.typing.FilteringBoundLogger | None = None,
+                progress_every_s: float | None = None) -> tuple[Pipeline, SampleCounts]:
     """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the test's counts."""
     loop = asyncio.get_running_loop()
-    inbox = Inbox(loop, lambda ids, indices, arrival: pipeline.submit(ids, indices, arrival),
+    inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
                   ring_at=policy.max_batch_size)
     pipeline = Pipeline(execution, policy, complete or LoadGenCompleter(), timeout_s=timeout_s,
                         sleep_until=inbox.sleep_until)
@@ -190,6 +192,8 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
     qsl = lg.ConstructQSL(arena.total, performance_count, load, unload)
     signals = _Signals(loop, pipeline.abort)
     run_task = asyncio.create_task(pipeline.run(), name="pipeline")
+    progress = None if progress_every_s is None else asyncio.create_task(
+        report_progress(pipeline, settings.min_duration_ms / 1000, progress_every_s), name="progress")
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="loadgen") as pool:
             await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, log_settings,
@@ -197,6 +201,8 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
         pipeline.close()
         await run_task
     finally:
+        if progress is not None:
+            progress.cancel()
         signals.remove()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 from asyncbench.runtime.channel import Channel
@@ -76,12 +76,17 @@ def decide(pending: int, oldest_arrival_ns: int | None, now_ns: int, policy: Bat
 
 @dataclass
 class Batch:
-    """Samples cut together: LoadGen ids, QSL indices, when the oldest arrived, and the batch's number."""
+    """Samples cut together: LoadGen ids, QSL indices, when the oldest arrived, and the batch's number.
+
+    ``spans`` are (first arrival, last arrival, samples) per piece of a submitted chunk: the samples
+    of a piece arrived between those two times (in order), so latencies can be recorded per piece.
+    """
 
     ids: list[int]
     indices: list[int]
     oldest_arrival_ns: int
     seq: int
+    spans: list[tuple[int, int, int]] = field(default_factory=list, compare=False)
 
 
 async def sleep_until(until_ns: int, clock: Callable[[], int]) -> None:
@@ -103,7 +108,8 @@ class Batcher:
         self._out = out
         self._clock = clock
         self._sleep_until = sleep_until or self._loop_sleep_until
-        self._chunks: deque[tuple[list[int], list[int], int]] = deque()  # (ids, indices, arrival_ns) per submit
+        # (ids, indices, first arrival, last arrival) per submit
+        self._chunks: deque[tuple[list[int], list[int], int, int]] = deque()
         self._offset = 0  # samples of the front chunk already dispatched
         self._pending = 0
         self._wake = asyncio.Event()  # set by submit/close/drain and by the deadline sleeper
@@ -122,18 +128,21 @@ class Batcher:
         """How many batches of each size were dispatched, by size."""
         return dict(sorted(self._histogram.items()))
 
-    def submit(self, ids: list[int], indices: list[int], arrival_ns: int | None = None) -> None:
+    def submit(self, ids: list[int], indices: list[int], arrival_ns: int | None = None,
+               last_arrival_ns: int | None = None) -> None:
         """Accept one LoadGen issue call (on the loop thread); the lists are kept, not copied.
 
         `arrival_ns` is when the samples really arrived, if they waited in an inbox before reaching
-        the loop: the queue delay is measured from it, not from the hand-off.
+        the loop: the queue delay is measured from it, not from the hand-off. `last_arrival_ns` is
+        when the newest of them arrived (a merged inbox chunk), for latency records only.
         """
         if self._closed:
             raise RuntimeError("Batcher.submit() after close()")
         if len(ids) != len(indices):
             raise ValueError(f"submit() needs one index per id, got {len(ids)} ids and {len(indices)} indices")
         if ids:
-            self._chunks.append((ids, indices, self._clock() if arrival_ns is None else arrival_ns))
+            first = self._clock() if arrival_ns is None else arrival_ns
+            self._chunks.append((ids, indices, first, first if last_arrival_ns is None else last_arrival_ns))
             self._pending += len(ids)
             self._wake.set()
 
@@ -144,9 +153,9 @@ class Batcher:
 
     def drain(self) -> tuple[list[int], list[int]]:
         """Remove and return every pending sample (ids, indices), oldest first, so an abort can fail them."""
-        taken = self._take(self._pending)
+        ids, indices, _ = self._take(self._pending)
         self._wake.set()
-        return taken
+        return ids, indices
 
     async def run(self) -> None:
         """Dispatch batches until close() and nothing is left.
@@ -173,41 +182,44 @@ class Batcher:
 
     async def _dispatch(self, size: int) -> None:
         oldest = self._chunks[0][2]
-        ids, indices = self._take(size)
+        ids, indices, spans = self._take(size)
         try:
-            await self._out.send(Batch(ids, indices, oldest, self._seq))
+            await self._out.send(Batch(ids, indices, oldest, self._seq, spans))
         except BaseException:
-            self._put_back(ids, indices, oldest)
+            self._put_back(ids, indices, oldest, max(last for _, last, _ in spans))
             raise
         self._seq += 1
         self._histogram[size] = self._histogram.get(size, 0) + 1
 
-    def _take(self, n: int) -> tuple[list[int], list[int]]:
-        """The n oldest pending samples; a batch that ends inside a chunk leaves the rest of it in place."""
+    def _take(self, n: int) -> tuple[list[int], list[int], list[tuple[int, int, int]]]:
+        """The n oldest pending samples and their arrival spans; a batch that ends inside a chunk leaves the rest."""
         ids: list[int] = []
         indices: list[int] = []
+        spans: list[tuple[int, int, int]] = []
         self._pending -= n
         while n:
-            chunk_ids, chunk_indices, _ = self._chunks[0]
+            chunk_ids, chunk_indices, first, last = self._chunks[0]
             start = self._offset
             stop = min(start + n, len(chunk_ids))
             ids += chunk_ids[start:stop]
             indices += chunk_indices[start:stop]
+            step = (last - first) / max(len(chunk_ids) - 1, 1)  # arrivals spread evenly over the chunk
+            spans.append((first + round(step * start), first + round(step * (stop - 1)), stop - start))
             n -= stop - start
             if stop == len(chunk_ids):
                 self._chunks.popleft()
                 self._offset = 0
             else:
                 self._offset = stop
-        return ids, indices
+        return ids, indices, spans
 
-    def _put_back(self, ids: list[int], indices: list[int], arrival_ns: int) -> None:
+    def _put_back(self, ids: list[int], indices: list[int], arrival_ns: int, last_arrival_ns: int) -> None:
         """Undo the _take of a batch that was never sent: its samples become the oldest pending ones again."""
         if self._offset:
-            front_ids, front_indices, front_arrival = self._chunks[0]
-            self._chunks[0] = (front_ids[self._offset:], front_indices[self._offset:], front_arrival)
+            front_ids, front_indices, front_first, front_last = self._chunks[0]
+            self._chunks[0] = (front_ids[self._offset:], front_indices[self._offset:], front_first, front_last)
             self._offset = 0
-        self._chunks.appendleft((ids, indices, arrival_ns))
+        self._chunks.appendleft((ids, indices, arrival_ns, last_arrival_ns))
         self._pending += len(ids)
 
     def _arm(self, until_ns: int | None) -> None:

@@ -27,6 +27,7 @@ from asyncbench.errors import RunFailure
 from asyncbench.runtime.batcher import Batch, Batcher, BatchPolicy
 from asyncbench.runtime.channel import Channel, ChannelClosed, ChannelEmpty
 from asyncbench.runtime.execution import Execution
+from asyncbench.runtime.latency import LatencyHistogram
 
 # complete(ids, top1): top1 is an int32 array aligned with ids, or None when the samples failed.
 Completer = Callable[[Sequence[int], "np.ndarray | None"], None]
@@ -44,8 +45,11 @@ class Pipeline:
     """Runs LoadGen's samples through one engine; see the module docstring for the guarantees."""
 
     def __init__(self, execution: Execution, policy: BatchPolicy, complete: Completer, *,
-                 timeout_s: float | None = None, sleep_until: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 timeout_s: float | None = None, sleep_until: Callable[[int], Awaitable[None]] | None = None,
+                 clock: Callable[[], int] = time.monotonic_ns) -> None:
         self._execution = execution
+        self._clock = clock  # the clock arrivals are stamped with (the inbox's)
+        self.latency = LatencyHistogram()
         self._complete_cb = complete
         self.inflight = execution.slots
         self.timeout_s = timeout_s
@@ -60,13 +64,14 @@ class Pipeline:
         self._works: dict[int, _Work] = {}  # works holding samples not yet completed, by id()
 
     # -- entry points (loop thread) ---------------------------------------------------------------------------------
-    def submit(self, ids: list[int], indices: list[int], arrival_ns: int | None = None) -> None:
-        """Accept one LoadGen issue call; after a failure, complete it at once as failed."""
+    def submit(self, ids: list[int], indices: list[int], arrival_ns: int | None = None,
+               last_arrival_ns: int | None = None) -> None:
+        """Accept LoadGen issue calls (arrived between the two times); after a failure, complete them as failed."""
         self.issued += len(ids)
         if self.failure is not None:
             self._finish(ids, None)
             return
-        self.batcher.submit(ids, indices, arrival_ns)
+        self.batcher.submit(ids, indices, arrival_ns, last_arrival_ns)
 
     def abort(self, reason: RunFailure | str) -> None:
         """Stop doing work: complete everything pending as failed, and everything that arrives later."""
@@ -148,6 +153,7 @@ class Pipeline:
             work.done = True
             self._works.pop(id(work), None)
             self._finish(work.batch.ids, work.data)
+            self.latency.add(self._clock(), work.batch.spans)
             self.times.batches += 1
             self.times.samples += len(work.batch.ids)
             self.times.complete += time.perf_counter() - t0

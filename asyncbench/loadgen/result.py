@@ -1,0 +1,180 @@
+"""result.json: one machine-readable record per run, written into the run's log folder.
+
+Everything a later reader (``asyncbench report``, ``asyncbench plot``, a tuning run, a script)
+needs without parsing LoadGen's text files: the configuration, LoadGen's effective settings,
+validity with its reasons, the metric, the latency percentiles (read from the detail log's
+``:::MLLOG`` keys, not the human summary), the batch sizes, stage times, the harness's own
+latency histogram, the engine and device, package versions and, in AccuracyOnly, the accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import asyncbench
+from asyncbench.config import RunConfig
+from asyncbench.fileio import write_bytes_atomic
+from asyncbench.loadgen.accuracy import AccuracyResult
+from asyncbench.loadgen.logs import RunSummary
+from asyncbench.paths import REPO_ROOT
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+PERCENTILES = ("50.00", "90.00", "95.00", "99.00", "99.90")
+# MLPerf v0.5 MobileNet: 98% of the fp32 reference's 71.676% top-1.
+ACCURACY_TARGET_PERCENT = 0.98 * 71.676
+_PERCENTILE_KEY = re.compile(r"^result_(\d+\.\d+)_percentile_(per_query_)?latency_ns$")
+_PACKAGES = ("numpy", "onnxruntime", "onnx", "mlcommons-loadgen", "uvloop", "cuda-python", "torch", "triton",
+             "tensorrt")
+
+
+def _plain(value: object) -> object:
+    """JSON-ready form of config values: enums by value, paths as strings, tuples as lists."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_record(cfg: RunConfig) -> dict[str, Any]:
+    """The full run configuration, nested as RunConfig is."""
+    record = _plain(dataclasses.asdict(cfg))
+    assert isinstance(record, dict)
+    return record
+
+
+def latency_percentiles(detail: dict[str, Any], scenario: str) -> dict[str, int]:
+    """``{"p50": ns, ..., "p99.9": ns}`` from the detail log (MultiStream: per query, as LoadGen judges it)."""
+    per_query = scenario == "MultiStream"
+    found: dict[str, int] = {}
+    for key, value in detail.items():
+        match = _PERCENTILE_KEY.match(key)
+        if match and bool(match.group(2)) == per_query and match.group(1) in PERCENTILES:
+            found[f"p{float(match.group(1)):g}"] = int(value)
+    if not found and per_query:  # an older LoadGen logs MultiStream per sample only
+        return latency_percentiles(detail, "")
+    return found
+
+
+def git_commit() -> dict[str, object] | None:
+    """The checkout's commit and whether it has local changes (None outside a git checkout)."""
+    if not (REPO_ROOT / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "dirty": bool(dirty)}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The vector-ISA flags that decide CPU engine speed (AVX2, AVX-512 VNNI, AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "amx")))
+
+
+def gpus() -> list[str] | None:
+    """Names of the visible GPUs, with the driver version (None where CUDA is not usable)."""
+    from asyncbench.cuda.api import CudaError, call, device_count, device_name
+
+    try:
+        names = [device_name(i) for i in range(device_count())]
+        driver = call("cudaDriverGetVersion")
+    except CudaError:
+        return None
+    return [f"{name} (driver API {driver // 1000}.{driver % 1000 // 10})" for name in names]
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Host, device and package versions; GPUs are queried only for a run on a GPU."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "flags": cpu_flags()},
+        "gpus": gpus() if device.startswith("cuda") else None,
+        "packages": versions,
+    }
+
+
+def build_result(*, cfg: RunConfig, engine_name: str, device: str, policy: dict[str, object],
+                 summary: RunSummary | None, effective: dict[str, object], detail: dict[str, Any],
+                 failure: dict[str, str | None] | None, counts: dict[str, int], histogram: dict[int, int],
+                 stage_seconds: dict[str, float], latency_histogram: dict[str, object],
+                 accuracy: AccuracyResult | None, log_dir: Path) -> dict[str, Any]:
+    """The result record of one run (see the module docstring for what it holds)."""
+    validity = "FAILED" if failure else (summary.result if summary is not None else None)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "asyncbench": {"version": asyncbench.__version__, "git": git_commit()},
+        "log_dir": str(log_dir),
+        "config": config_record(cfg),
+        "engine": {"name": engine_name, "device": device},
+        "batching": policy,
+        "loadgen_effective": effective,
+        "result": {
+            "validity": validity,
+            "reasons": summary.reasons if summary is not None else [],
+            "early_stopping": {"met": detail.get("early_stopping_met"),
+                               "verdict": summary.early_stopping if summary is not None else []},
+            "failure": failure,
+            "loadgen_errors": summary.errors if summary is not None else None,
+        },
+        "metric": {"name": summary.metric_name, "value": summary.metric_value} if summary is not None else None,
+        "latency_ns": latency_percentiles(detail, str(cfg.scenario)),
+        "samples": counts,
+        "batch_sizes": {str(size): n for size, n in sorted(histogram.items())},
+        "stage_seconds": stage_seconds,
+        "harness_latency": latency_histogram,
+        "accuracy": None if accuracy is None else {
+            "percent": accuracy.accuracy, "good": accuracy.good, "total": accuracy.total,
+            "target_percent": round(ACCURACY_TARGET_PERCENT, 3),
+            "met": accuracy.accuracy is not None and accuracy.accuracy >= ACCURACY_TARGET_PERCENT},
+        "environment": environment(device),
+    }
+
+
+def write_result(log_dir: Path, result: dict[str, Any]) -> Path:
+    """result.json in the run's folder."""
+    path = log_dir / RESULT_FILE
+    write_bytes_atomic(path, (json.dumps(result, indent=1, default=str) + "\n").encode())
+    return path

@@ -1,0 +1,140 @@
+"""`asyncbench tune`, result.json, `report` and the exit codes.
+
+The search logic is checked against scripted trials (deterministic and flaky); the command end to
+end against the null engine, whose capacity is known: one modelled device at ``per_sample_us`` per sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from asyncbench.config import BatchingConfig, LoadGenConfig, RunConfig, Scenario
+from asyncbench.engines.null import NullEngine
+from asyncbench.errors import ConfigError
+from asyncbench.tune import (
+    TRIAL_COLUMNS,
+    ServerSearch,
+    Setting,
+    Trial,
+    apply_tuned,
+    best_of_grid,
+    parse_grid,
+    record_tuned,
+    system_file,
+    this_system,
+    with_tuned,
+)
+
+
+def _scripted(capacity: float, flaky: dict[float, int] | None = None):
+    """A RunTrial that is VALID at or below ``capacity``; ``flaky[qps]`` makes that many runs there INVALID."""
+    flaky = dict(flaky or {})
+    log: list[Trial] = []
+
+    def run(phase: str, setting: Setting) -> Trial:
+        qps = setting.target_qps or 0.0
+        valid = qps <= capacity
+        if flaky.get(qps, 0) > 0 and valid:
+            flaky[qps] -= 1
+            valid = False
+        trial = Trial(len(log) + 1, phase, setting, "VALID" if valid else "INVALID", 1.0 if valid else 50.0, {})
+        log.append(trial)
+        return trial
+
+    return run, log
+
+
+def test_server_search_doubles_bisects_and_confirms() -> None:
+    run, log = _scripted(20_000)
+    best = ServerSearch(run, precision=0.02, repeats=3).find(Setting(), 5_000)
+    assert 0.98 * 20_000 <= best <= 20_000
+    at_best = [t for t in log if t.setting.target_qps == best]
+    assert len(at_best) == 3 and all(t.valid for t in at_best)
+    assert [t.setting.target_qps for t in log[:4]] == [5_000, 10_000, 20_000, 40_000]  # doubling first
+
+
+def test_a_repeat_that_fails_moves_the_bound_below() -> None:
+    run, log = _scripted(20_000)
+    first = ServerSearch(run).find(Setting(), 5_000)
+    run, log = _scripted(20_000, flaky={first: 1})  # the same search, but its best fails one repeat
+    best = ServerSearch(run).find(Setting(), 5_000)
+    assert best < first and best >= 0.95 * 20_000
+    assert all(t.valid for t in log if t.setting.target_qps == best)
+
+
+def test_nothing_valid_reports_zero() -> None:
+    run, _ = _scripted(0.5)
+    assert ServerSearch(run).find(Setting(), 100) == 0.0
+
+
+def test_grid_parsing_and_choice() -> None:
+    assert parse_grid(["max_batch=32,64", "delay_us=0,500"]) == {"max_batch": (32, 64), "delay_us": (0, 500)}
+    for bad in (["batch=1"], ["max_batch=0"], ["delay_us=a"], ["max_batch"]):
+        with pytest.raises(ConfigError):
+            parse_grid(bad)
+    trials = [Trial(1, "grid", Setting(1, 8, 0), "VALID", 2.0, {}),
+              Trial(2, "grid", Setting(1, 16, 0), "VALID", 1.5, {}),
+              Trial(3, "grid", Setting(1, 32, 0), "INVALID", 0.5, {})]
+    assert best_of_grid(trials) is trials[1]
+
+
+def test_tuned_settings_are_picked_up_for_the_same_system_and_engine(tmp_path: Path) -> None:
+    engine = NullEngine()
+    path = system_file(tmp_path, this_system(engine))
+    record_tuned(path, this_system(engine), engine.name, "Server",
+                 {"target_qps": 1234.0, "max_batch_size": 16, "max_queue_delay_us": 250, "tuned_at": "then"})
+    cfg, note = with_tuned(RunConfig(Scenario.SERVER), engine, tmp_path, None)
+    assert (cfg.loadgen.target_qps, cfg.batching.max_batch_size, cfg.batching.max_queue_delay_us) == (1234.0, 16, 250)
+    assert note is not None and "1234" in note and str(path) in note
+    mine = RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=99.0), BatchingConfig(max_batch_size=4))
+    kept, _ = apply_tuned(mine, {"target_qps": 1234.0, "max_batch_size": 16})
+    assert (kept.loadgen.target_qps, kept.batching.max_batch_size) == (99.0, 4)  # the command line wins
+    untouched, note = with_tuned(RunConfig(Scenario.OFFLINE), engine, tmp_path, None)
+    assert untouched == RunConfig(Scenario.OFFLINE) and note is None
+
+
+def test_tune_finds_the_null_engines_capacity(calibrated, tmp_path: Path) -> None:
+    capacity = 1 / 50e-6  # one modelled device at 50 us per sample
+    start = time.monotonic()
+    done = run_cli("tune", "--scenario", "Server", "--engine", "null", "--null", "per_sample_us=50",
+                   "--trial-duration", "1", "--build-dir", str(calibrated.root), "--tune-dir", str(tmp_path))
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert seconds < 120, seconds
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.endswith("_Server")]
+    tuned = json.loads((folder / "tuned.json").read_text())
+    best = tuned["best"]["target_qps"]
+    assert abs(best - capacity) <= 0.05 * capacity, (best, done.stdout)
+    with (folder / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == TRIAL_COLUMNS
+    assert sum(r["validity"] == "VALID" and float(r["target_qps"]) == best for r in rows) >= 3
+    assert "mobilenet.Server.target_qps" in (folder / "best.user.conf").read_text()
+    record = json.loads((Path(rows[0]["log_dir"]) / "result.json").read_text())
+    for key in ("schema_version", "asyncbench", "config", "engine", "batching", "loadgen_effective", "result",
+                "metric", "latency_ns", "samples", "batch_sizes", "stage_seconds", "harness_latency", "environment"):
+        assert key in record, key
+    assert set(record["latency_ns"]) >= {"p50", "p90", "p95", "p99", "p99.9"}
+    assert record["harness_latency"]["samples"] == record["samples"]["completed"]
+    assert list((tmp_path / "systems").glob("*.json"))  # later runs on this system pick it up
+    report = run_cli("report", str(folder), "--csv", str(tmp_path / "runs.csv"))
+    assert report.returncode == 0 and report.stdout.count("\n") == len(rows) + 1  # header + one line per trial
+    assert (tmp_path / "runs.csv").read_text().startswith("run,scenario")
+
+
+def test_strict_exit_codes_and_json_on_stdout(calibrated, tmp_path: Path) -> None:
+    common = ("--engine", "null", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path), "--strict")
+    overloaded = run_cli("--scenario", "Server", "--null", "per_sample_us=1000", "--target-qps", "4000",
+                         "--min-duration", "0.5", "--json", "-", *common)
+    assert overloaded.returncode == 3, overloaded.stderr
+    record = json.loads(next(line for line in overloaded.stdout.splitlines() if line.startswith("{")))
+    assert record["result"]["validity"] == "INVALID" and record["result"]["reasons"]
+    accuracy = run_cli("--scenario", "Offline", "--test-mode", "AccuracyOnly", *common)
+    assert accuracy.returncode == 4  # the null engine answers class 0: 0% is below the target
+    assert "accuracy=0.000%" in accuracy.stdout
