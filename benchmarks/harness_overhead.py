@@ -50,15 +50,16 @@ def inline_trial(qps: float, duration: float, log_dir: Path) -> None:
     lg.DestroySUT(sut)
 
 
-def trial(kind: str, qps: float, duration: float, tree: Path = ROOT) -> tuple[bool, float | None]:
-    """(VALID?, p99 ms) of one run in a fresh process; asyncbench runs from ``tree``."""
+def trial(kind: str, qps: float, duration: float, tree: Path = ROOT, extra: tuple[str, ...] = ()
+          ) -> tuple[bool, float | None]:
+    """(VALID?, p99 ms) of one run in a fresh process; asyncbench runs from ``tree`` with ``extra`` options."""
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "inline":
             cmd = [sys.executable, __file__, "--inline-trial", str(qps), "--duration", str(duration), "--log", tmp]
         else:
             cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--scenario", "Server",
                    "--target-qps", str(qps), "--min-duration", str(duration), "--log-dir", tmp,
-                   "--build-dir", str(ROOT / "build")]
+                   "--build-dir", str(ROOT / "build"), *extra]
         subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=duration * 10 + 120,
                        env={**os.environ, "PYTHONPATH": str(tree)})
         summaries = list(Path(tmp).rglob("mlperf_log_summary.txt"))
@@ -70,8 +71,8 @@ def trial(kind: str, qps: float, duration: float, tree: Path = ROOT) -> tuple[bo
     return valid, int(m.group(1)) / 1e6 if m else None
 
 
-def fixed_rates(kinds: tuple[str, ...], trees: dict[str, Path], rates: list[float], repeats: int,
-                duration: float) -> int:
+def fixed_rates(kinds: tuple[str, ...], trees: dict[str, Path], extras: dict[str, tuple[str, ...]],
+                rates: list[float], repeats: int, duration: float) -> int:
     """Every SUT at each QPS ``repeats`` times, alternating run by run: VALID count and median p99 per cell.
 
     A bisection's last steps hinge on single runs near the edge, where p99 varies run to run;
@@ -82,7 +83,7 @@ def fixed_rates(kinds: tuple[str, ...], trees: dict[str, Path], rates: list[floa
     for _ in range(repeats):
         for qps in rates:
             for kind in kinds:
-                valid, p99 = trial(kind, qps, duration, trees.get(kind, ROOT))
+                valid, p99 = trial(kind, qps, duration, trees.get(kind, ROOT), extras.get(kind, ()))
                 cells.setdefault((kind, qps), []).append((valid, p99))
                 n += 1
                 print(f"| {n} | {kind} | {qps:g} | {'VALID' if valid else 'INVALID'} | "
@@ -101,6 +102,8 @@ def main() -> int:
     parser.add_argument("--start", type=float, default=2500.0, help="first QPS tried")
     parser.add_argument("--precision", type=float, default=0.03, help="stop bisecting at this relative gap")
     parser.add_argument("--baseline-tree", type=Path, help="also search the asyncbench of this checkout")
+    parser.add_argument("--with-progress", action="store_true",
+                        help="also run this tree with a progress line every second (the default SUT runs without)")
     parser.add_argument("--at", type=lambda t: [float(q) for q in t.split(",")],
                         help="instead of searching: run every SUT at these QPS, alternating (e.g. 250000,280000)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per SUT and QPS with --at (default 5)")
@@ -112,6 +115,9 @@ def main() -> int:
         return 0
 
     trees = {"asyncbench": ROOT}
+    extras = {"asyncbench": ("--no-progress",), "progress": ("--progress-every", "1")}
+    if args.with_progress:
+        trees["progress"] = ROOT
     if args.baseline_tree is not None:
         trees["baseline"] = args.baseline_tree.resolve()
     kinds = ("inline", *trees)
@@ -119,13 +125,12 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     commits = {k: subprocess.run(["git", "-C", str(t), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip() for k, t in trees.items()}
-    print(f"command: python benchmarks/harness_overhead.py --duration {args.duration:g}"
-          + (f" --baseline-tree {args.baseline_tree}" if args.baseline_tree else "") + "\n")
+    print("command: python benchmarks/harness_overhead.py " + " ".join(sys.argv[1:]) + "\n")
     print("trees: " + ", ".join(f"{k} {t} (commit {commits[k] or '?'}, plus its uncommitted changes)"
                                 for k, t in trees.items()) + "\n")
     print("| trial | SUT | target QPS | result | p99 ms |\n|---|---|---|---|---|")
     if args.at:
-        return fixed_rates(kinds, trees, args.at, args.repeats, args.duration)
+        return fixed_rates(kinds, trees, extras, args.at, args.repeats, args.duration)
     n = 0
     while any(s["next"] is not None for s in state.values()):
         for kind in kinds:  # alternate so both searches share the machine's state
@@ -133,7 +138,7 @@ def main() -> int:
             if s["next"] is None:
                 continue
             qps = round(s["next"])
-            valid, p99 = trial(kind, qps, args.duration, trees.get(kind, ROOT))
+            valid, p99 = trial(kind, qps, args.duration, trees.get(kind, ROOT), extras.get(kind, ()))
             n += 1
             print(f"| {n} | {kind} | {qps} | {'VALID' if valid else 'INVALID'} | "
                   f"{'-' if p99 is None else f'{p99:.2f}'} |", flush=True)
