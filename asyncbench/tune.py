@@ -34,7 +34,7 @@ from typing import Any
 from asyncbench.config import RunConfig, Scenario
 from asyncbench.data.dataset import Dataset
 from asyncbench.engines.base import Engine
-from asyncbench.errors import ConfigError
+from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import write_bytes_atomic
 from asyncbench.loadgen.result import cpu_model, gpus
 from asyncbench.loadgen.run import run_scenario
@@ -107,7 +107,7 @@ class ServerSearch:
 
     def _trial(self, phase: str, setting: Setting) -> Trial:
         if len(self.trials) >= self.max_trials:
-            raise ConfigError(f"tuning stopped after {self.max_trials} trials without a confirmed rate: "
+            raise UserError(f"tuning stopped after {self.max_trials} trials without a confirmed rate: "
                               f"the results vary too much run to run; try a longer --trial-duration")
         trial = self.run(phase, setting)
         self.trials.append(trial)

@@ -138,3 +138,19 @@ def test_strict_exit_codes_and_json_on_stdout(calibrated, tmp_path: Path) -> Non
     accuracy = run_cli("--scenario", "Offline", "--test-mode", "AccuracyOnly", *common)
     assert accuracy.returncode == 4  # the null engine answers class 0: 0% is below the target
     assert "accuracy=0.000%" in accuracy.stdout
+
+
+def test_multistream_tune_picks_the_lowest_p99(calibrated, tmp_path: Path) -> None:
+    done = run_cli("tune", "--scenario", "MultiStream", "--engine", "null", "--null", "fixed_us=300,per_sample_us=20",
+                   "--grid", "max_batch=8,4", "--repeats", "2", "--trial-duration", "0.5",
+                   "--build-dir", str(calibrated.root), "--tune-dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.endswith("_MultiStream")]
+    with (folder / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    grid = {int(r["max_batch_size"]): float(r["p99_ms"]) for r in rows if r["phase"] == "grid"}
+    assert set(grid) == {8, 4} and len(rows) == 3  # the grid, then one repeat of the winner
+    tuned = json.loads((folder / "tuned.json").read_text())
+    assert tuned["best"]["max_batch_size"] == min(grid, key=grid.get)
+    assert "mobilenet.MultiStream.target_latency" in (folder / "best.user.conf").read_text()
+    assert done.stdout.count("trial ") >= 3  # one progress line per trial
