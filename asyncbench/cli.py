@@ -123,6 +123,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=positive_int, help="largest batch the batcher forms")
     p.add_argument("--max-queue-delay-us", type=non_negative_int, help="batcher delay from the oldest pending sample")
     p.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="e.g. 8,16: dispatched as soon as formed")
+    p.add_argument("--no-idle-dispatch", dest="idle_dispatch", action="store_false",
+                   help="Server: wait out the queue delay even when the engine is idle (default: an idle engine "
+                        "takes what is pending at once)")
     p.add_argument("--min-duration", type=positive_float, help="seconds (default: a quick 10 s run)")
     p.add_argument("--min-query-count", type=positive_int)
     p.add_argument("--performance-sample-count", type=positive_int)
@@ -162,6 +165,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write every scenario's result.json record: to FILE (a JSON list), or - for stdout "
                         "(one line each)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines during the run")
+    p.add_argument("--nvtx", action="store_true",
+                   help="NVTX ranges per batch in the 'asyncbench' domain, for Nsight Systems (needs the nvtx package)")
+    p.add_argument("--timeline", type=Path, metavar="FILE.json",
+                   help="write a Chrome/Perfetto trace of every batch (several scenarios: FILE_<scenario>.json)")
     p.add_argument("--progress-every", type=positive_float, metavar="S",
                    help="seconds between progress lines (default: 1 on a terminal, 60 otherwise)")
 
@@ -234,7 +241,8 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
         user_conf=args.user_conf, mlperf_conf=args.mlperf_conf, audit_config=args.audit_config, trace=args.trace,
         submission_length=args.submission_length, memory_mb=args.loadgen_memory_mb, strict=args.strict)
     batching = BatchingConfig(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-                              preferred_batch_sizes=args.preferred_batch_sizes, inflight=args.inflight)
+                              preferred_batch_sizes=args.preferred_batch_sizes, inflight=args.inflight,
+                              idle_dispatch=args.idle_dispatch)
     engine = EngineConfig(kind=args.engine, precision=args.precision, threads=args.threads,
                           timeout_s=args.engine_timeout, null_spec=args.null_spec, torch_compile=args.torch_compile)
     gpu = GpuConfig(count=args.gpus, start_from_device=args.start_from_device, completion=args.completion)
@@ -260,6 +268,11 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
     codes: set[int] = set()
     records: list[dict[str, Any]] = []
+    nvtx = None
+    if args.nvtx:
+        from asyncbench.runtime.nvtx_ranges import NvtxRanges
+
+        nvtx = NvtxRanges()
     # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
     engine = open_engine(configs[0], paths)
     try:
@@ -270,8 +283,12 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
             if note:
                 print(f"note: {note}")
             log_dir = first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario)
+            timeline = None if args.timeline is None else args.timeline if len(configs) == 1 else \
+                args.timeline.with_name(f"{args.timeline.stem}_{cfg.scenario}{args.timeline.suffix}")
             result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir,
-                                  progress_every_s=_progress_every(args))
+                                  progress_every_s=_progress_every(args), timeline_path=timeline, nvtx=nvtx)
+            if timeline is not None:
+                print(f"timeline: {timeline} (open it in https://ui.perfetto.dev or chrome://tracing)")
             records.append(result.record)
             if args.json_out == "-":
                 print(json.dumps(result.record, default=str), flush=True)

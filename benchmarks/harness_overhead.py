@@ -104,6 +104,8 @@ def main() -> int:
     parser.add_argument("--baseline-tree", type=Path, help="also search the asyncbench of this checkout")
     parser.add_argument("--with-progress", action="store_true",
                         help="also run this tree with a progress line every second (the default SUT runs without)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                        help="also run this tree with these extra options, e.g. no-idle=--no-idle-dispatch")
     parser.add_argument("--at", type=lambda t: [float(q) for q in t.split(",")],
                         help="instead of searching: run every SUT at these QPS, alternating (e.g. 250000,280000)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per SUT and QPS with --at (default 5)")
@@ -118,6 +120,9 @@ def main() -> int:
     extras = {"asyncbench": ("--no-progress",), "progress": ("--progress-every", "1")}
     if args.with_progress:
         trees["progress"] = ROOT
+    for variant in args.variant:
+        name, _, options = variant.partition("=")
+        trees[name], extras[name] = ROOT, tuple(options.split())
     if args.baseline_tree is not None:
         trees["baseline"] = args.baseline_tree.resolve()
     kinds = ("inline", *trees)

@@ -455,3 +455,38 @@ def test_submit_needs_matching_lengths() -> None:
     batcher, _, _ = make(BatchPolicy(4, 0))
     with pytest.raises(ValueError, match="one index per id"):
         batcher.submit([1, 2], [1])
+
+
+# -- low load: an idle engine takes what is pending at once --------------------------------------------------------
+
+def test_decide_sends_everything_to_an_idle_engine_only_when_the_policy_says_so() -> None:
+    idle_policy = BatchPolicy(8, 1_000, dispatch_when_idle=True)
+    assert decide(3, T0, T0, idle_policy, engine_idle=True) == Dispatch(3)
+    assert decide(3, T0, T0, idle_policy, engine_idle=False) == Wait(T0 + 1_000)
+    assert decide(3, T0, T0, BatchPolicy(8, 1_000), engine_idle=True) == Wait(T0 + 1_000)
+    assert decide(20, T0, T0, idle_policy, engine_idle=True) == Dispatch(8)  # never above the cap
+
+
+@loops
+def test_an_engine_going_idle_takes_the_pending_samples_before_the_deadline(loop_kind: str) -> None:
+    async def body() -> None:
+        clock = FakeClock()
+        out: Channel[Batch] = Channel(1000)
+        state = {"idle": False}
+        batcher = Batcher(BatchPolicy(8, 1_000, dispatch_when_idle=True), out, clock=clock,
+                          sleep_until=clock.sleep_until, engine_idle=lambda: state["idle"])
+        task = asyncio.create_task(batcher.run())
+        batcher.submit([1, 2], [1, 2])
+        await settle()
+        assert ready(out) == [] and batcher.pending_count == 2  # the engine is busy: batching as before
+        state["idle"] = True
+        batcher.engine_went_idle()
+        await settle()
+        assert sizes(ready(out)) == [2] and clock.now == T0  # the clock never moved
+        batcher.submit([3], [3])  # still idle: at once
+        await settle()
+        assert sizes(ready(out)) == [1]
+        batcher.close()
+        await task
+
+    run(body, loop_kind)

@@ -148,3 +148,25 @@ def test_execution_refuses_an_engine_without_its_declared_form() -> None:
 
     with pytest.raises(TypeError, match="loop form"):
         execution_for(Pretender(), _arena(), 4)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+def test_an_idle_engine_gets_a_lone_sample_without_the_queue_delay(loop_kind: str) -> None:
+    completed = asyncio.Event()
+
+    def complete(ids: Sequence[int], top1: np.ndarray | None) -> None:
+        completed.set()
+
+    async def body() -> None:
+        engine = NullEngine(max_batch_size=8)
+        # An hour of queue delay: only the idle-engine rule can dispatch this sample before close().
+        pipeline = Pipeline(execution_for(engine, _arena(), 8), BatchPolicy(8, 3600 * 10**9, dispatch_when_idle=True),
+                            complete)
+        task = asyncio.create_task(pipeline.run())
+        pipeline.submit([7], [7])
+        await asyncio.wait_for(completed.wait(), 30)  # a watchdog, not a timing: it fails only if nothing comes
+        assert pipeline.completed == 1 and pipeline.batcher.histogram() == {1: 1}
+        pipeline.close()
+        await task
+
+    _run(loop_kind, body)

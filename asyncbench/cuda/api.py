@@ -7,7 +7,9 @@ module imports cuda-python lazily: a CPU-only install can import asyncbench with
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -89,3 +91,14 @@ def device_name(device: int) -> str:
     props = call("cudaGetDeviceProperties", device)
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
     return f"{name.rstrip(chr(0))} (sm_{props.major}{props.minor})"
+
+
+@contextlib.contextmanager
+def profiler_range() -> Iterator[None]:
+    """cudaProfilerStart / cudaProfilerStop around the block: `nsys profile --capture-range=cudaProfilerApi`
+    then records only the LoadGen test, not preparation, compilation or warm-up."""
+    call("cudaProfilerStart")
+    try:
+        yield
+    finally:
+        call("cudaProfilerStop")

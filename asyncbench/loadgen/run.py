@@ -26,8 +26,10 @@ from asyncbench.loadgen.result import build_result, write_result
 from asyncbench.loadgen.settings import build_test_settings, make_log_settings
 from asyncbench.loadgen.sut import drive
 from asyncbench.runtime.execution import execution_for
+from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.process import run_process
 from asyncbench.runtime.sizing import batch_policy, engine_peak_qps
+from asyncbench.runtime.timeline import Timeline
 
 EVENTS_FILE = "asyncbench_events.jsonl"
 FAILED_MARKER = "asyncbench_FAILED.txt"  # written into a run's log folder when samples were completed as failed
@@ -112,11 +114,15 @@ def audit_config_path(cfg: RunConfig, log_dir: Path, say: Callable[[str], None])
 
 
 def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, log_dir: Path,
-                 say: Callable[[str], None] = print, progress_every_s: float | None = None) -> RunResult:
+                 say: Callable[[str], None] = print, progress_every_s: float | None = None,
+                 timeline_path: Path | None = None, nvtx: NvtxRanges | None = None) -> RunResult:
     """One scenario through LoadGen into ``log_dir``; prints notes as it goes and returns the parsed result.
 
-    ``progress_every_s``: seconds between progress lines on stderr (None: none).
+    ``progress_every_s``: seconds between progress lines on stderr (None: none). ``timeline_path``:
+    write a Chrome/Perfetto trace of every batch there. ``nvtx``: NVTX ranges per batch. A GPU
+    engine's test runs between cudaProfilerStart and cudaProfilerStop.
     """
+    timeline = Timeline() if timeline_path is not None else None
     arena = dataset_arena(dataset, preprocessed, engine)
     plan = plan_for(cfg, engine, arena.total)
     settings, notes = build_test_settings(plan.options)
@@ -138,7 +144,10 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
             pipeline, counts = runner.run(drive(
                 execution, arena, policy, settings, make_log_settings(log_dir, cfg.loadgen.trace),
                 settings.performance_sample_count_override or min(arena.total, 1024),
-                timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events, progress_every_s=progress_every_s))
+                timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events, progress_every_s=progress_every_s,
+                timeline=timeline, nvtx=nvtx, around_test=_profiler_range(engine.device)))
+        if timeline is not None and timeline_path is not None:
+            events.info("timeline", path=str(timeline.write(timeline_path)), batches=len(timeline.batches))
         logs = read_results(log_dir)
         summary, effective = logs.summary, logs.effective
         histogram = pipeline.batcher.histogram()
@@ -155,7 +164,8 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         cfg=cfg, engine_name=engine.name, device=engine.device, summary=summary, effective=effective,
         detail=logs.detail, failure=failure, histogram=histogram, stage_seconds=vars(pipeline.times),
         policy={"max_batch_size": policy.max_batch_size, "max_queue_delay_us": policy.max_queue_delay_ns // 1000,
-                "preferred_batch_sizes": list(policy.preferred_batch_sizes), "slots": execution.slots},
+                "preferred_batch_sizes": list(policy.preferred_batch_sizes), "slots": execution.slots,
+                "dispatch_when_idle": policy.dispatch_when_idle},
         counts={"issued": counts.issued, "completed": counts.completed, "failed": counts.failed},
         latency_histogram=pipeline.latency.to_json(), accuracy=accuracy, log_dir=log_dir)
     write_result(log_dir, record)
@@ -172,6 +182,15 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         say(f"error: run failed: {pipeline.failure} ({counts.failed} of {counts.issued} samples completed as failed; "
             f"LoadGen logs in {log_dir})")
     return RunResult(log_dir, summary, pipeline.failure, histogram, effective, accuracy, record)
+
+
+def _profiler_range(device: str) -> contextlib.AbstractContextManager[object] | None:
+    """The CUDA profiler's capture range for a GPU engine's test (None on the CPU: nothing to capture)."""
+    if not device.startswith("cuda"):
+        return None
+    from asyncbench.cuda.api import profiler_range
+
+    return profiler_range()
 
 
 def read_results(log_dir: Path) -> LoadGenLogs:

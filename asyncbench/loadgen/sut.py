@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -29,7 +30,9 @@ from asyncbench.loadgen.progress import report_progress
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import Execution
 from asyncbench.runtime.inbox import Inbox
+from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.pipeline import Completer, Pipeline
+from asyncbench.runtime.timeline import Timeline
 
 
 class LoadGenCompleter:
@@ -147,13 +150,15 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
                 settings: lg.TestSettings, log_settings: lg.LogSettings, performance_count: int, *,
                 timeout_s: float | None, audit_config: Path, complete: Completer | None = None,
                 log: structlog.typing.FilteringBoundLogger | None = None,
-                progress_every_s: float | None = None) -> tuple[Pipeline, SampleCounts]:
+                progress_every_s: float | None = None, timeline: Timeline | None = None,
+                nvtx: NvtxRanges | None = None, around_test: AbstractContextManager[object] | None = None
+                ) -> tuple[Pipeline, SampleCounts]:
     """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the test's counts."""
     loop = asyncio.get_running_loop()
     inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
-                  ring_at=policy.max_batch_size)
+                  ring_at=policy.max_batch_size, nvtx=nvtx)
     pipeline = Pipeline(execution, policy, complete or LoadGenCompleter(), timeout_s=timeout_s,
-                        sleep_until=inbox.sleep_until)
+                        sleep_until=inbox.sleep_until, timeline=timeline, nvtx=nvtx)
     hold = settings.scenario == lg.TestScenario.Server and settings.server_max_async_queries > 0 \
         and settings.mode != lg.TestMode.AccuracyOnly
     gate = AbortGate(complete or LoadGenCompleter(), hold)  # its own responses: it runs on LoadGen's thread
@@ -161,6 +166,8 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
 
     def issue(ids: list[int], indices: list[int]) -> None:
         try:
+            if nvtx is not None:
+                nvtx.mark(f"issue ({len(ids)})")
             if pipeline.failure is not None:
                 gate.take(ids)
             else:
@@ -195,7 +202,7 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
     progress = None if progress_every_s is None else asyncio.create_task(
         report_progress(pipeline, settings.min_duration_ms / 1000, progress_every_s), name="progress")
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="loadgen") as pool:
+        with ThreadPoolExecutor(1, thread_name_prefix="loadgen") as pool, around_test or nullcontext():
             await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, log_settings,
                                        str(audit_config))
         pipeline.close()

@@ -25,6 +25,9 @@ class BatchPolicy:
     max_batch_size: int
     max_queue_delay_ns: int
     preferred_batch_sizes: tuple[int, ...] = ()
+    # Send what is pending at once when the engine is idle (nothing executing): at low load a sample then
+    # never waits out the queue delay for company; under load the engine is busy and batches form as before.
+    dispatch_when_idle: bool = False
 
     def __post_init__(self) -> None:
         sizes = tuple(self.preferred_batch_sizes)  # a list from a config file is accepted too
@@ -55,9 +58,10 @@ class Wait:
 
 
 def decide(pending: int, oldest_arrival_ns: int | None, now_ns: int, policy: BatchPolicy,
-           more_coming: bool = True) -> Dispatch | Wait:
+           more_coming: bool = True, engine_idle: bool = False) -> Dispatch | Wait:
     """Triton's rule: a full batch, then the largest preferred batch that can be formed, go at once; a smaller
-    batch waits until the oldest sample has waited the queue delay, or until no more samples can come."""
+    batch waits until the oldest sample has waited the queue delay, or until no more samples can come.
+    With ``policy.dispatch_when_idle``, an idle engine gets whatever is pending at once."""
     if pending == 0:
         return Wait(None)
     if pending < 0 or oldest_arrival_ns is None:
@@ -65,6 +69,8 @@ def decide(pending: int, oldest_arrival_ns: int | None, now_ns: int, policy: Bat
                          f"got pending={pending}, oldest_arrival_ns={oldest_arrival_ns}")
     if pending >= policy.max_batch_size:
         return Dispatch(policy.max_batch_size)
+    if engine_idle and policy.dispatch_when_idle:
+        return Dispatch(pending)
     for size in reversed(policy.preferred_batch_sizes):
         if size <= pending:
             return Dispatch(size)
@@ -87,6 +93,8 @@ class Batch:
     oldest_arrival_ns: int
     seq: int
     spans: list[tuple[int, int, int]] = field(default_factory=list, compare=False)
+    formed_ns: int = field(default=0, compare=False)  # when the batcher cut it (its clock)
+    pending_after: int = field(default=0, compare=False)  # samples left waiting when it was cut
 
 
 async def sleep_until(until_ns: int, clock: Callable[[], int]) -> None:
@@ -103,8 +111,10 @@ class Batcher:
     """
 
     def __init__(self, policy: BatchPolicy, out: Channel[Batch], clock: Callable[[], int] = time.monotonic_ns,
-                 sleep_until: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 sleep_until: Callable[[int], Awaitable[None]] | None = None,
+                 engine_idle: Callable[[], bool] = lambda: False) -> None:
         self.policy = policy
+        self._engine_idle = engine_idle  # nothing executing: see BatchPolicy.dispatch_when_idle
         self._out = out
         self._clock = clock
         self._sleep_until = sleep_until or self._loop_sleep_until
@@ -146,6 +156,16 @@ class Batcher:
             self._pending += len(ids)
             self._wake.set()
 
+    @property
+    def dispatched(self) -> int:
+        """Batches sent to `out` so far."""
+        return self._seq
+
+    def engine_went_idle(self) -> None:
+        """The engine finished its last batch: decide again (an idle engine takes what is pending at once)."""
+        if self.policy.dispatch_when_idle and self._pending:
+            self._wake.set()
+
     def close(self) -> None:
         """No more submits: run() dispatches what is left, closes `out` and returns."""
         self._closed = True
@@ -168,7 +188,8 @@ class Batcher:
             while True:
                 self._wake.clear()
                 oldest = self._chunks[0][2] if self._chunks else None
-                decision = decide(self._pending, oldest, self._clock(), self.policy, not self._closed)
+                decision = decide(self._pending, oldest, self._clock(), self.policy, not self._closed,
+                                  self.policy.dispatch_when_idle and self._engine_idle())
                 if isinstance(decision, Dispatch):
                     await self._dispatch(decision.size)
                 elif self._closed:
@@ -184,7 +205,7 @@ class Batcher:
         oldest = self._chunks[0][2]
         ids, indices, spans = self._take(size)
         try:
-            await self._out.send(Batch(ids, indices, oldest, self._seq, spans))
+            await self._out.send(Batch(ids, indices, oldest, self._seq, spans, self._clock(), self._pending))
         except BaseException:
             self._put_back(ids, indices, oldest, max(last for _, last, _ in spans))
             raise

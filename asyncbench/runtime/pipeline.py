@@ -28,6 +28,8 @@ from asyncbench.runtime.batcher import Batch, Batcher, BatchPolicy
 from asyncbench.runtime.channel import Channel, ChannelClosed, ChannelEmpty
 from asyncbench.runtime.execution import Execution
 from asyncbench.runtime.latency import LatencyHistogram
+from asyncbench.runtime.nvtx_ranges import NvtxRanges
+from asyncbench.runtime.timeline import BatchStamps, Timeline
 
 # complete(ids, top1): top1 is an int32 array aligned with ids, or None when the samples failed.
 Completer = Callable[[Sequence[int], "np.ndarray | None"], None]
@@ -39,6 +41,10 @@ class _Work:
     batch: Batch
     data: np.ndarray | None = None
     done: bool = False
+    slot: int = 0
+    started: int = 0  # clock stamps for the timeline
+    executed: int = 0
+    in_flight: int = 0
 
 
 class Pipeline:
@@ -46,16 +52,21 @@ class Pipeline:
 
     def __init__(self, execution: Execution, policy: BatchPolicy, complete: Completer, *,
                  timeout_s: float | None = None, sleep_until: Callable[[int], Awaitable[None]] | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock: Callable[[], int] = time.monotonic_ns, timeline: Timeline | None = None,
+                 nvtx: NvtxRanges | None = None) -> None:
         self._execution = execution
         self._clock = clock  # the clock arrivals are stamped with (the inbox's)
         self.latency = LatencyHistogram()
+        self.timeline = timeline
+        self._nvtx = nvtx
+        self._running = 0  # batches executing now
         self._complete_cb = complete
         self.inflight = execution.slots
         self.timeout_s = timeout_s
         self._batches: Channel[Batch] = Channel(1)
         self._done: Channel[_Work] = Channel(self.inflight * 2)
-        self.batcher = Batcher(policy, self._batches, sleep_until=sleep_until)
+        self.batcher = Batcher(policy, self._batches, sleep_until=sleep_until, engine_idle=self._engine_idle)
+        self._executed = 0  # batches whose execution ended (result or failure)
         self.times = execution.times
         self.failure: RunFailure | None = None
         self.issued = 0
@@ -97,7 +108,7 @@ class Pipeline:
     # -- stages -----------------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run every stage until close() (or abort) drains the pipeline."""
-        workers = [asyncio.create_task(self._execute(), name=f"execute-{i}") for i in range(self.inflight)]
+        workers = [asyncio.create_task(self._execute(i), name=f"execute-{i}") for i in range(self.inflight)]
         stages = [asyncio.create_task(self.batcher.run(), name="batcher"), *workers,
                   asyncio.create_task(self._completer(), name="complete")]
         try:
@@ -126,16 +137,26 @@ class Pipeline:
             self.abort(self.failure or RunFailure(STOPPED))
             self._finish(ids, None)
 
-    async def _execute(self) -> None:
+    async def _execute(self, slot: int) -> None:
         """One in-flight slot: awaits its batch through the engine's execution adapter."""
         async for batch in self._batches:
-            work = _Work(batch)
+            work = _Work(batch, slot=slot)
             self._works[id(work)] = work
             if self.failure is not None:
                 self._fail(work, self.failure)
                 continue
+            self._running += 1
+            work.in_flight, work.started = self._running, self._clock()
+            if self._nvtx is not None:
+                self._nvtx.mark(f"batch {batch.seq} ({len(batch.ids)}) to slot {slot}")
+                nvtx_range = self._nvtx.start(f"execute batch {batch.seq} ({len(batch.ids)})")
             try:
                 work.data = await asyncio.wait_for(self._execution.run(batch.indices), self.timeout_s)
+                if self._nvtx is not None:
+                    self._nvtx.end(nvtx_range)
+                work.executed = self._clock()
+                self._running -= 1
+                self._executed_one()
             except TimeoutError as e:
                 self._fail(work, RunFailure.caused_by(
                     f"engine stalled: no result for a batch of {len(batch.ids)} within {self.timeout_s:g} s", e))
@@ -152,11 +173,29 @@ class Pipeline:
             t0 = time.perf_counter()
             work.done = True
             self._works.pop(id(work), None)
+            nvtx_range = None if self._nvtx is None else self._nvtx.start(f"complete batch {work.batch.seq}")
             self._finish(work.batch.ids, work.data)
-            self.latency.add(self._clock(), work.batch.spans)
+            if self._nvtx is not None:
+                self._nvtx.end(nvtx_range)
+            now = self._clock()
+            self.latency.add(now, work.batch.spans)
+            if self.timeline is not None:
+                b = work.batch
+                self.timeline.add(BatchStamps(b.seq, len(b.ids), work.slot, b.oldest_arrival_ns, b.formed_ns,
+                                              work.started, work.executed, now, True, b.pending_after,
+                                              work.in_flight))
             self.times.batches += 1
             self.times.samples += len(work.batch.ids)
             self.times.complete += time.perf_counter() - t0
+
+    def _engine_idle(self) -> bool:
+        """Nothing executing and nothing waiting for a slot (BatchPolicy.dispatch_when_idle)."""
+        return self.batcher.dispatched == self._executed
+
+    def _executed_one(self) -> None:
+        self._executed += 1
+        if self._executed == self.batcher.dispatched:
+            self.batcher.engine_went_idle()
 
     # -- completion -------------------------------------------------------------------------------------------------
     def _fail(self, work: _Work, reason: RunFailure) -> None:

@@ -99,7 +99,10 @@ def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int) -> tupl
         depth = max(2, caps.slots_per_device)
         policy, note = server_policy(engine.latency, caps.max_batch_size, target_latency_ns,
                                      batching.max_batch_size, batching.max_queue_delay_us, depth)
-        return BatchPolicy(policy.max_batch_size, policy.max_queue_delay_ns, batching.preferred_batch_sizes), note
+        if batching.idle_dispatch:
+            note += "; an idle engine takes what is pending at once"
+        return BatchPolicy(policy.max_batch_size, policy.max_queue_delay_ns, batching.preferred_batch_sizes,
+                           batching.idle_dispatch), note
     preset = cfg.preset
     max_batch = min(batching.max_batch_size or preset.max_batch_size or caps.max_batch_size, caps.max_batch_size)
     delay_us = batching.max_queue_delay_us if batching.max_queue_delay_us is not None else (

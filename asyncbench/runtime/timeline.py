@@ -1,0 +1,89 @@
+"""``--timeline FILE.json``: a Chrome / Perfetto trace of every batch, from stamps the pipeline takes anyway.
+
+Per batch: the oldest sample's arrival on LoadGen's issue thread, the batch being formed by the
+batcher, the start and end of its execution on a slot (host view: for a GPU engine, from the
+enqueue of the copy-in to the top-1 result back), and its completion to LoadGen. One track per
+stage and per execute slot, plus counters (samples pending in the batcher, batches in flight).
+Nothing is recorded without the flag; with it, one tuple per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncbench.fileio import write_bytes_atomic
+
+_PID = 1
+_TID_BATCHER, _TID_COMPLETE, _TID_SLOT0 = 1, 2, 10
+
+
+@dataclass(frozen=True)
+class BatchStamps:
+    """Monotonic-clock nanoseconds of one batch's life."""
+
+    seq: int
+    size: int
+    slot: int
+    oldest_arrival: int
+    formed: int
+    started: int
+    executed: int
+    completed: int
+    ok: bool
+    pending_after: int  # samples still waiting in the batcher when it was formed
+    in_flight: int  # batches executing when it started (itself included)
+
+
+class Timeline:
+    """The recorded batches; ``write`` turns them into trace events."""
+
+    def __init__(self) -> None:
+        self.batches: list[BatchStamps] = []
+
+    def add(self, stamps: BatchStamps) -> None:
+        self.batches.append(stamps)
+
+    def events(self) -> list[dict[str, object]]:
+        """Chrome trace events (microseconds from the first arrival)."""
+        if not self.batches:
+            return []
+        t0 = min(b.oldest_arrival for b in self.batches)
+
+        def us(ns: int) -> float:
+            return (ns - t0) / 1000
+
+        slots = sorted({b.slot for b in self.batches})
+        events: list[dict[str, object]] = [
+            {"ph": "M", "pid": _PID, "name": "process_name", "args": {"name": "asyncbench"}},
+            {"ph": "M", "pid": _PID, "tid": _TID_BATCHER, "name": "thread_name", "args": {"name": "batcher (queue)"}},
+            {"ph": "M", "pid": _PID, "tid": _TID_COMPLETE, "name": "thread_name", "args": {"name": "completion"}},
+            *({"ph": "M", "pid": _PID, "tid": _TID_SLOT0 + s, "name": "thread_name",
+               "args": {"name": f"execute slot {s}"}} for s in slots),
+        ]
+        for b in self.batches:
+            args = {"batch": b.seq, "size": b.size, "ok": b.ok}
+            events += [
+                {"ph": "X", "pid": _PID, "tid": _TID_BATCHER, "name": f"queued ({b.size})", "ts": us(b.oldest_arrival),
+                 "dur": (b.formed - b.oldest_arrival) / 1000, "args": args},
+                {"ph": "X", "pid": _PID, "tid": _TID_SLOT0 + b.slot, "name": f"wait for slot ({b.size})",
+                 "ts": us(b.formed), "dur": (b.started - b.formed) / 1000, "args": args},
+                {"ph": "X", "pid": _PID, "tid": _TID_SLOT0 + b.slot, "name": f"execute ({b.size})", "ts": us(b.started),
+                 "dur": (b.executed - b.started) / 1000, "args": args},
+                {"ph": "X", "pid": _PID, "tid": _TID_COMPLETE, "name": f"complete ({b.size})", "ts": us(b.executed),
+                 "dur": (b.completed - b.executed) / 1000, "args": args},
+                {"ph": "C", "pid": _PID, "name": "pending samples", "ts": us(b.formed),
+                 "args": {"pending": b.pending_after}},
+                {"ph": "C", "pid": _PID, "name": "batches in flight", "ts": us(b.started),
+                 "args": {"in flight": b.in_flight}},
+            ]
+        return events
+
+    def write(self, path: Path) -> Path:
+        """The trace as ``{"traceEvents": [...]}``, which chrome://tracing and Perfetto open."""
+        document = {"traceEvents": self.events(), "displayTimeUnit": "ms",
+                    "otherData": {"batches": len(self.batches),
+                                  "samples": sum(b.size for b in self.batches)}}
+        write_bytes_atomic(path, json.dumps(document).encode())
+        return path

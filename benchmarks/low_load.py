@@ -1,0 +1,65 @@
+"""Server latency at low load: p50/p99 of repeated runs, with and without dispatch to an idle engine.
+
+Rerun: python benchmarks/low_load.py [--qps 2000] [--runs 5] [--duration 10] [--engine null]
+
+Each run is a separate process (`python -m asyncbench --scenario Server`), the two settings
+alternating run by run so both see the same machine state. LoadGen's p50/p99 come from each
+run's result.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {"idle dispatch (default)": (), "--no-idle-dispatch": ("--no-idle-dispatch",)}
+
+
+def one_run(qps: float, duration: float, engine: str, extra: tuple[str, ...]) -> tuple[str, float, float]:
+    """(validity, p50 ms, p99 ms) of one Server run."""
+    with tempfile.TemporaryDirectory() as logs:
+        subprocess.run([sys.executable, "-m", "asyncbench", "--engine", engine, "--scenario", "Server",
+                        "--target-qps", str(qps), "--min-duration", str(duration), "--log-dir", logs,
+                        "--no-progress", *extra],
+                       cwd=ROOT, capture_output=True, text=True, timeout=duration * 10 + 300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+        record = json.loads(next(Path(logs).glob("*/result.json")).read_text())
+    latency = record["latency_ns"]
+    return record["result"]["validity"], latency["p50"] / 1e6, latency["p99"] / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--qps", type=float, default=2000.0)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--engine", default="null")
+    args = parser.parse_args()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"command: python benchmarks/low_load.py {' '.join(sys.argv[1:])}\n")
+    print("| run | setting | result | p50 ms | p99 ms |\n|---|---|---|---|---|")
+    results: dict[str, list[tuple[str, float, float]]] = {name: [] for name in VARIANTS}
+    for n in range(args.runs):
+        for name, extra in VARIANTS.items():
+            validity, p50, p99 = one_run(args.qps, args.duration, args.engine, extra)
+            results[name].append((validity, p50, p99))
+            print(f"| {n + 1} | {name} | {validity} | {p50:.3f} | {p99:.3f} |", flush=True)
+    print(f"\n| setting | VALID of {args.runs} | median p50 ms | median p99 ms |\n|---|---|---|---|")
+    for name, runs in results.items():
+        print(f"| {name} | {sum(v == 'VALID' for v, _, _ in runs)} | {statistics.median(p for _, p, _ in runs):.3f} | "
+              f"{statistics.median(p for _, _, p in runs):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

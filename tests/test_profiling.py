@@ -1,0 +1,87 @@
+"""--timeline and --nvtx: every batch is accounted for, ranges are balanced, and nothing is loaded when off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+
+from asyncbench.data.qsl import SampleArena
+from asyncbench.engines.null import NullEngine
+from asyncbench.paths import REPO_ROOT
+from asyncbench.runtime.batcher import BatchPolicy
+from asyncbench.runtime.execution import execution_for
+from asyncbench.runtime.pipeline import Pipeline
+from asyncbench.runtime.timeline import Timeline
+
+
+class CountingRanges:
+    """Stands where NvtxRanges stands: counts marks and checks every range is ended once."""
+
+    def __init__(self) -> None:
+        self.marks: Counter[str] = Counter()
+        self.open: set[int] = set()
+        self.started = 0
+
+    def mark(self, message: str) -> None:
+        self.marks[message.split(" ")[0]] += 1
+
+    def start(self, message: str) -> Any:
+        self.started += 1
+        self.open.add(self.started)
+        return self.started
+
+    def end(self, handle: Any) -> None:
+        self.open.remove(handle)
+
+
+def test_ranges_are_per_batch_and_balanced() -> None:
+    ranges = CountingRanges()
+    engine = NullEngine(max_batch_size=8)
+    arena = SampleArena(Path("/nonexistent"), [f"s{i}" for i in range(64)])
+    pipeline = Pipeline(execution_for(engine, arena, 8), BatchPolicy(8, 0), lambda ids, top1: None,
+                        nvtx=ranges, timeline=Timeline())  # type: ignore[arg-type]
+
+    async def body() -> None:
+        task = asyncio.create_task(pipeline.run())
+        pipeline.submit(list(range(40)), [i % 64 for i in range(40)])
+        pipeline.close()
+        await task
+
+    asyncio.run(body())
+    batches = sum(pipeline.batcher.histogram().values())
+    assert batches == 5 and not ranges.open
+    assert ranges.marks["batch"] == batches and ranges.started == 2 * batches  # execute + complete per batch
+    assert pipeline.timeline is not None and len(pipeline.timeline.batches) == batches
+
+
+def test_timeline_accounts_for_every_batch(calibrated, tmp_path: Path) -> None:
+    pytest.importorskip("nvtx")
+    trace = tmp_path / "trace.json"
+    done = run_cli("--engine", "null", "--null", "fixed_us=100,per_sample_us=5", "--scenario", "Server",
+                   "--target-qps", "3000", "--min-duration", "1", "--timeline", str(trace), "--nvtx",
+                   "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path / "logs"), "--json", "-")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))
+    events = json.loads(trace.read_text())["traceEvents"]
+    execute = [e for e in events if e.get("ph") == "X" and str(e["name"]).startswith("execute")]
+    assert len(execute) == sum(record["batch_sizes"].values())
+    assert sum(e["args"]["size"] for e in execute) == record["samples"]["completed"]
+    assert all(e["dur"] >= 0 for e in events if e.get("ph") == "X")
+    assert {e["args"]["name"] for e in events if e.get("name") == "thread_name"} >= {"batcher (queue)", "completion"}
+
+
+def test_nothing_is_imported_without_the_flags(calibrated, tmp_path: Path) -> None:
+    code = ("import sys; from asyncbench.cli import main; "
+            f"rc = main(['--engine', 'null', '--scenario', 'Server', '--target-qps', '500', '--min-duration', '0.3', "
+            f"'--build-dir', {str(calibrated.root)!r}, '--log-dir', {str(tmp_path)!r}]); "
+            "print('nvtx' in sys.modules, rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert done.stdout.strip().endswith("False 0"), done.stdout + done.stderr
