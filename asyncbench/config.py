@@ -136,7 +136,7 @@ class BatchingConfig:
     max_queue_delay_us: int | None = None
     preferred_batch_sizes: tuple[int, ...] = ()
     inflight: int | None = None  # batches in flight: CPU engines 2, GPU engines 3 per device
-    idle_dispatch: bool = True  # Server: an idle engine takes what is pending at once (BatchPolicy.dispatch_when_idle)
+    idle_dispatch: bool = True  # Server: an idle engine takes what is pending at once (BatchPolicy.idle_gap_ns)
 
 
 @dataclass(frozen=True)

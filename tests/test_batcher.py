@@ -460,11 +460,16 @@ def test_submit_needs_matching_lengths() -> None:
 # -- low load: an idle engine takes what is pending at once --------------------------------------------------------
 
 def test_decide_sends_everything_to_an_idle_engine_only_when_the_policy_says_so() -> None:
-    idle_policy = BatchPolicy(8, 1_000, dispatch_when_idle=True)
-    assert decide(3, T0, T0, idle_policy, engine_idle=True) == Dispatch(3)
+    idle_policy = BatchPolicy(8, 1_000, idle_gap_ns=200)
+    assert decide(3, T0, T0, idle_policy, engine_idle=True) == Dispatch(3)  # nothing sent yet
+    assert decide(3, T0, T0, idle_policy, engine_idle=True, last_dispatch_ns=T0 - 200) == Dispatch(3)
+    # Idle, but a batch left 50 ns ago: wait for the gap, not for the whole delay.
+    assert decide(3, T0, T0, idle_policy, engine_idle=True, last_dispatch_ns=T0 - 50) == Wait(T0 + 150)
     assert decide(3, T0, T0, idle_policy, engine_idle=False) == Wait(T0 + 1_000)
     assert decide(3, T0, T0, BatchPolicy(8, 1_000), engine_idle=True) == Wait(T0 + 1_000)
     assert decide(20, T0, T0, idle_policy, engine_idle=True) == Dispatch(8)  # never above the cap
+    # More than idle_max_pending (4) piled up within the gap: a high rate, so batching as usual.
+    assert decide(5, T0, T0, idle_policy, engine_idle=True, last_dispatch_ns=T0 - 300) == Wait(T0 + 1_000)
 
 
 @loops
@@ -473,7 +478,7 @@ def test_an_engine_going_idle_takes_the_pending_samples_before_the_deadline(loop
         clock = FakeClock()
         out: Channel[Batch] = Channel(1000)
         state = {"idle": False}
-        batcher = Batcher(BatchPolicy(8, 1_000, dispatch_when_idle=True), out, clock=clock,
+        batcher = Batcher(BatchPolicy(8, 1_000, idle_gap_ns=100), out, clock=clock,
                           sleep_until=clock.sleep_until, engine_idle=lambda: state["idle"])
         task = asyncio.create_task(batcher.run())
         batcher.submit([1, 2], [1, 2])
@@ -483,7 +488,10 @@ def test_an_engine_going_idle_takes_the_pending_samples_before_the_deadline(loop
         batcher.engine_went_idle()
         await settle()
         assert sizes(ready(out)) == [2] and clock.now == T0  # the clock never moved
-        batcher.submit([3], [3])  # still idle: at once
+        batcher.submit([3], [3])  # still idle, but a batch just left: it waits for the gap, not the delay
+        await settle()
+        assert ready(out) == []
+        clock.advance(100)
         await settle()
         assert sizes(ready(out)) == [1]
         batcher.close()

@@ -160,7 +160,7 @@ def test_an_idle_engine_gets_a_lone_sample_without_the_queue_delay(loop_kind: st
     async def body() -> None:
         engine = NullEngine(max_batch_size=8)
         # An hour of queue delay: only the idle-engine rule can dispatch this sample before close().
-        pipeline = Pipeline(execution_for(engine, _arena(), 8), BatchPolicy(8, 3600 * 10**9, dispatch_when_idle=True),
+        pipeline = Pipeline(execution_for(engine, _arena(), 8), BatchPolicy(8, 3600 * 10**9, idle_gap_ns=0),
                             complete)
         task = asyncio.create_task(pipeline.run())
         pipeline.submit([7], [7])

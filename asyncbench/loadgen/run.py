@@ -165,7 +165,7 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         detail=logs.detail, failure=failure, histogram=histogram, stage_seconds=vars(pipeline.times),
         policy={"max_batch_size": policy.max_batch_size, "max_queue_delay_us": policy.max_queue_delay_ns // 1000,
                 "preferred_batch_sizes": list(policy.preferred_batch_sizes), "slots": execution.slots,
-                "dispatch_when_idle": policy.dispatch_when_idle},
+                "idle_gap_us": None if policy.idle_gap_ns is None else policy.idle_gap_ns / 1000},
         counts={"issued": counts.issued, "completed": counts.completed, "failed": counts.failed},
         latency_histogram=pipeline.latency.to_json(), accuracy=accuracy, log_dir=log_dir)
     write_result(log_dir, record)

@@ -189,7 +189,7 @@ class Pipeline:
             self.times.complete += time.perf_counter() - t0
 
     def _engine_idle(self) -> bool:
-        """Nothing executing and nothing waiting for a slot (BatchPolicy.dispatch_when_idle)."""
+        """Nothing executing and nothing waiting for a slot (BatchPolicy.idle_gap_ns)."""
         return self.batcher.dispatched == self._executed
 
     def _executed_one(self) -> None:

@@ -99,10 +99,13 @@ def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int) -> tupl
         depth = max(2, caps.slots_per_device)
         policy, note = server_policy(engine.latency, caps.max_batch_size, target_latency_ns,
                                      batching.max_batch_size, batching.max_queue_delay_us, depth)
+        idle_gap_ns = None
         if batching.idle_dispatch:
-            note += "; an idle engine takes what is pending at once"
+            # At most one batch per batch-1 latency (and per fifth of the delay) goes to an idle engine at once.
+            idle_gap_ns = max(round((engine.latency(1) or 0.0) * 1e9), policy.max_queue_delay_ns // 5)
+            note += f"; an idle engine takes what is pending at once, {idle_gap_ns / 1000:g} us after the last batch"
         return BatchPolicy(policy.max_batch_size, policy.max_queue_delay_ns, batching.preferred_batch_sizes,
-                           batching.idle_dispatch), note
+                           idle_gap_ns), note
     preset = cfg.preset
     max_batch = min(batching.max_batch_size or preset.max_batch_size or caps.max_batch_size, caps.max_batch_size)
     delay_us = batching.max_queue_delay_us if batching.max_queue_delay_us is not None else (
