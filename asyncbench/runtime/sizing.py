@@ -101,8 +101,8 @@ def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int) -> tupl
                                      batching.max_batch_size, batching.max_queue_delay_us, depth)
         idle_gap_ns = None
         if batching.idle_dispatch:
-            # At most one batch per batch-1 latency (and per fifth of the delay) goes to an idle engine at once.
-            idle_gap_ns = max(round((engine.latency(1) or 0.0) * 1e9), policy.max_queue_delay_ns // 5)
+            # At most one batch per fifth of the queue delay goes to an idle engine at once.
+            idle_gap_ns = policy.max_queue_delay_ns // 5
             note += f"; an idle engine takes what is pending at once, {idle_gap_ns / 1000:g} us after the last batch"
         return BatchPolicy(policy.max_batch_size, policy.max_queue_delay_ns, batching.preferred_batch_sizes,
                            idle_gap_ns), note
