@@ -38,8 +38,13 @@ class BuildPaths:
 
     @property
     def int8_model(self) -> Path:
-        """The calibrated INT8 QDQ network with the same contract as fp32_nhw4_model."""
+        """The calibrated INT8 QDQ network with the same contract as fp32_nhw4_model (built for this CPU)."""
         return self.models / "mobilenet_int8_nhw4.onnx"
+
+    @property
+    def int8_signed_model(self) -> Path:
+        """The INT8 QDQ network with symmetric signed activations and 8-bit weights: TensorRT's input."""
+        return self.models / "mobilenet_int8_nhw4_signed.onnx"
 
     @property
     def calibration_cache(self) -> Path:

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from test_profiles_wrap import tiny_classifier
 
 from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset
-from asyncbench.model.calibrate import calibrate
+from asyncbench.model.calibrate import calibrate, ensure_signed_int8_model
 from asyncbench.model.profiles import MOBILENET_V1, PROFILES, SYM_NO_BN, ModelProfile
 from asyncbench.model.trt_onnx import tensorrt_form
 from asyncbench.model.wrap import ENGINE_INPUT, ENGINE_OUTPUT, wrap_for_engine
@@ -73,7 +73,7 @@ def _first_layer_reads_int8_input(model: onnx.ModelProto, scale: float, layer: s
 
 
 def test_real_int8_model_same_top1(calibrated: BuildPaths) -> None:
-    model = onnx.load(str(calibrated.int8_model))
+    model = onnx.load(str(ensure_signed_int8_model(calibrated, log=lambda _: None)))
     before = model.SerializeToString()
     trt = tensorrt_form(model)
     assert model.SerializeToString() == before, "the input model must not be modified"
@@ -92,7 +92,7 @@ def test_nchw_profile_int8_model_same_top1(calibrated: BuildPaths, tmp_build: Bu
     onnx.save(tiny_sym_no_bn_model(seed=3), tmp_build.sym_no_bn_model)
     cache = calibrate(tmp_build, resolve_dataset(tmp_build), method="minmax", log=lambda _: None)
     assert cache.profile == SYM_NO_BN.name
-    model = onnx.load(str(tmp_build.int8_model))
+    model = onnx.load(str(ensure_signed_int8_model(tmp_build, log=lambda _: None)))
     trt = tensorrt_form(model)
     _assert_trt_form(trt)
     _first_layer_reads_int8_input(trt, SYM_NO_BN.input_scale, "Conv")

@@ -118,8 +118,10 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
         backends = list(torch_backends)
     else:
         from asyncbench.engines.tensorrt_engine import TensorRTBackend
+        from asyncbench.model.calibrate import ensure_signed_int8_model
 
-        backends = [TensorRTBackend(int8, device, buckets, paths.engine_cache) for device in devices]
+        signed = ensure_signed_int8_model(paths)  # TensorRT takes symmetric signed int8 only
+        backends = [TensorRTBackend(signed, device, buckets, paths.engine_cache) for device in devices]
     from asyncbench.engines.gpu import GpuEngine
 
     return GpuEngine(backends, slots, start_from_device=cfg.gpu.start_from_device, notifier=cfg.gpu.completion)

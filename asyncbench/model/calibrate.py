@@ -44,6 +44,7 @@ _LAYOUT_OPS = {"Identity", "Transpose", "Reshape", "Flatten"}
 SOURCE_KEY = "asyncbench.source_sha256"
 CACHE_KEY = "asyncbench.calibration_cache_sha256"
 WEIGHT_BITS_KEY = "asyncbench.weight_bits"
+ACTIVATIONS_KEY = "asyncbench.activations"
 RECIPE_KEY = "asyncbench.recipe"
 RECIPE = "3"  # bump when wrap_for_engine or quantize change what they build, so old models are rebuilt
 Log = Callable[[str], None]
@@ -337,14 +338,19 @@ def _activation_ranges(model: onnx.ModelProto, scales: dict[str, float], unsigne
     return ranges
 
 
-def quantize(fp32: onnx.ModelProto, cache: CalibrationCache, weight_bits: int) -> onnx.ModelProto:
-    """The QDQ INT8 model for `fp32` (an engine-contract model) from the cache's scales and means."""
+def quantize(fp32: onnx.ModelProto, cache: CalibrationCache, weight_bits: int,
+             unsigned: bool | None = None) -> onnx.ModelProto:
+    """The QDQ INT8 model for `fp32` (an engine-contract model) from the cache's scales and means.
+
+    ``unsigned``: uint8 activations (see ``_activation_ranges``); default with 8-bit weights. TensorRT
+    takes only symmetric signed int8, so its model is built with ``unsigned=False``.
+    """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    unsigned = weight_bits == 8  # uint8 activations with ReLU6 folded in: see _activation_ranges
+    unsigned = weight_bits == 8 if unsigned is None else unsigned
     corrected = onnx.ModelProto.FromString(fp32.SerializeToString())
     # onnxruntime's 7-bit ("reduce_range") symmetric int8 weights span [-64, 64].
     _bias_correct(corrected, cache.means, qmax=127 if weight_bits == 8 else 64)
@@ -384,15 +390,34 @@ def ensure_engine_models(paths: BuildPaths, weight_bits: int | None = None, log:
         raise UserError(f"{paths.calibration_cache} was made for another model (sha256 {cache.source_sha256[:12]}..., "
                         f"{src} is {source_sha[:12]}...): run `make calibrate` for the new weights")
     bits = weight_bits or default_weight_bits()
-    want = {**fp32_meta, CACHE_KEY: sha256_file(paths.calibration_cache), WEIGHT_BITS_KEY: str(bits)}
-    meta = _metadata(paths.int8_model)
-    if any(meta.get(k) != v for k, v in want.items()):
-        int8 = quantize(fp32, cache, bits)
-        _set_metadata(int8, want)
-        paths.int8_model.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(paths.int8_model, lambda p: onnx.save(int8, p))
-        activations = "uint8 per-tensor activations with ReLU6 folded into the quantization" if bits == 8 else \
-            "int8 per-tensor activations"
-        log(f"calibrate: built {paths.int8_model} from {paths.calibration_cache} ({bits}-bit per-channel weights "
-            f"for this CPU, {activations}, bias-corrected)")
+    _ensure_int8(paths.int8_model, fp32, fp32_meta, cache, paths, bits, None, "for this CPU", log)
     return paths.fp32_nhw4_model, paths.int8_model
+
+
+def ensure_signed_int8_model(paths: BuildPaths, log: Log = print) -> Path:
+    """The INT8 model TensorRT reads (8-bit weights, symmetric signed activations), rebuilt when stale."""
+    fp32_path, _ = ensure_engine_models(paths, log=log)
+    fp32 = onnx.load(str(fp32_path))
+    fp32_meta = {k: v for k, v in _metadata(fp32_path).items() if k in (SOURCE_KEY, RECIPE_KEY)}
+    cache = CalibrationCache.load(paths.calibration_cache)
+    _ensure_int8(paths.int8_signed_model, fp32, fp32_meta, cache, paths, 8, False, "for TensorRT", log)
+    return paths.int8_signed_model
+
+
+def _ensure_int8(path: Path, fp32: onnx.ModelProto, fp32_meta: dict[str, str], cache: CalibrationCache,
+                 paths: BuildPaths, bits: int, unsigned: bool | None, purpose: str, log: Log) -> None:
+    """Write the INT8 model to ``path`` unless one built from the same inputs and recipe is there."""
+    unsigned = bits == 8 if unsigned is None else unsigned
+    want = {**fp32_meta, CACHE_KEY: sha256_file(paths.calibration_cache), WEIGHT_BITS_KEY: str(bits),
+            ACTIVATIONS_KEY: "uint8" if unsigned else "int8"}
+    meta = _metadata(path)
+    if all(meta.get(k) == v for k, v in want.items()):
+        return
+    int8 = quantize(fp32, cache, bits, unsigned)
+    _set_metadata(int8, want)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda p: onnx.save(int8, p))
+    activations = "uint8 per-tensor activations with ReLU6 folded into the quantization" if unsigned else \
+        "signed int8 per-tensor activations"
+    log(f"calibrate: built {path} from {paths.calibration_cache} ({bits}-bit per-channel weights {purpose}, "
+        f"{activations}, bias-corrected)")

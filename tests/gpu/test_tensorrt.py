@@ -14,6 +14,7 @@ from asyncbench.cuda.stream import Stream
 from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset
 from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
 from asyncbench.engines.tensorrt_engine import TensorRTBackend
+from asyncbench.model.calibrate import ensure_signed_int8_model
 from asyncbench.paths import BuildPaths
 
 pytest.importorskip("tensorrt")
@@ -29,7 +30,7 @@ def first_build(calibrated: BuildPaths, tmp_path_factory: pytest.TempPathFactory
     cache = tmp_path_factory.mktemp("engines")
     said: list[str] = []
     start = time.perf_counter()
-    TensorRTBackend(calibrated.int8_model, 0, BUCKETS, cache, log=said.append).close()
+    TensorRTBackend(ensure_signed_int8_model(calibrated), 0, BUCKETS, cache, log=said.append).close()
     seconds = time.perf_counter() - start
     assert any(line.startswith("tensorrt: built") for line in said), said
     return cache, seconds
@@ -42,7 +43,7 @@ def test_cached_engine_is_reused(calibrated: BuildPaths, first_build: tuple[Path
     before = (files[0].stat().st_mtime_ns, files[0].read_bytes())
     said: list[str] = []
     start = time.perf_counter()
-    backend = TensorRTBackend(calibrated.int8_model, 0, BUCKETS, cache, log=said.append)
+    backend = TensorRTBackend(ensure_signed_int8_model(calibrated), 0, BUCKETS, cache, log=said.append)
     second = time.perf_counter() - start
     try:
         assert backend.engine_path == files[0]
@@ -64,10 +65,10 @@ def test_top1_matches_onnxruntime(calibrated: BuildPaths, first_build: tuple[Pat
     dataset = resolve_dataset(calibrated)
     folder = dataset.preprocessed_dir(calibrated.preprocessed, VAL_LAYOUT)
     x = np.stack([np.load(folder / f"{e.name}.npy") for e in read_map(dataset.val_map)])[:100]
-    with OnnxRuntimeEngine(calibrated.int8_model, max_batch_size=len(x)) as cpu:
+    with OnnxRuntimeEngine(ensure_signed_int8_model(calibrated), max_batch_size=len(x)) as cpu:
         expected = cpu.infer(x)
     rows = max(BUCKETS)
-    backend = TensorRTBackend(calibrated.int8_model, 0, BUCKETS, first_build[0], log=lambda _: None)
+    backend = TensorRTBackend(ensure_signed_int8_model(calibrated), 0, BUCKETS, first_build[0], log=lambda _: None)
     stream = Stream(0)
     inputs, outputs = DeviceBuffer(rows * SAMPLE_BYTES, 0), DeviceBuffer(rows * 4, 0)
     got, want = [], []
