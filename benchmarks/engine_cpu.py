@@ -4,6 +4,7 @@ The two models are measured alternately within each round and the per-point medi
 is reported, so the INT8/fp32 ratio compares runs made side by side on the same machine state.
 
     python benchmarks/engine_cpu.py [--rounds 5] [--seconds-per-point 1.0] [--threads N]
+    python benchmarks/engine_cpu.py --sweep   # the INT8 model under each onnxruntime session setting
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,17 +85,62 @@ def time_point(engine: OnnxRuntimeEngine, batch: np.ndarray, seconds: float) -> 
             return elapsed / calls
 
 
+SWEEP: dict[str, dict[str, object]] = {
+    "default (threads: onnxruntime's, spinning, optimisation all)": {},
+    "1 intra-op thread": {"intra_op_threads": 1},
+    "2 intra-op threads": {"intra_op_threads": 2},
+    "no spinning": {"spinning": False},
+    "optimisation extended (no NCHWc layout)": {"optimization": "extended"},
+    "optimisation basic": {"optimization": "basic"},
+}
+
+
+def sweep(paths: BuildPaths, rounds: int, seconds: float) -> None:
+    """The INT8 model under each session setting: batch 1 and 32 images/s (alternating rounds) and load seconds."""
+    samples, source = load_samples(paths, 32)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, onnxruntime {ort.__version__}; input: {source}")
+    print(f"command: python {shlex.join(sys.argv)}\n")
+    engines, load_s = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cached = Path(tmp) / "int8_optimized.onnx"
+        variants = {**SWEEP, "optimised model written on first load": {"optimized_model": cached},
+                    "optimised model read from disk": {"optimized_model": cached}}
+        for name, options in variants.items():
+            start = time.perf_counter()
+            engines[name] = OnnxRuntimeEngine(paths.int8_model, max_batch_size=32, **options)  # type: ignore[arg-type]
+            load_s[name] = time.perf_counter() - start
+            engines[name].warmup([1, 32])
+        rates: dict[tuple[str, int], list[float]] = {(n, b): [] for n in engines for b in (1, 32)}
+        for round_index in range(rounds):
+            order = list(engines) if round_index % 2 == 0 else list(reversed(engines))
+            for size in (1, 32):
+                batch = np.ascontiguousarray(samples[:size])
+                for name in order:
+                    rates[name, size].append(size / time_point(engines[name], batch, seconds))
+        for engine in engines.values():
+            engine.close()
+    print("| session setting | load s | batch 1 images/s | batch 32 images/s |\n|---|---:|---:|---:|")
+    for name in engines:
+        print(f"| {name} | {load_s[name]:.2f} | {statistics.median(rates[name, 1]):.1f} | "
+              f"{statistics.median(rates[name, 32]):.1f} |")
+    print(f"\n{rounds} rounds x {seconds:g} s per point, settings alternating; median images/s.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per point (median reported)")
     parser.add_argument("--seconds-per-point", type=float, default=1.0, help="time per model/batch in each round")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: its own)")
     parser.add_argument("--build-dir", type=Path, default=Path("build"), help="build directory (default ./build)")
+    parser.add_argument("--sweep", action="store_true", help="the INT8 model under each onnxruntime session setting")
     args = parser.parse_args()
     if args.rounds < 1 or args.seconds_per_point <= 0 or (args.threads is not None and args.threads < 1):
         parser.error("--rounds and --threads must be at least 1 and --seconds-per-point positive")
 
     paths = BuildPaths(args.build_dir)
+    if args.sweep:
+        sweep(paths, args.rounds, args.seconds_per_point)
+        return 0
     models = {"fp32": paths.fp32_nhw4_model, "int8": paths.int8_model}
     for path in models.values():
         if not path.is_file():

@@ -277,3 +277,19 @@ def test_infer_releases_the_gil(tmp_path: Path) -> None:
         # Were the GIL held for each call (tens of ms), the loop would get only the gaps between
         # calls: well under 20% of its speed. Released, it measures 50-100% on a busy 2-core machine.
         assert during > 0.3 * alone, f"main loop slowed to {during / alone:.0%} while infer ran"
+
+
+def test_session_settings_keep_the_answers(tiny_model: Path, tmp_path: Path) -> None:
+    batch = _distinct_batch(8)
+    with OnnxRuntimeEngine(tiny_model, max_batch_size=8) as reference:
+        expected = reference.infer(batch)
+    optimized = tmp_path / "optimized.onnx"
+    settings = [{"spinning": False}, {"optimization": "basic"}, {"optimized_model": optimized},
+                {"optimized_model": optimized}]  # the second load reads the file the first one wrote
+    for options in settings:
+        with OnnxRuntimeEngine(tiny_model, max_batch_size=8, **options) as engine:
+            np.testing.assert_array_equal(engine.infer(batch), expected)
+        if "optimized_model" in options:
+            assert optimized.is_file()
+    with pytest.raises(ValueError, match="optimization must be one of"):
+        OnnxRuntimeEngine(tiny_model, optimization="fastest")

@@ -17,6 +17,12 @@ from asyncbench.engines.base import Capabilities, EngineError, ExecutionForm, Ho
 from asyncbench.errors import UserError
 
 _ORT_TYPES = {"float": "float32", "double": "float64", "float16": "float16"}
+OPTIMIZATION_LEVELS = {
+    "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def _describe(arg: ort.NodeArg) -> str:
@@ -42,7 +48,13 @@ class OnnxRuntimeEngine(HostEngine):
     """
 
     def __init__(self, model_path: Path, max_batch_size: int = 32, intra_op_threads: int | None = None,
-                 slots: int = 2) -> None:
+                 slots: int = 2, *, spinning: bool = True, optimization: str = "all",
+                 optimized_model: Path | None = None) -> None:
+        """``spinning``: intra-op threads spin while waiting for work (onnxruntime's default) or sleep.
+        ``optimization``: the graph optimisation level (none, basic, extended, all).
+        ``optimized_model``: where onnxruntime writes the optimised graph; when it is already there it is
+        loaded instead, with no optimisation pass (it is specific to this machine's CPU and onnxruntime).
+        """
         super().__init__()
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -54,13 +66,23 @@ class OnnxRuntimeEngine(HostEngine):
                 f"model {model_path} does not exist: run `python -m asyncbench calibrate` "
                 "(or `python -m asyncbench prepare`) to build it"
             )
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}")
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        load_path = model_path
+        if optimized_model is not None:
+            if optimized_model.is_file():
+                load_path = optimized_model
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            else:
+                options.optimized_model_filepath = str(optimized_model)
         if intra_op_threads is not None:
             options.intra_op_num_threads = intra_op_threads
         try:
-            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(load_path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ONNX Runtime's load errors share no public base class
             raise UserError(f"cannot load model {model_path}: {_first_line(e)}") from e
 
