@@ -5,8 +5,9 @@ logged in its own folder under ``build/tune/<timestamp>_<scenario>/trials/``.
 
 - Server: the target QPS doubles until a trial is INVALID, then bisects until the VALID and the
   INVALID rates are within ``--precision`` (2%) of each other. p99 varies from run to run, so the
-  rate reported must be VALID in ``--repeats`` (3) trials; a repeat that fails makes it the new
-  upper bound and the search goes on below it. With ``--grid``, every batch cap x queue delay
+  INVALID bound is run once more before it is trusted (VALID then: the search goes on above it),
+  and the rate reported must be VALID in ``--repeats`` (3) trials; a repeat that fails makes it the
+  new upper bound and the search goes on below it. With ``--grid``, every batch cap x queue delay
   runs at that rate, the setting with the lowest p99 wins, and a second search with it starts
   from that rate; the better of the two confirmed rates is kept.
 - MultiStream: every setting of the grid (default: batch caps 8, 4, 2, 1) runs once; the lowest
@@ -123,11 +124,14 @@ class ServerSearch:
         ``lo`` is a rate already known VALID with this setting (the search then only goes up).
         """
         hi: float | None = None
+        rechecked: set[float] = set()
         qps = start
         while True:
             trial = self._trial(phase, dataclasses.replace(base, target_qps=qps))
             if trial.valid:
                 lo = max(lo, qps)
+                if hi is not None and qps >= hi:  # the bound was a run that happened to miss: it goes
+                    hi = None
             else:
                 hi = qps if hi is None else min(hi, qps)
             if hi is None:
@@ -140,6 +144,10 @@ class ServerSearch:
                 continue
             if hi - lo > self.precision * lo:
                 qps = round((lo + hi) / 2, 1)
+                continue
+            if hi not in rechecked:  # one INVALID run bounds the search: run it once more before trusting it
+                rechecked.add(hi)
+                qps = hi
                 continue
             confirmed = self._confirm(base, lo, phase)
             if confirmed:
