@@ -37,7 +37,8 @@ from asyncbench.data.dataset import Dataset
 from asyncbench.engines.base import Engine
 from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import write_bytes_atomic
-from asyncbench.loadgen.result import cpu_model, gpus
+from asyncbench.host import cpu_model
+from asyncbench.loadgen.result import gpus
 from asyncbench.loadgen.run import run_scenario
 from asyncbench.runtime.sizing import engine_peak_qps
 

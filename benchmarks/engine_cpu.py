@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -28,20 +27,10 @@ from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.data.dataset import VAL_LAYOUT, resolve_dataset
 from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
 from asyncbench.errors import UserError
+from asyncbench.host import cpu_model
 from asyncbench.paths import BuildPaths
 
 BATCH_SIZES = (1, 8, 32)
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (falls back to the platform string)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def busy_cpu_seconds() -> float | None:

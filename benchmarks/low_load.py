@@ -20,6 +20,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout, no install
+
+from asyncbench.host import cpu_model  # noqa: E402
+
 VARIANTS = {"idle dispatch (default)": (), "--no-idle-dispatch": ("--no-idle-dispatch",)}
 
 
@@ -43,9 +47,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--engine", default="null")
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"command: python benchmarks/low_load.py {' '.join(sys.argv[1:])}\n")
     print("| run | setting | result | p50 ms | p99 ms |\n|---|---|---|---|---|")
     results: dict[str, list[tuple[str, float, float]]] = {name: [] for name in VARIANTS}

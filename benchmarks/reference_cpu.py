@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -24,6 +23,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout, no install
+
+from asyncbench.host import cpu_flags, cpu_model  # noqa: E402
+
 REFERENCE_OFFLINE_QPS = 200  # the reference's expected QPS: above what it reaches, so its query lasts the duration
 
 
@@ -81,12 +84,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    vector = " ".join(sorted(f for f in flags if f.startswith(("avx", "amx"))))
-    print(f"machine: {cpu}, {os.cpu_count()} cores, {vector}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, {' '.join(cpu_flags())}")
     print(f"command: python benchmarks/reference_cpu.py {' '.join(sys.argv[1:])}\n")
     print("| run | harness | result | samples/s | p99 ms |\n|---|---|---|---|---|")
     results: dict[str, list[tuple[str, float | None, float | None]]] = {"asyncbench": [], "reference": []}

@@ -24,6 +24,7 @@ from typing import Any
 import asyncbench
 from asyncbench.config import RunConfig
 from asyncbench.fileio import write_bytes_atomic
+from asyncbench.host import cpu_flags, cpu_model
 from asyncbench.loadgen.accuracy import AccuracyResult
 from asyncbench.loadgen.logs import RunSummary
 from asyncbench.paths import REPO_ROOT
@@ -83,28 +84,6 @@ def git_commit() -> dict[str, object] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": head, "dirty": bool(dirty)}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The vector-ISA flags that decide CPU engine speed (AVX2, AVX-512 VNNI, AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return sorted(f for f in flags if f.startswith(("avx", "amx")))
 
 
 def gpus() -> list[str] | None:

@@ -33,6 +33,7 @@ from asyncbench.checksum import sha256_file
 from asyncbench.data.dataset import CAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import write_atomic
+from asyncbench.host import cpu_flags
 from asyncbench.model.profiles import ModelProfile, detect_profile, load_onnx, source_model_path
 from asyncbench.model.wrap import ENGINE_INPUT, wrap_for_engine
 from asyncbench.paths import BuildPaths
@@ -270,10 +271,7 @@ def default_weight_bits() -> int:
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return 8
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 7
+    flags = cpu_flags()
     return 8 if ("avx512_vnni" in flags or "avx_vnni" in flags) else 7
 
 
