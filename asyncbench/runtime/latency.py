@@ -48,22 +48,6 @@ class LatencyHistogram:
                 stop = min(hi, EDGES_NS[k]) if k < len(EDGES_NS) else hi
                 self.counts[k] += (stop - start) * per_ns
 
-    def percentile(self, q: float) -> float | None:
-        """Latency in ns below which ``q`` percent of the samples fall (interpolated in the log bin)."""
-        total = sum(self.counts)
-        if total <= 0:
-            return None
-        target = total * q / 100
-        seen = 0.0
-        for k, count in enumerate(self.counts):
-            if count and seen + count >= target:
-                if k == 0 or k == len(EDGES_NS):
-                    return float(EDGES_NS[min(k, len(EDGES_NS) - 1)])
-                low, high = EDGES_NS[k - 1], EDGES_NS[k]
-                return low * (high / low) ** ((target - seen) / count)
-            seen += count
-        return float(EDGES_NS[-1])
-
     def to_json(self) -> dict[str, object]:
         """The non-empty bins as [low edge ns, high edge ns, samples], for result.json and plots."""
         bins = []
