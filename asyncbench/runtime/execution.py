@@ -67,29 +67,35 @@ class _Buffers:
         self._free.append(buffer)
 
 
-def _gather(arena: SampleArena, engine: Engine, indices: Sequence[int], buffer: np.ndarray) -> np.ndarray:
-    """The batch's samples in ``buffer`` (left as is for an engine that never reads pixels)."""
-    if engine.capabilities.reads_input:
-        return arena.gather(indices, out=buffer)
-    return buffer[: len(indices)]
-
-
-class ThreadExecution:
-    """BLOCKING form: gather and ``infer`` on one of ``slots`` worker threads."""
+class _HostExecution:
+    """What the two host-batch forms share: a buffer per slot, and a timed gather into it."""
 
     def __init__(self, engine: Engine, arena: SampleArena, max_batch_size: int) -> None:
         self.engine, self.arena = engine, arena
         self.times = StageTimes()
         self.slots = engine.capabilities.slots
         self._buffers = _Buffers(max_batch_size)
+
+    def _gather(self, indices: Sequence[int], buffer: np.ndarray) -> np.ndarray:
+        """The batch's samples in ``buffer`` (left as is for an engine that never reads pixels)."""
+        t0 = time.perf_counter()
+        data = self.arena.gather(indices, out=buffer) if self.engine.capabilities.reads_input \
+            else buffer[: len(indices)]
+        self.times.gather += time.perf_counter() - t0
+        return data
+
+
+class ThreadExecution(_HostExecution):
+    """BLOCKING form: gather and ``infer`` on one of ``slots`` worker threads."""
+
+    def __init__(self, engine: Engine, arena: SampleArena, max_batch_size: int) -> None:
+        super().__init__(engine, arena, max_batch_size)
         self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="engine")
 
     def _work(self, indices: Sequence[int], buffer: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        data = _gather(self.arena, self.engine, indices, buffer)
+        data = self._gather(indices, buffer)
         t1 = time.perf_counter()
         top1 = self.engine.infer(data)
-        self.times.gather += t1 - t0
         self.times.execute += time.perf_counter() - t1
         return top1
 
@@ -103,22 +109,19 @@ class ThreadExecution:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-class LoopExecution:
+class LoopExecution(_HostExecution):
     """LOOP form: gather on the loop, then await ``infer_async``."""
 
+    engine: LoopEngine
+
     def __init__(self, engine: LoopEngine, arena: SampleArena, max_batch_size: int) -> None:
-        self.engine, self.arena = engine, arena
-        self.times = StageTimes()
-        self.slots = engine.capabilities.slots
-        self._buffers = _Buffers(max_batch_size)
+        super().__init__(engine, arena, max_batch_size)
 
     async def run(self, indices: Sequence[int]) -> np.ndarray:
         buffer = self._buffers.take()
         try:
-            t0 = time.perf_counter()
-            data = _gather(self.arena, self.engine, indices, buffer)
+            data = self._gather(indices, buffer)
             t1 = time.perf_counter()
-            self.times.gather += t1 - t0
             top1 = await self.engine.infer_async(data)
             self.times.execute += time.perf_counter() - t1
             return top1
