@@ -85,3 +85,20 @@ def test_nothing_is_imported_without_the_flags(calibrated, tmp_path: Path) -> No
             "print('nvtx' in sys.modules, rc)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert done.stdout.strip().endswith("False 0"), done.stdout + done.stderr
+
+
+def test_a_failed_batch_closes_its_range() -> None:
+    ranges = CountingRanges()
+    engine = NullEngine(max_batch_size=8, fail_after_batches=1)
+    arena = SampleArena(Path("/nonexistent"), [f"s{i}" for i in range(64)])
+    pipeline = Pipeline(execution_for(engine, arena, 8), BatchPolicy(8, 0), lambda ids, top1: None,
+                        nvtx=ranges)  # type: ignore[arg-type]
+
+    async def body() -> None:
+        task = asyncio.create_task(pipeline.run())
+        pipeline.submit(list(range(24)), [i % 64 for i in range(24)])
+        pipeline.close()
+        await task
+
+    asyncio.run(body())
+    assert pipeline.failure is not None and ranges.started >= 2 and not ranges.open

@@ -147,16 +147,12 @@ class Pipeline:
                 continue
             self._running += 1
             work.in_flight, work.started = self._running, self._clock()
+            nvtx_range = None
             if self._nvtx is not None:
                 self._nvtx.mark(f"batch {batch.seq} ({len(batch.ids)}) to slot {slot}")
                 nvtx_range = self._nvtx.start(f"execute batch {batch.seq} ({len(batch.ids)})")
             try:
                 work.data = await asyncio.wait_for(self._execution.run(batch.indices), self.timeout_s)
-                if self._nvtx is not None:
-                    self._nvtx.end(nvtx_range)
-                work.executed = self._clock()
-                self._running -= 1
-                self._executed_one()
             except TimeoutError as e:
                 self._fail(work, RunFailure.caused_by(
                     f"engine stalled: no result for a batch of {len(batch.ids)} within {self.timeout_s:g} s", e))
@@ -164,6 +160,12 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - any engine error fails the run, with its traceback kept
                 self._fail(work, RunFailure.caused_by(f"engine failed: {type(e).__name__}: {e}", e))
                 continue
+            finally:  # a failed batch's range and count end too
+                self._running -= 1
+                if self._nvtx is not None:
+                    self._nvtx.end(nvtx_range)
+            work.executed = self._clock()
+            self._executed_one()
             await self._done.send(work)
 
     async def _completer(self) -> None:
