@@ -126,6 +126,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-idle-dispatch", dest="idle_dispatch", action="store_false",
                    help="Server: wait out the queue delay even when the engine is idle (default: an idle engine "
                         "takes what is pending at once)")
+    p.add_argument("--no-inline", dest="inline", action="store_false",
+                   help="SingleStream/MultiStream on a GPU: send queries through the event loop like the other "
+                        "scenarios (default: run each on LoadGen's issue thread and complete it there)")
     p.add_argument("--min-duration", type=positive_float, help="seconds (default: a quick 10 s run)")
     p.add_argument("--min-query-count", type=positive_int)
     p.add_argument("--performance-sample-count", type=positive_int)
@@ -140,6 +143,9 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the QSL samples on each GPU instead of copying every batch from pinned host memory")
     p.add_argument("--completion", type=_choice(Completion, "completion"), default=Completion.THREAD,
                    help="how a finished GPU batch reaches the loop: thread (event synchronize, default) or hostfunc")
+    p.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
+                   help="GPU engines: replay one CUDA graph per batch (on, default), or launch every kernel "
+                        "(off: slower, but Nsight Compute and Nsight Systems see each kernel)")
     p.add_argument("--torch-compile", type=_choice(TorchCompile, "torch.compile mode"),
                    default=TorchCompile.DEFAULT,
                    help="torch engine: torch.compile mode, or none (eager + CUDA graphs, quick start)")
@@ -242,10 +248,11 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
         submission_length=args.submission_length, memory_mb=args.loadgen_memory_mb, strict=args.strict)
     batching = BatchingConfig(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
                               preferred_batch_sizes=args.preferred_batch_sizes, inflight=args.inflight,
-                              idle_dispatch=args.idle_dispatch)
+                              idle_dispatch=args.idle_dispatch, inline=args.inline)
     engine = EngineConfig(kind=args.engine, precision=args.precision, threads=args.threads,
                           timeout_s=args.engine_timeout, null_spec=args.null_spec, torch_compile=args.torch_compile)
-    gpu = GpuConfig(count=args.gpus, start_from_device=args.start_from_device, completion=args.completion)
+    gpu = GpuConfig(count=args.gpus, start_from_device=args.start_from_device, completion=args.completion,
+                    cuda_graphs=args.cuda_graphs == "on")
     process = ProcessConfig(loop=args.loop, gil_switch_us=args.gil_switch_us)
     return [RunConfig(scenario, loadgen, batching, engine, gpu, process) for scenario in args.scenarios]
 

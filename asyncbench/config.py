@@ -137,6 +137,7 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     inflight: int | None = None  # batches in flight: CPU engines 2, GPU engines 3 per device
     idle_dispatch: bool = True  # Server: an idle engine takes what is pending at once (BatchPolicy.idle_gap_ns)
+    inline: bool = True  # SingleStream/MultiStream on a GPU: run each query on LoadGen's thread (Pipeline.run_inline)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class GpuConfig:
     count: int | None = None  # use the first N visible GPUs (default: all of them)
     start_from_device: bool = False  # mirror the QSL arena to each GPU (no host-to-device copy per batch)
     completion: Completion = Completion.THREAD
+    cuda_graphs: bool = True  # False: every batch launches its kernels one by one (kernel-level profiles)
 
 
 @dataclass(frozen=True)

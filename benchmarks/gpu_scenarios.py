@@ -1,18 +1,22 @@
 """All four LoadGen scenarios on the GPU against the engine-only roofline, in one process.
 
 Rerun: python benchmarks/gpu_scenarios.py [--engine torch] [--duration 10] [--gpus 1]
+       [--repeats 3] [--server-variants idle,no-idle] [--timeline-qps 20000 --timeline FILE.json]
 
 One engine is built (compiled, graphs captured) once. First its engine-only images/s per batch
 size (benchmarks/engine_roofline.py's method), then, through LoadGen and the full runtime:
 Offline samples/s; the highest VALID Server QPS (p99 <= 10 ms), searched downward from the
-engine-only peak in steps; MultiStream p99 and SingleStream p90 beside the engine-only batch-8
-and batch-1 times. Ratios are to the engine-only peak measured here, in the same process.
+engine-only peak in steps, for each Server variant (idle dispatch on and off); MultiStream p99
+and SingleStream p90 beside the engine-only batch-8 and batch-1 times and the idle round trip
+(copy-in to top-1 back), each run inline and through the loop, alternating, ``--repeats`` times.
+Ratios are to the engine-only peak measured here, in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +55,12 @@ def main() -> None:
     p.add_argument("--scenarios", default="Offline,Server,MultiStream,SingleStream")
     p.add_argument("--server-steps", default="0.97,0.94,0.91,0.88,0.85,0.80,0.75,0.70",
                    help="fractions of the engine-only peak tried in order until one is VALID")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="MultiStream/SingleStream runs per path (inline, through the loop), alternating")
+    p.add_argument("--server-variants", default="idle",
+                   help="comma list of Server searches: idle (idle dispatch, the default) and/or no-idle")
+    p.add_argument("--timeline-qps", type=float, help="also run Server at this QPS with a timeline")
+    p.add_argument("--timeline", type=Path, default=Path(tempfile.gettempdir()) / "gpu_server_timeline.json")
     p.add_argument("--build-dir", default=str(ROOT / "build"))
     p.add_argument("--log-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="gpu_scenarios_")))
     p.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "gpu_scenarios.json")
@@ -72,14 +82,31 @@ def main() -> None:
         print("engine-only images/s: " + ", ".join(f"bs {b}: {r:,.0f}" for b, r in rates.items()), flush=True)
         lines.append(f"engine-only peak: {peak:,.0f} images/s (batch {peak_batch}, x{args.gpus} GPU)")
 
-        def run(scenario: Scenario, target_qps: float | None = None, max_batch: int | None = None) -> RunSummary:
+        def run(scenario: Scenario, target_qps: float | None = None, max_batch: int | None = None,
+                inline: bool = True, idle_dispatch: bool = True, timeline: Path | None = None) -> RunSummary:
             """One LoadGen test; the batch cap is the preset's (from measured latencies) unless given."""
             cfg = RunConfig(scenario, LoadGenConfig(min_duration_s=args.duration, target_qps=target_qps),
-                            BatchingConfig(max_batch_size=max_batch), engine_cfg, gpu_cfg)
+                            BatchingConfig(max_batch_size=max_batch, inline=inline, idle_dispatch=idle_dispatch),
+                            engine_cfg, gpu_cfg)
             log_dir = new_log_dir(args.log_dir, cfg.scenario)
-            result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir, print)
+            result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir, print, timeline_path=timeline)
             assert result.summary is not None, f"LoadGen wrote no summary in {log_dir}"
             return result.summary
+
+        def latency_bound(scenario: Scenario, key: str, batch: int) -> None:
+            """Inline and through the loop, alternating; medians beside the engine-only time and the round trip."""
+            found: dict[str, list[float]] = {"inline": [], "loop": []}
+            for _ in range(args.repeats):
+                for path in ("loop", "inline"):
+                    s = run(scenario, inline=path == "inline")
+                    found[path].append(s.latency_ns.get(key, 0) / 1e6)
+                    print(f"{scenario} {path}: {key} {found[path][-1]:.3f} ms ({s.result})", flush=True)
+            round_trip = (engine.latency(batch) or 0.0) * 1e3
+            out[str(scenario).lower()] = {f"{key}_ms": found, "round_trip_ms": round_trip,
+                                          "engine_only_ms": batch / rates[batch] * 1e3}
+            lines.append(f"{scenario}: {key} inline {statistics.median(found['inline']):.3f} ms, through the loop "
+                         f"{statistics.median(found['loop']):.3f} ms (medians of {args.repeats}); engine-only batch "
+                         f"{batch} {batch / rates[batch] * 1e3:.3f} ms, copy-in to top-1 back {round_trip:.3f} ms")
 
         for scenario in args.scenarios.split(","):
             if scenario == "Offline":
@@ -88,31 +115,30 @@ def main() -> None:
                 lines.append(f"Offline: {s.metric_value:,.0f} samples/s = {s.metric_value / peak:.3f} of peak "
                              f"({s.result})")
             elif scenario == "Server":
-                trials = []
-                for frac in (float(f) for f in args.server_steps.split(",")):
-                    # The batcher's delay and batch come from the p99 target and measured latencies (preset).
-                    s = run(Scenario.SERVER, target_qps=round(frac * peak))
-                    p99 = s.latency_ns.get("p99", 0) / 1e6
-                    trials.append({"qps": round(frac * peak), "result": s.result, "p99_ms": p99})
-                    print(f"Server trial {round(frac * peak)} QPS: {s.result}, p99 {p99:.2f} ms", flush=True)
-                    if s.result == "VALID":
-                        break
-                out["server"] = trials
-                best = next((t for t in trials if t["result"] == "VALID"), None)
-                lines.append("Server: " + (f"{best['qps']:,} QPS VALID (p99 {best['p99_ms']:.2f} ms) = "
-                                           f"{best['qps'] / peak:.3f} of peak" if best else "no VALID trial"))
+                for variant in args.server_variants.split(","):
+                    trials = []
+                    for frac in (float(f) for f in args.server_steps.split(",")):
+                        # The batcher's delay and batch come from the p99 target and measured latencies (preset).
+                        s = run(Scenario.SERVER, target_qps=round(frac * peak), idle_dispatch=variant == "idle")
+                        p99 = s.latency_ns.get("p99", 0) / 1e6
+                        trials.append({"qps": round(frac * peak), "result": s.result, "p99_ms": p99})
+                        print(f"Server ({variant}) trial {round(frac * peak)} QPS: {s.result}, p99 {p99:.2f} ms",
+                              flush=True)
+                        if s.result == "VALID":
+                            break
+                    out[f"server_{variant}"] = trials
+                    best = next((t for t in trials if t["result"] == "VALID"), None)
+                    lines.append(f"Server ({variant}): " + (
+                        f"{best['qps']:,} QPS VALID (p99 {best['p99_ms']:.2f} ms) = {best['qps'] / peak:.3f} of peak"
+                        if best else "no VALID trial"))
             elif scenario == "MultiStream":
-                s = run(Scenario.MULTI_STREAM)
-                p99 = s.latency_ns.get("p99", 0) / 1e6
-                out["multistream"] = {"p99_ms": p99, "result": s.result}
-                lines.append(f"MultiStream: p99 {p99:.3f} ms ({s.result}); engine-only batch 8 "
-                             f"{8 / rates[8] * 1e3:.3f} ms, copy-in to top-1 back {engine.latency(8) * 1e3:.3f} ms")
+                latency_bound(Scenario.MULTI_STREAM, "p99", 8)
             elif scenario == "SingleStream":
-                s = run(Scenario.SINGLE_STREAM)
-                p90 = s.latency_ns.get("p90", 0) / 1e6
-                out["singlestream"] = {"p90_ms": p90, "result": s.result}
-                lines.append(f"SingleStream: p90 {p90:.3f} ms ({s.result}); engine-only batch 1 "
-                             f"{1 / rates[1] * 1e3:.3f} ms, copy-in to top-1 back {engine.latency(1) * 1e3:.3f} ms")
+                latency_bound(Scenario.SINGLE_STREAM, "p90", 1)
+        if args.timeline_qps:
+            s = run(Scenario.SERVER, target_qps=args.timeline_qps, timeline=args.timeline)
+            lines.append(f"Server at {args.timeline_qps:,.0f} QPS with --timeline: {s.result}, p99 "
+                         f"{s.latency_ns.get('p99', 0) / 1e6:.2f} ms; timeline {args.timeline}")
     finally:
         engine.close()
     print(f"\n== {device_name(0)} x{args.gpus}, {engine.name}, {args.duration:g} s runs")

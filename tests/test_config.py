@@ -37,9 +37,13 @@ def test_the_cli_builds_one_nested_config_per_scenario() -> None:
     assert server.engine.kind is EngineKind.NULL and server.batching.max_batch_size == 16
     assert server.loadgen.target_qps == 500 and server.gpu.completion is Completion.HOSTFUNC
     assert server.process.loop is Loop.ASYNCIO and server.loadgen == offline.loadgen
+    assert server.gpu.cuda_graphs and server.batching.inline and server.batching.idle_dispatch  # the defaults
+    off = run_configs(build_parser().parse_args(["run", "--cuda-graphs", "off", "--no-inline",
+                                                 "--no-idle-dispatch"]))[0]
+    assert not (off.gpu.cuda_graphs or off.batching.inline or off.batching.idle_dispatch)
 
 
-@pytest.mark.parametrize("flag", ["--completion", "--engine", "--loop", "--precision", "--test-mode"])
+@pytest.mark.parametrize("flag", ["--completion", "--engine", "--loop", "--precision", "--test-mode", "--cuda-graphs"])
 def test_an_unknown_choice_is_one_line_and_exit_2(flag: str) -> None:
     done = run_cli(flag, "bogus")
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -14,6 +14,7 @@ import pytest
 from conftest import run_cli
 
 from asyncbench.data.qsl import SampleArena
+from asyncbench.engines.base import DeviceSpan
 from asyncbench.engines.null import NullEngine
 from asyncbench.paths import REPO_ROOT
 from asyncbench.runtime.batcher import BatchPolicy
@@ -102,3 +103,20 @@ def test_a_failed_batch_closes_its_range() -> None:
 
     asyncio.run(body())
     assert pipeline.failure is not None and ranges.started >= 2 and not ranges.open
+
+
+def test_device_spans_get_a_copy_and_a_compute_track_per_gpu(tmp_path: Path) -> None:
+    timeline = Timeline()
+    timeline.add_device_spans([DeviceSpan(0, 0, 3, 4, 1_000, 3_000, 3_500, 9_000),
+                               DeviceSpan(1, 0, 8, 8, 2_000, 4_000, 4_000, 12_000)], uncertainty_ns=1_500)
+    timeline.add_device_spans([DeviceSpan(0, 1, 1, 1, 9_000, 9_800, 10_000, 11_000)], uncertainty_ns=500)
+    document = json.loads(timeline.write(tmp_path / "t.json").read_text())
+    events = document["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    assert names[100] == "cuda:0 copy stream (host to device)" and names[103].startswith("cuda:1 compute")
+    copies = [e for e in events if e.get("ph") == "X" and e["name"].startswith("copy in")]
+    computes = [e for e in events if e.get("ph") == "X" and e["name"].startswith("compute")]
+    assert [(e["tid"], e["ts"], e["dur"]) for e in copies] == [(100, 0.0, 2.0), (102, 1.0, 2.0), (100, 8.0, 0.8)]
+    assert [e["name"] for e in computes] == ["compute (4)", "compute (8)", "compute (1)"]
+    assert document["otherData"]["device_batches"] == 3
+    assert document["otherData"]["device_clock_uncertainty_us"] == 1.5

@@ -122,6 +122,38 @@ class DeviceEngine(Engine, Protocol):
         """Top-1 of these QSL samples, read from the arena ``make_arena`` returned."""
         ...
 
+    def infer_indices_now(self, indices: Sequence[int], timeout_s: float | None) -> np.ndarray:
+        """``infer_indices`` on the calling thread, waited for by polling (the inline path of latency-bound
+        scenarios); raises EngineError once ``timeout_s`` has passed without a result."""
+        ...
+
+
+@dataclass(frozen=True)
+class DeviceSpan:
+    """One batch's work on a GPU from CUDA events, on the host's monotonic clock (ns)."""
+
+    device: int
+    batch: int  # the device's batch count
+    size: int
+    bucket: int
+    copy_start: int
+    copy_end: int
+    compute_start: int  # after the copy-in, once the stream reached the batch
+    compute_end: int  # top-1 copied back
+
+
+@runtime_checkable
+class DeviceTracer(Protocol):
+    """An engine that can time every batch on its devices with CUDA events (for ``--timeline``)."""
+
+    def trace_devices(self) -> None:
+        """Start timing every batch (idle engine only); until ``device_spans``, which stops it."""
+        ...
+
+    def device_spans(self) -> tuple[list[DeviceSpan], int]:
+        """Stop timing; the spans recorded, and the host-clock uncertainty of their placement (ns)."""
+        ...
+
 
 class LatencyRecorder:
     """Recent call durations per batch size, so a median reflects the engine's current speed.

@@ -112,16 +112,18 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
 
         use_cache_dir(paths.compile_cache)
         compile_mode = None if cfg.engine.torch_compile is TorchCompile.NONE else str(cfg.engine.torch_compile)
-        torch_backends = [TorchBackend(fp32, device, buckets, str(precision), compile_mode) for device in devices]
-        say(f"note: torch engine: {torch_backends[0].path}; CUDA graphs per batch size "
-            f"(kernels cached under {paths.compile_cache})")
+        torch_backends = [TorchBackend(fp32, device, buckets, str(precision), compile_mode,
+                                       graphs=cfg.gpu.cuda_graphs) for device in devices]
+        launches = "CUDA graphs per batch size" if cfg.gpu.cuda_graphs else "kernels launched one by one (no graphs)"
+        say(f"note: torch engine: {torch_backends[0].path}; {launches} (kernels cached under {paths.compile_cache})")
         backends = list(torch_backends)
     else:
         from asyncbench.engines.tensorrt_engine import TensorRTBackend
         from asyncbench.model.calibrate import ensure_signed_int8_model
 
         signed = ensure_signed_int8_model(paths)  # TensorRT takes symmetric signed int8 only
-        backends = [TensorRTBackend(signed, device, buckets, paths.engine_cache) for device in devices]
+        backends = [TensorRTBackend(signed, device, buckets, paths.engine_cache, graphs=cfg.gpu.cuda_graphs)
+                    for device in devices]
     from asyncbench.engines.gpu import GpuEngine
 
     return GpuEngine(backends, slots, start_from_device=cfg.gpu.start_from_device, notifier=cfg.gpu.completion)

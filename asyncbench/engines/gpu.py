@@ -32,6 +32,7 @@ from asyncbench.cuda.stream import Event, Stream
 from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import (
     Capabilities,
+    DeviceSpan,
     EngineError,
     ExecutionForm,
     LatencyRecorder,
@@ -81,6 +82,55 @@ class _Slot:
     launch: Launch
 
 
+class _DeviceTrace:
+    """Timing events per slot (copy start/end, compute start/end) and the anchor onto the host clock.
+
+    The anchor is an event recorded on an idle stream between two host clock reads: the closest of
+    a few tries places every GPU stamp on ``time.monotonic_ns`` to within half its window. Each
+    batch is placed from its copy-start event; its other stamps are offsets within the batch.
+    """
+
+    TRIES = 5
+
+    def __init__(self, device: int, stream: Stream, slots: Sequence[_Slot]) -> None:
+        self.events = {id(slot): tuple(Event(device, timing=True) for _ in range(4)) for slot in slots}
+        best: tuple[int, int, Event] | None = None
+        for _ in range(self.TRIES):
+            event = Event(device, timing=True)
+            before = time.monotonic_ns()
+            event.record(stream)
+            event.synchronize()
+            after = time.monotonic_ns()
+            if best is None or after - before < best[1] - best[0]:
+                if best is not None:
+                    best[2].close()
+                best = (before, after, event)
+            else:
+                event.close()
+        assert best is not None
+        self.host_ns = (best[0] + best[1]) // 2
+        self.uncertainty_ns = (best[1] - best[0]) // 2
+        self.anchor = best[2]
+        self.spans: list[DeviceSpan] = []
+
+    def collect(self, device: int, batch: int, slot: _Slot, size: int, bucket: int) -> None:
+        """Read the finished batch's four events into a span."""
+        copy_start, copy_end, compute_start, compute_end = self.events[id(slot)]
+        start = self.host_ns + round(copy_start.elapsed_ms(self.anchor) * 1e6)
+
+        def at(event: Event) -> int:
+            return start + round(event.elapsed_ms(copy_start) * 1e6)
+
+        self.spans.append(DeviceSpan(device, batch, size, bucket, start, at(copy_end), at(compute_start),
+                                     at(compute_end)))
+
+    def close(self) -> None:
+        for events in self.events.values():
+            for event in events:
+                event.close()
+        self.anchor.close()
+
+
 def make_notifier(kind: Completion, device: int) -> Notifier:
     """The completion mechanism by name (see asyncbench.cuda.completion for the two)."""
     if kind == Completion.HOSTFUNC:
@@ -116,6 +166,7 @@ class DeviceWorker:
         self._source = 0  # base address of the arena rows the copies read (pinned host or a device mirror)
         self._mirror: DeviceBuffer | None = None
         self._staging: np.ndarray | None = None  # pinned rows for `infer` on host batches
+        self._trace: _DeviceTrace | None = None  # CUDA-event stamps per batch (--timeline)
 
     @property
     def free_slots(self) -> int:
@@ -156,43 +207,108 @@ class DeviceWorker:
         else:
             self._source = data.ctypes.data
 
-    def _enqueue(self, slot: _Slot, source: int, rows: np.ndarray) -> None:
-        """Copy rows in on the copy stream; compute waits for the copy; top-1 comes back after it."""
+    def _enqueue(self, slot: _Slot, source: int, rows: np.ndarray) -> int:
+        """Copy rows in on the copy stream; compute waits for the copy; top-1 comes back after it.
+
+        Returns the bucket launched.
+        """
         n = len(rows)
+        bucket = self.bucket_for(n)
+        trace = None if self._trace is None else self._trace.events[id(slot)]
         set_device(self.device)  # one loop thread drives every device; the runtime API's device is per thread
+        if trace is not None:
+            trace[0].record(self.copy_stream)
         self.copier.copy(slot.input.ptr, source, rows, self.copy_stream)
         slot.copied.record(self.copy_stream)
+        if trace is not None:
+            trace[1].record(self.copy_stream)
         self.compute_stream.wait(slot.copied)
-        slot.launch(self.bucket_for(n))
+        if trace is not None:
+            trace[2].record(self.compute_stream)
+        slot.launch(bucket)
         copy_async(slot.host.ptr, slot.output.ptr, n * RESULT_DTYPE.itemsize, self.compute_stream)
+        if trace is not None:
+            trace[3].record(self.compute_stream)
         slot.done.record(self.compute_stream)
+        return bucket
 
-    async def run(self, rows: np.ndarray) -> np.ndarray:
-        """Top-1 of the arena rows ``rows`` (batch order); awaits the GPU without blocking the loop."""
+    def _take(self, n: int) -> _Slot:
+        """A free slot for a batch of ``n``, counted as busy."""
         self._reclaim()
         if not self._free:
             raise EngineError(f"cuda:{self.device} has no free slot: more batches in flight than slots")
         if not self._source:
             raise EngineError("no samples loaded: LoadGen's load_samples has not filled the arena")
-        slot = self._free.pop()
-        n = len(rows)
         self.busy_batches += 1
         self.busy_samples += n
+        return self._free.pop()
+
+    def _finished(self, slot: _Slot, n: int, bucket: int) -> np.ndarray:
+        """The finished batch's top-1 (and its trace span)."""
+        if self._trace is not None:
+            self._trace.collect(self.device, self.batches_done, slot, n, bucket)
+        self.batches_done += 1
+        return slot.top1[:n].copy()
+
+    def _give_back(self, slot: _Slot, n: int, finished: bool) -> None:
+        self.busy_batches -= 1
+        self.busy_samples -= n
+        # A failure or a timeout may leave queued work writing this slot: quarantine it.
+        (self._free if finished else self._quarantine).append(slot)
+
+    async def run(self, rows: np.ndarray) -> np.ndarray:
+        """Top-1 of the arena rows ``rows`` (batch order); awaits the GPU without blocking the loop."""
+        n = len(rows)
+        slot = self._take(n)
         finished = False
         try:
-            self._enqueue(slot, self._source, rows)
+            bucket = self._enqueue(slot, self._source, rows)
             await self.notifier.after(self.compute_stream, slot.done)
             # No latency record here: under load it includes queueing behind other slots, and the
             # Server policy must size batches from the device's own speed (measured idle, in infer).
-            self.batches_done += 1
-            top1 = slot.top1[:n].copy()
+            top1 = self._finished(slot, n, bucket)
             finished = True
             return top1
         finally:
-            self.busy_batches -= 1
-            self.busy_samples -= n
-            # A failure or a timeout may leave queued work writing this slot: quarantine it.
-            (self._free if finished else self._quarantine).append(slot)
+            self._give_back(slot, n, finished)
+
+    def run_now(self, rows: np.ndarray, timeout_s: float | None) -> np.ndarray:
+        """``run`` on the calling thread: polls the batch's event, so no thread wakes anyone.
+
+        For latency-bound scenarios, where one query is outstanding at a time and a wake-up
+        through the completion thread and the loop costs more than the GPU's batch.
+        """
+        n = len(rows)
+        slot = self._take(n)
+        finished = False
+        try:
+            bucket = self._enqueue(slot, self._source, rows)
+            deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+            while not slot.done.query():
+                if deadline is not None and time.perf_counter() > deadline:
+                    raise EngineError(f"cuda:{self.device}: a batch of {n} did not finish within {timeout_s:g} s")
+            top1 = self._finished(slot, n, bucket)
+            finished = True
+            return top1
+        finally:
+            self._give_back(slot, n, finished)
+
+    def start_trace(self) -> None:
+        """Time every later batch with CUDA events (the worker must be idle)."""
+        self._reclaim()
+        if len(self._free) != len(self._slots):
+            raise EngineError(f"cuda:{self.device}: tracing starts only on an idle device")
+        if self._trace is None:
+            self._trace = _DeviceTrace(self.device, self.compute_stream, self._slots)
+
+    def stop_trace(self) -> tuple[list[DeviceSpan], int]:
+        """Stop timing; the spans and their placement uncertainty (ns)."""
+        trace, self._trace = self._trace, None
+        if trace is None:
+            return [], 0
+        if not self._quarantine:  # a hung batch may still record into its events
+            trace.close()
+        return trace.spans, trace.uncertainty_ns
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Blocking form for a host batch (warm-up, evaluation): staged through pinned rows."""
@@ -257,6 +373,7 @@ class DeviceWorker:
         self.notifier.close()
         if self._quarantine:
             return
+        self.stop_trace()
         self.compute_stream.synchronize()
         self.copy_stream.synchronize()
         for slot in self._slots:
@@ -305,8 +422,8 @@ class GpuEngine:
         for worker in self.workers:
             worker.set_source(data, self.start_from_device)
 
-    async def infer_indices(self, indices: Sequence[int]) -> np.ndarray:
-        """Top-1 of these QSL samples, computed on the least-loaded device straight from the arena."""
+    def _route(self, indices: Sequence[int]) -> tuple[DeviceWorker, np.ndarray, np.ndarray]:
+        """The least-loaded device with a free slot, the rows in arena order, and that order."""
         if self._arena is None:
             raise EngineError("the GPU engine has no arena: make_arena was not called")
         rows = self._arena.slots(indices)
@@ -315,9 +432,36 @@ class GpuEngine:
                      key=lambda w: (w.busy_batches, w.busy_samples), default=None)
         if worker is None:
             raise EngineError("every device slot is busy: the pipeline sent more batches than slots")
+        return worker, rows, order
+
+    async def infer_indices(self, indices: Sequence[int]) -> np.ndarray:
+        """Top-1 of these QSL samples, computed on the least-loaded device straight from the arena."""
+        worker, rows, order = self._route(indices)
         top1 = np.empty(len(rows), RESULT_DTYPE)
         top1[order] = await worker.run(rows[order])
         return top1
+
+    def infer_indices_now(self, indices: Sequence[int], timeout_s: float | None) -> np.ndarray:
+        """``infer_indices`` on the calling thread, polling for the result (see DeviceWorker.run_now)."""
+        worker, rows, order = self._route(indices)
+        top1 = np.empty(len(rows), RESULT_DTYPE)
+        top1[order] = worker.run_now(rows[order], timeout_s)
+        return top1
+
+    def trace_devices(self) -> None:
+        """Time every later batch on every device with CUDA events (for the timeline)."""
+        for worker in self.workers:
+            worker.start_trace()
+
+    def device_spans(self) -> tuple[list[DeviceSpan], int]:
+        """Stop timing; every device's spans and the largest placement uncertainty (ns)."""
+        spans: list[DeviceSpan] = []
+        uncertainty = 0
+        for worker in self.workers:
+            found, error = worker.stop_trace()
+            spans += found
+            uncertainty = max(uncertainty, error)
+        return spans, uncertainty
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Blocking top-1 of a host batch on the first device (evaluation and warm-up)."""

@@ -11,11 +11,12 @@ import asyncio
 import math
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from asyncbench.contract import RESULT_DTYPE, check_batch
+from asyncbench.contract import RESULT_DTYPE, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
 from asyncbench.engines.base import Capabilities, EngineError, ExecutionForm, HostEngine, batch_sizes_upto
 from asyncbench.errors import ConfigError
 
@@ -32,7 +33,9 @@ class NullEngine(HostEngine):
     on the event loop's timers, so harness-overhead figures measure the harness without the GIL
     hand-offs a worker thread adds (the GPU engines complete on events the same way); its
     capacity is one batch per modelled batch time. ``form=BLOCKING`` runs ``slots`` batches side
-    by side on worker threads, like a CPU engine.
+    by side on worker threads, like a CPU engine. ``form=DEVICE`` takes QSL indices like a GPU
+    engine (the same modelled device), including the blocking ``infer_indices_now`` of the
+    inline path.
     It never looks at pixels, so the pipeline skips the host gather.
     """
 
@@ -57,8 +60,6 @@ class NullEngine(HostEngine):
         for label, count in (("fail_after_batches", fail_after_batches), ("stall_after_batches", stall_after_batches)):
             if count is not None and count < 0:
                 raise ValueError(f"{label} must be at least 0, got {count}")
-        if form is ExecutionForm.DEVICE:
-            raise ValueError("the null engine runs in the blocking or the loop form, not on a device")
         super().__init__()
         self.max_batch_size = max_batch_size
         self.capabilities = Capabilities(form, slots, slots, batch_sizes_upto(max_batch_size), reads_input=False)
@@ -117,6 +118,25 @@ class NullEngine(HostEngine):
         # No latency record: under load it includes the queue; batching is sized from the idle ``infer`` time.
         return np.zeros(n, RESULT_DTYPE)
 
+    async def infer_indices(self, indices: Sequence[int]) -> np.ndarray:
+        """DEVICE form: ``infer_async`` for these samples (the pixels are never read)."""
+        return await self.infer_async(self._placeholder(len(indices)))
+
+    def infer_indices_now(self, indices: Sequence[int], timeout_s: float | None) -> np.ndarray:
+        """DEVICE form, inline path: the modelled wait on the calling thread, failing past ``timeout_s``."""
+        index, n, wait = self._begin(self._placeholder(len(indices)))
+        if timeout_s is not None and wait > timeout_s:
+            self._closed.wait(timeout_s)
+            raise EngineError(f"{self.name}: batch {index} (a batch of {n}) did not finish within {timeout_s:g} s")
+        if wait > 0 and self._closed.wait(wait):
+            raise EngineError(f"{self.name} was closed while batch {index} (a batch of {n}) was running")
+        return np.zeros(n, RESULT_DTYPE)
+
+    @staticmethod
+    def _placeholder(n: int) -> np.ndarray:
+        """A batch of ``n`` samples for the checks ``_begin`` makes: one zero sample broadcast (never read)."""
+        return np.broadcast_to(np.zeros(SAMPLE_SHAPE, SAMPLE_DTYPE), (n, *SAMPLE_SHAPE))
+
     def close(self) -> None:
         """Release any call stalled or waiting; later ``infer`` calls raise EngineError."""
         self._closed.set()
@@ -136,9 +156,10 @@ def parse_null_spec(text: str) -> dict[str, Any]:
     """``NullEngine`` keyword arguments from a command-line value like ``fixed_us=50,per_sample_us=2``.
 
     Times are given in the unit their key names (microseconds, or seconds for ``stall_s``) so a
-    command line stays readable; an empty value means the defaults.
+    command line stays readable; ``form=`` picks the execution form (loop, blocking or device);
+    an empty value means the defaults.
     """
-    valid = ", ".join(_SPEC_KEYS)
+    valid = ", ".join([*_SPEC_KEYS, "form"])
     result: dict[str, Any] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -146,6 +167,14 @@ def parse_null_spec(text: str) -> dict[str, Any]:
         key, sep, raw = (s.strip() for s in item.partition("="))
         if not sep:
             raise ConfigError(f"null engine spec item {item!r} is not key=value (valid keys: {valid})")
+        if key == "form":
+            if "form" in result:
+                raise ConfigError("null engine spec: form is given twice")
+            try:
+                result["form"] = ExecutionForm(raw.lower())
+            except ValueError:
+                raise ConfigError(f"null engine spec: form must be {', '.join(ExecutionForm)}, got {raw!r}") from None
+            continue
         if key not in _SPEC_KEYS:
             raise ConfigError(f"null engine spec: unknown key {key!r} (valid keys: {valid})")
         argument, factor, integer, minimum = _SPEC_KEYS[key]

@@ -103,17 +103,19 @@ def _check_io(trt: Any, engine: Any, path: Path) -> None:
 
 
 class _Binding:
-    """One bound slot: its scratch memory, one execution context per bucket, and their graphs."""
+    """One bound slot: its scratch memory, one execution context per bucket, and their graphs (or direct enqueues)."""
 
     def __init__(self, scratch: DeviceBuffer) -> None:
         self.scratch = scratch
         self.contexts: list[Any] = []
         self.graphs: dict[int, CapturedGraph] = {}
+        self.enqueues: dict[int, Callable[[], None]] = {}
 
     def close(self) -> None:
         for graph in self.graphs.values():
             graph.close()
         self.graphs.clear()
+        self.enqueues.clear()
         self.contexts.clear()  # TensorRT destroys a context when its last reference goes
         self.scratch.close()
 
@@ -125,8 +127,11 @@ class TensorRTBackend:
     precision = "int8"
 
     def __init__(self, model_path: Path, device: int, buckets: Sequence[int], cache_dir: Path,
-                 log: Log = print) -> None:
-        """Load this model's engine for this GPU from ``cache_dir``, or build it there (a build takes a while)."""
+                 log: Log = print, graphs: bool = True) -> None:
+        """Load this model's engine for this GPU from ``cache_dir``, or build it there (a build takes a while).
+
+        ``graphs=False`` enqueues the contexts directly for every batch (kernel-level profiles).
+        """
         import tensorrt as trt
 
         if not hasattr(trt.ICudaEngine, "device_memory_size_v2"):
@@ -136,6 +141,7 @@ class TensorRTBackend:
         if not sizes or sizes[0] < 1:
             raise ValueError(f"buckets must be batch sizes >= 1, got {list(buckets)}")
         self.device = device
+        self.graphs = graphs
         self._buckets = tuple(sizes)
         self._trt = trt
         self._log = log
@@ -209,18 +215,21 @@ class TensorRTBackend:
 
                 enqueue()  # the first run does one-time set-up that must not end up in the graph
                 stream.synchronize()
-                binding.graphs[bucket] = CapturedGraph(stream, enqueue)
+                if self.graphs:
+                    binding.graphs[bucket] = CapturedGraph(stream, enqueue)
+                else:
+                    binding.enqueues[bucket] = enqueue
         except BaseException:
             self._bindings.remove(binding)
             binding.close()
             raise
-        graphs, buckets = binding.graphs, self._buckets
+        graphs, enqueues, buckets = binding.graphs, binding.enqueues, self._buckets
 
         def launch(bucket: int) -> None:
-            graph = graphs.get(bucket)
-            if graph is None:
+            run = graphs[bucket].launch if bucket in graphs else enqueues.get(bucket)
+            if run is None:
                 raise ValueError(f"batch {bucket} is not one of this backend's buckets {buckets}")
-            graph.launch()
+            run()
 
         return launch
 

@@ -1,4 +1,4 @@
-"""The torch backend: the project's ONNX model on one GPU, one CUDA graph per bucket.
+"""The torch backend: the project's ONNX model on one GPU, one CUDA graph per bucket (or eager launches).
 
 The network comes from the same ONNX file the onnxruntime engine runs (int8 NHW4 in, int32
 top-1 out), so the weights and the whole contract are shared with the CPU engines. Two paths:
@@ -53,7 +53,8 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model_path: Path, device: int, buckets: Sequence[int], precision: str = "fp16",
-                 compile_mode: str | None = "default", fold: bool = True, fused: bool = True) -> None:
+                 compile_mode: str | None = "default", fold: bool = True, fused: bool = True,
+                 graphs: bool = True) -> None:
         import torch
 
         from asyncbench.model.torch_ops import GraphModule
@@ -62,6 +63,7 @@ class TorchBackend:
             raise UserError(f"the torch engine runs fp16 or fp32, not {precision!r}")
         self.device = device
         self.precision = precision
+        self.graphs = graphs
         self._buckets = tuple(sorted(set(buckets)))
         self._torch = torch
         self._dev = torch.device("cuda", device)
@@ -109,7 +111,11 @@ class TorchBackend:
         return self._buckets
 
     def bind(self, input_ptr: int, output_ptr: int, stream: Stream) -> Launch:
-        """Capture one CUDA graph per bucket reading this slot's input and writing its top-1."""
+        """Launch on ``stream`` from this slot's input to its top-1: one CUDA graph per bucket, or eager kernels.
+
+        Without graphs every batch launches each kernel (and allocates its activations from torch's
+        caching allocator on this stream): slower, but a profiler sees every kernel at its launch.
+        """
         torch = self._torch
         rows = self._buckets[-1]
         tstream = torch.cuda.ExternalStream(stream.handle, device=self._dev)
@@ -123,12 +129,21 @@ class TorchBackend:
                     for _ in range(2):  # compiles on first use; cuDNN picks its algorithms outside capture
                         y.copy_(self._fn(x))
                     tstream.synchronize()
+                    if not self.graphs:
+                        continue
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=self._pool, stream=tstream,
                                           capture_error_mode="thread_local"):
                         y.copy_(self._fn(x))  # the result lands in the slot's buffer; nothing stays live
                     graphs[b] = graph
         self._graphs.extend(graphs.values())
+        if not self.graphs:
+            fn, dev = self._fn, self._dev
+
+            def launch_eager(bucket: int) -> None:
+                with torch.cuda.device(dev), torch.inference_mode(), torch.cuda.stream(tstream):
+                    y_all[:bucket].copy_(fn(x_all[:bucket]))
+            return launch_eager
 
         def launch(bucket: int) -> None:
             with torch.cuda.stream(tstream):

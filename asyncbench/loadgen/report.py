@@ -58,7 +58,7 @@ def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, 
             lines.append(f"{summary.metric_name}: {summary.metric_value:g}")
         pct = summary.latency_ns
         lines.append("latency: " + ", ".join(f"{k} {pct[k] / 1e6:.3f} ms" for k in ("p50", "p90", "p99") if k in pct))
-    lines.append("batch sizes: " + format_histogram(pipeline.batcher.histogram()))
+    lines.append("batch sizes: " + format_histogram(pipeline.histogram()))
     t = pipeline.times
     lines.append(f"stage time: gather {t.gather:.3f} s, execute {t.execute:.3f} s, complete {t.complete:.3f} s "
                  f"over {t.batches} batches / {t.samples} samples")

@@ -16,7 +16,7 @@ import structlog
 from asyncbench.config import RunConfig, TestMode
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.data.qsl import SampleArena
-from asyncbench.engines.base import Engine
+from asyncbench.engines.base import DeviceTracer, Engine
 from asyncbench.errors import RunFailure, UserError
 from asyncbench.loadgen.accuracy import AccuracyResult, compute_accuracy, load_accuracy_log
 from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
@@ -28,7 +28,7 @@ from asyncbench.loadgen.sut import drive
 from asyncbench.runtime.execution import execution_for
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.process import run_process
-from asyncbench.runtime.sizing import batch_policy, engine_peak_qps
+from asyncbench.runtime.sizing import batch_policy, engine_peak_qps, runs_inline
 from asyncbench.runtime.timeline import Timeline
 
 EVENTS_FILE = "asyncbench_events.jsonl"
@@ -140,17 +140,27 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
                     notes=[*plan.notes, *notes], log_dir=str(log_dir),
                     audit_config=str(audit) if cfg.loadgen.audit_config else None)
         execution = execution_for(engine, arena, policy.max_batch_size)
-        with run_process(cfg.process) as runner:
-            pipeline, counts = runner.run(drive(
-                execution, arena, policy, settings, make_log_settings(log_dir, cfg.loadgen.trace),
-                settings.performance_sample_count_override or min(arena.total, 1024),
-                timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events, progress_every_s=progress_every_s,
-                timeline=timeline, nvtx=nvtx, around_test=_profiler_range(engine.device)))
+        inline = runs_inline(cfg, engine)
+        tracer = engine if timeline is not None and isinstance(engine, DeviceTracer) else None
+        if tracer is not None:
+            tracer.trace_devices()
+        try:
+            with run_process(cfg.process) as runner:
+                pipeline, counts = runner.run(drive(
+                    execution, arena, policy, settings, make_log_settings(log_dir, cfg.loadgen.trace),
+                    settings.performance_sample_count_override or min(arena.total, 1024),
+                    timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events,
+                    progress_every_s=progress_every_s, timeline=timeline, nvtx=nvtx,
+                    around_test=_profiler_range(engine.device), inline=inline))
+        finally:
+            if tracer is not None and timeline is not None:
+                timeline.add_device_spans(*tracer.device_spans())
         if timeline is not None and timeline_path is not None:
-            events.info("timeline", path=str(timeline.write(timeline_path)), batches=len(timeline.batches))
+            events.info("timeline", path=str(timeline.write(timeline_path)), batches=len(timeline.batches),
+                        device_batches=len(timeline.device_spans))
         logs = read_results(log_dir)
         summary, effective = logs.summary, logs.effective
-        histogram = pipeline.batcher.histogram()
+        histogram = pipeline.histogram()
         failure = pipeline.failure.details() if pipeline.failure else None
         events.info("run_end", result=summary.result if summary is not None else None, failed=counts.failed,
                     issued=counts.issued, histogram=histogram, stage_seconds=vars(pipeline.times),
@@ -165,7 +175,8 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         detail=logs.detail, failure=failure, histogram=histogram, stage_seconds=vars(pipeline.times),
         policy={"max_batch_size": policy.max_batch_size, "max_queue_delay_us": policy.max_queue_delay_ns // 1000,
                 "preferred_batch_sizes": list(policy.preferred_batch_sizes), "slots": execution.slots,
-                "idle_gap_us": None if policy.idle_gap_ns is None else policy.idle_gap_ns / 1000},
+                "idle_gap_us": None if policy.idle_gap_ns is None else policy.idle_gap_ns / 1000,
+                "inline": inline},
         counts={"issued": counts.issued, "completed": counts.completed, "failed": counts.failed},
         latency_histogram=pipeline.latency.to_json(), accuracy=accuracy, log_dir=log_dir)
     write_result(log_dir, record)

@@ -151,14 +151,17 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
                 timeout_s: float | None, audit_config: Path, complete: Completer | None = None,
                 log: structlog.typing.FilteringBoundLogger | None = None,
                 progress_every_s: float | None = None, timeline: Timeline | None = None,
-                nvtx: NvtxRanges | None = None, around_test: AbstractContextManager[object] | None = None
-                ) -> tuple[Pipeline, SampleCounts]:
-    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the test's counts."""
+                nvtx: NvtxRanges | None = None, around_test: AbstractContextManager[object] | None = None,
+                inline: bool = False) -> tuple[Pipeline, SampleCounts]:
+    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the test's counts.
+
+    ``inline``: each query runs on LoadGen's issue thread (Pipeline.run_inline) instead of going to the loop.
+    """
     loop = asyncio.get_running_loop()
     inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
                   ring_at=policy.max_batch_size, nvtx=nvtx)
     pipeline = Pipeline(execution, policy, complete or LoadGenCompleter(), timeout_s=timeout_s,
-                        sleep_until=inbox.sleep_until, timeline=timeline, nvtx=nvtx)
+                        sleep_until=inbox.sleep_until, timeline=timeline, nvtx=nvtx, inline=inline)
     hold = settings.scenario == lg.TestScenario.Server and settings.server_max_async_queries > 0 \
         and settings.mode != lg.TestMode.AccuracyOnly
     gate = AbortGate(complete or LoadGenCompleter(), hold)  # its own responses: it runs on LoadGen's thread
@@ -170,6 +173,8 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
                 nvtx.mark(f"issue ({len(ids)})")
             if pipeline.failure is not None:
                 gate.take(ids)
+            elif inline:
+                pipeline.run_inline(ids, indices)
             else:
                 inbox.put(ids, indices)
         except BaseException as e:  # noqa: BLE001 - an exception escaping a LoadGen callback kills the process
@@ -221,6 +226,6 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
                           pipeline.failed_samples + gate.completed)
     if log is not None:
         log.info("pipeline_done", issued=counts.issued, completed=counts.completed, failed=counts.failed,
-                 histogram=pipeline.batcher.histogram(), loop_wakeups=inbox.rings, queues=pipeline.statistics(),
+                 histogram=pipeline.histogram(), loop_wakeups=inbox.rings, queues=pipeline.statistics(),
                  **(pipeline.failure.details() if pipeline.failure else {"failure": None}))
     return pipeline, counts

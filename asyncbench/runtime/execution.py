@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,6 +49,15 @@ class Execution(Protocol):
 
     def close(self) -> None:
         """Stop taking batches (worker threads are not waited for: a stalled engine must not hang the run)."""
+        ...
+
+
+@runtime_checkable
+class InlineExecution(Protocol):
+    """An execution that can also run a batch on the calling thread (the pipeline's inline path)."""
+
+    def run_now(self, indices: Sequence[int], timeout_s: float | None) -> np.ndarray:
+        """Top-1 of these samples, computed and waited for on the calling thread."""
         ...
 
 
@@ -133,7 +142,7 @@ class LoopExecution(_HostExecution):
 
 
 class DeviceExecution:
-    """DEVICE form: the engine reads the samples from its own arena."""
+    """DEVICE form: the engine reads the samples from its own arena; ``run_now`` is the inline path's form."""
 
     def __init__(self, engine: DeviceEngine) -> None:
         self.engine = engine
@@ -143,6 +152,13 @@ class DeviceExecution:
     async def run(self, indices: Sequence[int]) -> np.ndarray:
         t0 = time.perf_counter()
         top1 = await self.engine.infer_indices(indices)
+        self.times.execute += time.perf_counter() - t0
+        return top1
+
+    def run_now(self, indices: Sequence[int], timeout_s: float | None) -> np.ndarray:
+        """``run`` on the calling thread (LoadGen's issue thread), waiting by polling up to ``timeout_s``."""
+        t0 = time.perf_counter()
+        top1 = self.engine.infer_indices_now(indices, timeout_s)
         self.times.execute += time.perf_counter() - t0
         return top1
 

@@ -12,6 +12,11 @@ once. A batch is completed by whichever comes first, its result or its failure (
 error, a stall past the timeout, an abort); the other path sees `batch.done` and does nothing.
 After a failure or an abort the pipeline completes every pending and every later sample at once,
 as failed, so LoadGen can finish its schedule and write its logs.
+
+Inline (latency-bound scenarios on a device engine): LoadGen has one query outstanding at a time,
+so ``run_inline`` runs it on LoadGen's issue thread and completes it there. The loop, the batcher
+and the completion thread stay out of its way; the same counters, latency record, timeline and
+exactly-once rule apply.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from asyncbench.errors import RunFailure
 from asyncbench.runtime.batcher import Batch, Batcher, BatchPolicy
 from asyncbench.runtime.channel import Channel, ChannelClosed, ChannelEmpty
-from asyncbench.runtime.execution import Execution
+from asyncbench.runtime.execution import Execution, InlineExecution
 from asyncbench.runtime.latency import LatencyHistogram
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.timeline import BatchStamps, Timeline
@@ -53,8 +58,13 @@ class Pipeline:
     def __init__(self, execution: Execution, policy: BatchPolicy, complete: Completer, *,
                  timeout_s: float | None = None, sleep_until: Callable[[int], Awaitable[None]] | None = None,
                  clock: Callable[[], int] = time.monotonic_ns, timeline: Timeline | None = None,
-                 nvtx: NvtxRanges | None = None) -> None:
+                 nvtx: NvtxRanges | None = None, inline: bool = False) -> None:
+        if inline and not isinstance(execution, InlineExecution):
+            raise TypeError("the inline path needs an execution with run_now (a device engine)")
         self._execution = execution
+        self.inline = inline
+        self._inline_sizes: dict[int, int] = {}
+        self._inline_seq = 0
         self._clock = clock  # the clock arrivals are stamped with (the inbox's)
         self.latency = LatencyHistogram()
         self.timeline = timeline
@@ -83,6 +93,56 @@ class Pipeline:
             self._finish(ids, None)
             return
         self.batcher.submit(ids, indices, arrival_ns, last_arrival_ns)
+
+    def run_inline(self, ids: list[int], indices: list[int]) -> None:
+        """LoadGen's issue thread: run this query now, split at the max batch size, and complete it from here."""
+        execution = self._execution
+        assert isinstance(execution, InlineExecution)
+        arrival = self._clock()
+        self.issued += len(ids)
+        size = self.batcher.policy.max_batch_size
+        for start in range(0, len(ids), size):
+            chunk = ids[start:start + size]
+            if self.failure is not None:  # a failed chunk (or an abort) completes the rest as failed
+                self._finish(ids[start:], None)
+                return
+            seq, self._inline_seq = self._inline_seq, self._inline_seq + 1
+            nvtx_range = None
+            if self._nvtx is not None:
+                self._nvtx.mark(f"batch {seq} ({len(chunk)}) inline")
+                nvtx_range = self._nvtx.start(f"execute batch {seq} ({len(chunk)})")
+            started = self._clock()
+            try:
+                top1 = execution.run_now(indices[start:start + size], self.timeout_s)
+            except Exception as e:  # noqa: BLE001 - any engine error fails the run, with its traceback kept
+                if self.failure is None:
+                    self.failure = RunFailure.caused_by(f"engine failed: {type(e).__name__}: {e}", e)
+                self._finish(ids[start:], None)
+                return
+            finally:
+                if self._nvtx is not None:
+                    self._nvtx.end(nvtx_range)
+            executed = self._clock()
+            nvtx_range = None if self._nvtx is None else self._nvtx.start(f"complete batch {seq}")
+            self._finish(chunk, top1)
+            if self._nvtx is not None:
+                self._nvtx.end(nvtx_range)
+            now = self._clock()
+            self.latency.add(now, [(arrival, arrival, len(chunk))])
+            self._inline_sizes[len(chunk)] = self._inline_sizes.get(len(chunk), 0) + 1
+            if self.timeline is not None:
+                self.timeline.add(BatchStamps(seq, len(chunk), 0, arrival, started, started, executed, now, True,
+                                              0, 1))
+            self.times.batches += 1
+            self.times.samples += len(chunk)
+            self.times.complete += (now - executed) / 1e9
+
+    def histogram(self) -> dict[int, int]:
+        """Batches run per batch size, by size (the batcher's and the inline path's)."""
+        merged = dict(self.batcher.histogram())
+        for size, count in self._inline_sizes.items():
+            merged[size] = merged.get(size, 0) + count
+        return dict(sorted(merged.items()))
 
     def abort(self, reason: RunFailure | str) -> None:
         """Stop doing work: complete everything pending as failed, and everything that arrives later."""

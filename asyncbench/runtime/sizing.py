@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from asyncbench.config import EngineKind, RunConfig, Scenario
-from asyncbench.engines.base import Engine, batch_sizes_upto
+from asyncbench.engines.base import Engine, ExecutionForm, batch_sizes_upto
 from asyncbench.engines.factory import create_engine, resolve_engine_kind
 from asyncbench.paths import BuildPaths
 from asyncbench.runtime.batcher import BatchPolicy
@@ -107,8 +107,22 @@ def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int) -> tupl
         return BatchPolicy(policy.max_batch_size, policy.max_queue_delay_ns, batching.preferred_batch_sizes,
                            idle_gap_ns), note
     preset = cfg.preset
+    inline = runs_inline(cfg, engine)
     max_batch = min(batching.max_batch_size or preset.max_batch_size or caps.max_batch_size, caps.max_batch_size)
     delay_us = batching.max_queue_delay_us if batching.max_queue_delay_us is not None else (
         preset.max_queue_delay_us or 0)
     policy = BatchPolicy(max_batch, delay_us * 1000, batching.preferred_batch_sizes)
+    if inline:
+        return policy, (f"{cfg.scenario}: each query runs on LoadGen's issue thread and completes there "
+                        f"(batches up to {policy.max_batch_size}; --no-inline sends it through the event loop)")
     return policy, f"{cfg.scenario} batching: max batch {policy.max_batch_size}, max queue delay {delay_us} us"
+
+
+def runs_inline(cfg: RunConfig, engine: Engine) -> bool:
+    """Latency-bound scenarios on a device engine take the inline path (Pipeline.run_inline) unless turned off.
+
+    LoadGen holds one query outstanding in SingleStream and MultiStream, so there is nothing to
+    batch across queries, and the hand-offs to the loop and back were most of the per-query time.
+    """
+    return (cfg.batching.inline and cfg.scenario in (Scenario.SINGLE_STREAM, Scenario.MULTI_STREAM)
+            and engine.capabilities.form is ExecutionForm.DEVICE)

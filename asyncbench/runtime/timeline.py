@@ -2,9 +2,11 @@
 
 Per batch: the oldest sample's arrival on LoadGen's issue thread, the batch being formed by the
 batcher, the start and end of its execution on a slot (host view: for a GPU engine, from the
-enqueue of the copy-in to the top-1 result back), and its completion to LoadGen. One track per
-stage and per execute slot, plus counters (samples pending in the batcher, batches in flight).
-Nothing is recorded without the flag; with it, one tuple per batch.
+enqueue of the copy-in to the loop seeing the top-1 result back), and its completion to LoadGen.
+For a GPU engine, the device view too: CUDA events around each batch's host-to-device copy and
+its compute (top-1 copy back included), placed on the host clock (asyncbench.engines.gpu). One
+track per stage, per execute slot and per device stream, plus counters (samples pending in the
+batcher, batches in flight). Nothing is recorded without the flag; with it, one tuple per batch.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from asyncbench.engines.base import DeviceSpan
 from asyncbench.fileio import write_bytes_atomic
 
 _PID = 1
-_TID_BATCHER, _TID_COMPLETE, _TID_SLOT0 = 1, 2, 10
+_TID_BATCHER, _TID_COMPLETE, _TID_SLOT0, _TID_DEVICE0 = 1, 2, 10, 100
 
 
 @dataclass(frozen=True)
@@ -41,15 +44,22 @@ class Timeline:
 
     def __init__(self) -> None:
         self.batches: list[BatchStamps] = []
+        self.device_spans: list[DeviceSpan] = []
+        self.device_uncertainty_ns = 0
 
     def add(self, stamps: BatchStamps) -> None:
         self.batches.append(stamps)
 
+    def add_device_spans(self, spans: list[DeviceSpan], uncertainty_ns: int) -> None:
+        """The GPU's own view of the batches (CUDA events), placed on the host clock to within ``uncertainty_ns``."""
+        self.device_spans += spans
+        self.device_uncertainty_ns = max(self.device_uncertainty_ns, uncertainty_ns)
+
     def events(self) -> list[dict[str, object]]:
         """Chrome trace events (microseconds from the first arrival)."""
-        if not self.batches:
+        if not self.batches and not self.device_spans:
             return []
-        t0 = min(b.oldest_arrival for b in self.batches)
+        t0 = min([b.oldest_arrival for b in self.batches] + [d.copy_start for d in self.device_spans])
 
         def us(ns: int) -> float:
             return (ns - t0) / 1000
@@ -78,12 +88,29 @@ class Timeline:
                 {"ph": "C", "pid": _PID, "name": "batches in flight", "ts": us(b.started),
                  "args": {"in flight": b.in_flight}},
             ]
+        for device in sorted({d.device for d in self.device_spans}):
+            events += [
+                {"ph": "M", "pid": _PID, "tid": _TID_DEVICE0 + 2 * device, "name": "thread_name",
+                 "args": {"name": f"cuda:{device} copy stream (host to device)"}},
+                {"ph": "M", "pid": _PID, "tid": _TID_DEVICE0 + 2 * device + 1, "name": "thread_name",
+                 "args": {"name": f"cuda:{device} compute stream (engine, top-1 back)"}},
+            ]
+        for d in self.device_spans:
+            args = {"device batch": d.batch, "size": d.size, "bucket": d.bucket}
+            events += [
+                {"ph": "X", "pid": _PID, "tid": _TID_DEVICE0 + 2 * d.device, "name": f"copy in ({d.size})",
+                 "ts": us(d.copy_start), "dur": (d.copy_end - d.copy_start) / 1000, "args": args},
+                {"ph": "X", "pid": _PID, "tid": _TID_DEVICE0 + 2 * d.device + 1, "name": f"compute ({d.bucket})",
+                 "ts": us(d.compute_start), "dur": (d.compute_end - d.compute_start) / 1000, "args": args},
+            ]
         return events
 
     def write(self, path: Path) -> Path:
         """The trace as ``{"traceEvents": [...]}``, which chrome://tracing and Perfetto open."""
         document = {"traceEvents": self.events(), "displayTimeUnit": "ms",
                     "otherData": {"batches": len(self.batches),
-                                  "samples": sum(b.size for b in self.batches)}}
+                                  "samples": sum(b.size for b in self.batches),
+                                  "device_batches": len(self.device_spans),
+                                  "device_clock_uncertainty_us": self.device_uncertainty_ns / 1000}}
         write_bytes_atomic(path, json.dumps(document).encode())
         return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gpu_support import torch_or_skip
 
@@ -64,6 +65,7 @@ def test_every_scenario_on_the_gpu(calibrated: BuildPaths, engine: GpuEngine, tm
         assert result.summary.result in ("VALID", "INVALID"), said
     sizes = set(result.histogram)
     assert sizes == {1} if scenario == "SingleStream" else sizes <= set(range(1, 65))
+    assert result.record["batching"]["inline"] is (scenario in (Scenario.SINGLE_STREAM, Scenario.MULTI_STREAM))
     if scenario == "MultiStream":
         assert sizes == {8}  # a query's 8 samples go to the GPU as one batch
 
@@ -131,3 +133,44 @@ def test_two_gpus_share_an_offline_run(calibrated: BuildPaths, tmp_path: Path) -
         eng.close()
     assert result.failure is None and result.summary.result == "VALID"
     assert min(batches) > 0.3 * sum(batches), batches  # least-loaded dispatch used both
+
+
+@pytest.mark.parametrize("scenario", [Scenario.SERVER, Scenario.SINGLE_STREAM])
+def test_the_timeline_has_every_batch_from_the_gpus_own_events(calibrated: BuildPaths, engine: GpuEngine,
+                                                                tmp_path: Path, scenario: Scenario) -> None:
+    import json
+
+    trace = tmp_path / "timeline.json"
+    cfg = RunConfig(scenario, QUICK[scenario], UP_TO_64, TORCH)
+    result = run_scenario(cfg, engine, resolve_dataset(calibrated), calibrated.preprocessed,
+                          new_log_dir(tmp_path, cfg.scenario), lambda _: None, timeline_path=trace)
+    assert result.failure is None
+    document = json.loads(trace.read_text())
+    batches = sum(result.histogram.values())
+    assert document["otherData"]["batches"] == document["otherData"]["device_batches"] == batches
+    assert document["otherData"]["device_clock_uncertainty_us"] < 100
+    events = document["traceEvents"]
+    host = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if str(e.get("name")).startswith("execute"))
+    device = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if str(e.get("name")).startswith("compute"))
+    copies = [e for e in events if str(e.get("name")).startswith("copy in")]
+    assert len(device) == len(copies) == batches
+    slack_us = document["otherData"]["device_clock_uncertainty_us"] + 50
+    # The GPU's work lies inside the host's view of each batch (enqueue to result seen), within the clock slack.
+    for (h0, h1), (d0, d1) in zip(host, device, strict=True):
+        assert h0 - slack_us <= d0 <= d1 <= h1 + slack_us, ((h0, h1), (d0, d1))
+    assert all(not w._quarantine and w._trace is None for w in engine.workers)
+
+
+def test_inline_blocking_form_matches_the_awaited_form(calibrated: BuildPaths, engine: GpuEngine) -> None:
+    import asyncio
+
+    from asyncbench.data.dataset import VAL_LAYOUT, read_map
+
+    dataset = resolve_dataset(calibrated)
+    names = [e.name for e in read_map(dataset.val_map)]
+    arena = engine.make_arena(dataset.preprocessed_dir(calibrated.preprocessed, VAL_LAYOUT), names)
+    arena.load(range(len(names)))
+    for indices in ([3], [5, 1, 7, 2, 0, 9, 4, 8], list(range(40))):
+        now = engine.infer_indices_now(indices, 10.0)
+        awaited = asyncio.run(engine.infer_indices(indices))
+        assert np.array_equal(now, awaited)

@@ -98,3 +98,22 @@ def test_node_by_node_fp32_path_matches_exactly(calibrated: BuildPaths, referenc
         engine.close()
     assert np.array_equal(got, reference), np.flatnonzero(got != reference)
     assert single[0] == reference[0]
+
+
+def test_without_cuda_graphs_the_kernels_launch_eagerly_with_the_same_top1(calibrated: BuildPaths,
+                                                                         reference: np.ndarray) -> None:
+    torch_or_skip()
+    from asyncbench.engines.torch_engine import TorchBackend
+
+    fp32, _ = ensure_engine_models(calibrated, log=lambda _: None)
+    _, batch = _samples(calibrated)
+    backend = TorchBackend(fp32, 0, [1, 8, 32], "fp16", graphs=False)
+    engine = GpuEngine([backend], 2)
+    try:
+        assert backend._graphs == []  # nothing captured
+        got = np.concatenate([engine.infer(batch[i:i + 32]) for i in range(0, len(batch), 32)])
+        single = engine.infer(batch[5:6])
+    finally:
+        engine.close()
+    assert (got != reference).sum() <= 1, np.flatnonzero(got != reference)
+    assert single[0] == reference[5]
