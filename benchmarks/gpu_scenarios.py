@@ -19,7 +19,10 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,7 +43,7 @@ from asyncbench.config import (  # noqa: E402
 from asyncbench.cuda.api import device_name  # noqa: E402
 from asyncbench.data.dataset import resolve_dataset  # noqa: E402
 from asyncbench.loadgen.logs import RunSummary  # noqa: E402
-from asyncbench.loadgen.run import new_log_dir, run_scenario  # noqa: E402
+from asyncbench.loadgen.run import dataset_arena, new_log_dir, run_scenario  # noqa: E402
 from asyncbench.paths import BuildPaths  # noqa: E402
 from asyncbench.runtime.sizing import open_engine  # noqa: E402
 
@@ -60,6 +63,8 @@ def main() -> None:
     p.add_argument("--server-variants", default="idle",
                    help="comma list of Server searches: idle (idle dispatch, the default) and/or no-idle")
     p.add_argument("--timeline-qps", type=float, help="also run Server at this QPS with a timeline")
+    p.add_argument("--latency-timelines", type=Path, metavar="DIR",
+                   help="write a timeline of the last inline MultiStream and SingleStream run here")
     p.add_argument("--timeline", type=Path, default=Path(tempfile.gettempdir()) / "gpu_server_timeline.json")
     p.add_argument("--build-dir", default=str(ROOT / "build"))
     p.add_argument("--log-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="gpu_scenarios_")))
@@ -93,20 +98,45 @@ def main() -> None:
             assert result.summary is not None, f"LoadGen wrote no summary in {log_dir}"
             return result.summary
 
+        def idle_round_trip(batch: int, repeats: int = 2000) -> dict[str, float]:
+            """ms quantiles of one idle batch from the pinned arena: copy in, compute, top-1 back, on this thread.
+
+            The inline path without LoadGen: what a latency-bound query costs before any harness hop.
+            """
+            arena = dataset_arena(dataset, paths.preprocessed, engine)
+            arena.load(range(arena.total))
+            rng = np.random.default_rng(0)
+            times = []
+            for _ in range(repeats):
+                indices = rng.integers(0, arena.total, batch).tolist()
+                t0 = time.perf_counter()
+                engine.infer_indices_now(indices, 10.0)
+                times.append((time.perf_counter() - t0) * 1e3)
+            arena.unload(range(arena.total))
+            q = np.percentile(times, [50, 90, 99])
+            return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2])}
+
         def latency_bound(scenario: Scenario, key: str, batch: int) -> None:
             """Inline and through the loop, alternating; medians beside the engine-only time and the round trip."""
             found: dict[str, list[float]] = {"inline": [], "loop": []}
-            for _ in range(args.repeats):
+            for repeat in range(args.repeats):
                 for path in ("loop", "inline"):
-                    s = run(scenario, inline=path == "inline")
+                    timeline = None
+                    if args.latency_timelines is not None and path == "inline" and repeat == args.repeats - 1:
+                        args.latency_timelines.mkdir(parents=True, exist_ok=True)
+                        timeline = args.latency_timelines / f"{scenario}_inline.json"
+                    s = run(scenario, inline=path == "inline", timeline=timeline)
                     found[path].append(s.latency_ns.get(key, 0) / 1e6)
                     print(f"{scenario} {path}: {key} {found[path][-1]:.3f} ms ({s.result})", flush=True)
             round_trip = (engine.latency(batch) or 0.0) * 1e3
-            out[str(scenario).lower()] = {f"{key}_ms": found, "round_trip_ms": round_trip,
+            idle = idle_round_trip(batch)
+            out[str(scenario).lower()] = {f"{key}_ms": found, "round_trip_ms": round_trip, "idle_arena_ms": idle,
                                           "engine_only_ms": batch / rates[batch] * 1e3}
             lines.append(f"{scenario}: {key} inline {statistics.median(found['inline']):.3f} ms, through the loop "
                          f"{statistics.median(found['loop']):.3f} ms (medians of {args.repeats}); engine-only batch "
-                         f"{batch} {batch / rates[batch] * 1e3:.3f} ms, copy-in to top-1 back {round_trip:.3f} ms")
+                         f"{batch} {batch / rates[batch] * 1e3:.3f} ms; round trip (warm-up's host batch: staged "
+                         f"copy, compute, top-1 back) {round_trip:.3f} ms; idle from the pinned arena p50/p90/p99 "
+                         f"{idle['p50']:.3f}/{idle['p90']:.3f}/{idle['p99']:.3f} ms")
 
         for scenario in args.scenarios.split(","):
             if scenario == "Offline":
