@@ -62,6 +62,9 @@ def main() -> None:
                    help="MultiStream/SingleStream runs per path (inline, through the loop), alternating")
     p.add_argument("--server-variants", default="idle",
                    help="comma list of Server searches: idle (idle dispatch, the default) and/or no-idle")
+    p.add_argument("--server-at", default="",
+                   help="instead of searching: run each Server variant at these QPS (comma list), alternating, "
+                        "--repeats times")
     p.add_argument("--timeline-qps", type=float, help="also run Server at this QPS with a timeline")
     p.add_argument("--latency-timelines", type=Path, metavar="DIR",
                    help="write a timeline of the last inline MultiStream and SingleStream run here")
@@ -144,6 +147,20 @@ def main() -> None:
                 out["offline"] = {"samples_per_s": s.metric_value, "result": s.result}
                 lines.append(f"Offline: {s.metric_value:,.0f} samples/s = {s.metric_value / peak:.3f} of peak "
                              f"({s.result})")
+            elif scenario == "Server" and args.server_at:
+                fixed: dict[str, list[dict[str, object]]] = {}
+                for _ in range(args.repeats):
+                    for qps in (float(q) for q in args.server_at.split(",")):
+                        for variant in args.server_variants.split(","):
+                            s = run(Scenario.SERVER, target_qps=qps, idle_dispatch=variant == "idle")
+                            p99 = s.latency_ns.get("p99", 0) / 1e6
+                            fixed.setdefault(f"{variant} {qps:.0f}", []).append({"result": s.result, "p99_ms": p99})
+                            print(f"Server ({variant}) at {qps:.0f} QPS: {s.result}, p99 {p99:.2f} ms", flush=True)
+                out["server_fixed"] = fixed
+                for key, trials in fixed.items():
+                    valid = sum(t["result"] == "VALID" for t in trials)
+                    lines.append(f"Server ({key} QPS): VALID {valid} of {len(trials)}, median p99 "
+                                 f"{statistics.median(float(t['p99_ms']) for t in trials):.2f} ms")  # type: ignore[arg-type]
             elif scenario == "Server":
                 for variant in args.server_variants.split(","):
                     trials = []

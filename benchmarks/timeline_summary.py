@@ -1,6 +1,6 @@
 """Where a batch's time goes, read from a ``--timeline`` trace: per stage, median / p90 / p99 in microseconds.
 
-Rerun: python benchmarks/timeline_summary.py TIMELINE.json [--json]
+Rerun: python benchmarks/timeline_summary.py TIMELINE.json [--json] [--excerpt OUT.json --ms 250]
 
 Host stages come from the pipeline's stamps (queued, waiting for a slot, executing, completing).
 On a GPU engine the trace also holds the device's own spans (CUDA events): copy in and compute
@@ -48,12 +48,27 @@ def summarize(document: dict[str, object]) -> dict[str, dict[str, float]]:
     return result
 
 
+def excerpt(document: dict[str, object], window_ms: float) -> dict[str, object]:
+    """The trace's first ``window_ms``: the events starting in it, and every track name (small enough to share)."""
+    events = document["traceEvents"]
+    assert isinstance(events, list)
+    kept = [e for e in events if e.get("ph") == "M" or float(e.get("ts", 0)) < window_ms * 1000]
+    batches = [e for e in kept if e.get("ph") == "X" and str(e["name"]).startswith("execute")]
+    other = dict(document.get("otherData") or {})  # type: ignore[call-overload]
+    other.update(excerpt_ms=window_ms, excerpt_batches=len(batches))
+    return {"traceEvents": kept, "displayTimeUnit": "ms", "otherData": other}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("timeline", type=Path)
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--excerpt", type=Path, help="also write the trace's first --ms milliseconds here")
+    p.add_argument("--ms", type=float, default=250.0)
     args = p.parse_args()
     document = json.loads(args.timeline.read_text())
+    if args.excerpt is not None:
+        args.excerpt.write_text(json.dumps(excerpt(document, args.ms)))
     figures = summarize(document)
     if args.json:
         print(json.dumps({"other": document.get("otherData"), "stages": figures}, indent=1))

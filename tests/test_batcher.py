@@ -470,11 +470,11 @@ def test_decide_sends_everything_to_an_idle_engine_only_when_the_policy_says_so(
     assert decide(20, T0, T0, idle_policy, engine_idle=True) == Dispatch(8)  # never above the cap
     # More than idle_max_pending (4) piled up within the gap: a high rate, so batching as usual.
     assert decide(5, T0, T0, idle_policy, engine_idle=True, last_dispatch_ns=T0 - 300) == Wait(T0 + 1_000)
-    # One sample waits, but 12 arrived within the last queue delay: the rate is high, so it waits for company.
+    # One sample waits, but 17 arrived within the last queue delay: the rate is high, so it waits for company.
     assert decide(1, T0, T0, idle_policy, engine_idle=True, last_dispatch_ns=T0 - 300,
-                  recent_arrivals=12) == Wait(T0 + 1_000)
+                  recent_arrivals=17) == Wait(T0 + 1_000)
     assert decide(1, T0, T0, idle_policy, engine_idle=True, last_dispatch_ns=T0 - 300,
-                  recent_arrivals=4) == Dispatch(1)
+                  recent_arrivals=16) == Dispatch(1)
 
 
 @loops
@@ -499,16 +499,20 @@ def test_an_engine_going_idle_takes_the_pending_samples_before_the_deadline(loop
         clock.advance(100)
         await settle()
         assert sizes(ready(out)) == [1]
-        # A burst: more than idle_max_pending samples within the queue delay, so batching as without idle dispatch.
-        batcher.submit([4, 5, 6], [4, 5, 6])
+        # A burst: more than idle_max_recent (16) samples within the queue delay, so batching as without the rule.
+        batcher.submit(list(range(4, 20)), list(range(4, 20)))
         await settle()
-        assert sizes(ready(out)) == []  # 3 + the 3 sent before arrived within the 1000 ns window
-        clock.advance(400)  # the earlier arrivals (at T0) fall out of the window only after the delay
+        assert sizes(ready(out)) == [8, 8]  # full batches go at once anyway
+        clock.advance(300)
+        batcher.submit([99], [99])  # one sample, the engine idle, the gap passed: but 20 arrived within 1000 ns
         await settle()
-        assert sizes(ready(out)) == []
-        clock.advance(600)
+        assert ready(out) == []
+        clock.advance(500)
         await settle()
-        assert sizes(ready(out)) == [3]  # the deadline
+        assert ready(out) == []
+        clock.advance(500)
+        await settle()
+        assert sizes(ready(out)) == [1]  # its deadline
         batcher.close()
         await task
 
