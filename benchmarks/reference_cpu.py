@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,15 @@ def summary_figures(path: Path) -> tuple[str, float | None, float | None]:
             int(p99.group(1)) / 1e6 if p99 else None)
 
 
+def summary_latencies(path: Path) -> tuple[str, float | None, float | None]:
+    """(VALID/INVALID, p50 ms, p99 ms) of a LoadGen summary."""
+    text = path.read_text()
+    result = re.search(r"Result is : (\w+)", text)
+    found = [re.search(rf"{q} percentile latency \(ns\)\s*:\s*(\d+)", text) for q in ("50\\.00", "99\\.00")]
+    p50, p99 = (int(m.group(1)) / 1e6 if m else None for m in found)
+    return result.group(1) if result else "none", p50, p99
+
+
 def run_asyncbench(scenario: str, qps: float, duration: float) -> tuple[str, float | None, float | None]:
     with tempfile.TemporaryDirectory() as logs:
         extra = ["--target-qps", str(qps)] if scenario == "Server" else []
@@ -50,16 +60,20 @@ def run_asyncbench(scenario: str, qps: float, duration: float) -> tuple[str, flo
 
 
 def run_reference(reference: Path, pythonpath: str, data: Path, scenario: str, qps: float,
-                  duration: float) -> tuple[str, float | None, float | None]:
+                  duration: float, backend: str = "onnxruntime",
+                  read: Callable[[Path], tuple[str, float | None, float | None]] = summary_figures
+                  ) -> tuple[str, float | None, float | None]:
+    """One run of the reference harness; ``backend="null"`` is its own do-nothing backend (harness cost only)."""
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "main.py", "--profile", "mobilenet-onnxruntime", "--model",
-                        str(ROOT / "build/models/MobileNet/mobilenet_v1_1.0_224.onnx"), "--dataset-path", str(data),
+        subprocess.run([sys.executable, "main.py", "--profile", "mobilenet-onnxruntime", "--backend", backend,
+                        "--model", str(ROOT / "build/models/MobileNet/mobilenet_v1_1.0_224.onnx"),
+                        "--dataset-path", str(data),
                         "--scenario", scenario, "--time", str(int(duration)), "--data-format", "NHWC",
                         "--qps", str(int(REFERENCE_OFFLINE_QPS if scenario == "Offline" else qps)),
                         "--user_conf", str(data / "user.conf"), "--output", out, "--cache_dir", str(Path(out) / "c")],
                        cwd=reference, capture_output=True, text=True, timeout=duration * 10 + 300,
                        env={**os.environ, "PYTHONPATH": pythonpath}, check=True)
-        return summary_figures(Path(out) / "mlperf_log_summary.txt")
+        return read(Path(out) / "mlperf_log_summary.txt")
 
 
 def dataset_folder(tmp: Path) -> Path:

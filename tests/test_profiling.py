@@ -34,6 +34,9 @@ class CountingRanges:
     def mark(self, message: str) -> None:
         self.marks[message.split(" ")[0]] += 1
 
+    def mark_issue(self, samples: int) -> None:
+        self.marks["issue"] += 1
+
     def start(self, message: str) -> Any:
         self.started += 1
         self.open.add(self.started)
@@ -120,3 +123,15 @@ def test_device_spans_get_a_copy_and_a_compute_track_per_gpu(tmp_path: Path) -> 
     assert [e["name"] for e in computes] == ["compute (4)", "compute (8)", "compute (1)"]
     assert document["otherData"]["device_batches"] == 3
     assert document["otherData"]["device_clock_uncertainty_us"] == 1.5
+
+
+def test_the_real_ranges_run_through_the_nvtx_package() -> None:
+    pytest.importorskip("nvtx")
+    from asyncbench.runtime.nvtx_ranges import NvtxRanges
+
+    ranges = NvtxRanges()
+    for size in (1, 1, 8):
+        ranges.mark_issue(size)
+    assert sorted(ranges._issue) == [1, 8]  # one prepared message per size, not per call
+    ranges.mark("batch 0 (1) to slot 0")
+    ranges.end(ranges.start("execute batch 0 (1)"))

@@ -170,7 +170,7 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
     def issue(ids: list[int], indices: list[int]) -> None:
         try:
             if nvtx is not None:
-                nvtx.mark(f"issue ({len(ids)})")
+                nvtx.mark_issue(len(ids))
             if pipeline.failure is not None:
                 gate.take(ids)
             elif inline:
