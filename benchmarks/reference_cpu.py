@@ -63,7 +63,11 @@ def run_reference(reference: Path, pythonpath: str, data: Path, scenario: str, q
                   duration: float, backend: str = "onnxruntime",
                   read: Callable[[Path], tuple[str, float | None, float | None]] = summary_figures
                   ) -> tuple[str, float | None, float | None]:
-    """One run of the reference harness; ``backend="null"`` is its own do-nothing backend (harness cost only)."""
+    """One run of the reference harness; ``backend="null"`` is its own do-nothing backend (harness cost only).
+
+    With the null backend main.py fails after the test, in its own scoring of the (empty) results;
+    LoadGen's summary is written by then, so only the summary's presence is checked.
+    """
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, "main.py", "--profile", "mobilenet-onnxruntime", "--backend", backend,
                         "--model", str(ROOT / "build/models/MobileNet/mobilenet_v1_1.0_224.onnx"),
@@ -72,7 +76,7 @@ def run_reference(reference: Path, pythonpath: str, data: Path, scenario: str, q
                         "--qps", str(int(REFERENCE_OFFLINE_QPS if scenario == "Offline" else qps)),
                         "--user_conf", str(data / "user.conf"), "--output", out, "--cache_dir", str(Path(out) / "c")],
                        cwd=reference, capture_output=True, text=True, timeout=duration * 10 + 300,
-                       env={**os.environ, "PYTHONPATH": pythonpath}, check=True)
+                       env={**os.environ, "PYTHONPATH": pythonpath}, check=backend != "null")
         return read(Path(out) / "mlperf_log_summary.txt")
 
 
