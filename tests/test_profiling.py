@@ -46,6 +46,18 @@ class CountingRanges:
         self.open.remove(handle)
 
 
+def _run_samples(pipeline: Pipeline, count: int) -> None:
+    """Submit ``count`` samples in one call and run the pipeline until it has drained."""
+
+    async def body() -> None:
+        task = asyncio.create_task(pipeline.run())
+        pipeline.submit(list(range(count)), [i % 64 for i in range(count)])
+        pipeline.close()
+        await task
+
+    asyncio.run(body())
+
+
 def test_ranges_are_per_batch_and_balanced() -> None:
     ranges = CountingRanges()
     engine = NullEngine(max_batch_size=8)
@@ -53,13 +65,7 @@ def test_ranges_are_per_batch_and_balanced() -> None:
     pipeline = Pipeline(execution_for(engine, arena, 8), BatchPolicy(8, 0), lambda ids, top1: None,
                         nvtx=ranges, timeline=Timeline())  # type: ignore[arg-type]
 
-    async def body() -> None:
-        task = asyncio.create_task(pipeline.run())
-        pipeline.submit(list(range(40)), [i % 64 for i in range(40)])
-        pipeline.close()
-        await task
-
-    asyncio.run(body())
+    _run_samples(pipeline, 40)
     batches = sum(pipeline.batcher.histogram().values())
     assert batches == 5 and not ranges.open
     assert ranges.marks["batch"] == batches and ranges.started == 2 * batches  # execute + complete per batch
@@ -98,13 +104,7 @@ def test_a_failed_batch_closes_its_range() -> None:
     pipeline = Pipeline(execution_for(engine, arena, 8), BatchPolicy(8, 0), lambda ids, top1: None,
                         nvtx=ranges)  # type: ignore[arg-type]
 
-    async def body() -> None:
-        task = asyncio.create_task(pipeline.run())
-        pipeline.submit(list(range(24)), [i % 64 for i in range(24)])
-        pipeline.close()
-        await task
-
-    asyncio.run(body())
+    _run_samples(pipeline, 24)
     assert pipeline.failure is not None and ranges.started >= 2 and not ranges.open
 
 

@@ -62,7 +62,6 @@ class Pipeline:
         if inline and not isinstance(execution, InlineExecution):
             raise TypeError("the inline path needs an execution with run_now (a device engine)")
         self._execution = execution
-        self.inline = inline
         self._inline_sizes: dict[int, int] = {}
         self._inline_seq = 0
         self._clock = clock  # the clock arrivals are stamped with (the inbox's)
@@ -123,19 +122,11 @@ class Pipeline:
                 if self._nvtx is not None:
                     self._nvtx.end(nvtx_range)
             executed = self._clock()
-            nvtx_range = None if self._nvtx is None else self._nvtx.start(f"complete batch {seq}")
-            self._finish(chunk, top1)
-            if self._nvtx is not None:
-                self._nvtx.end(nvtx_range)
-            now = self._clock()
-            self.latency.add(now, [(arrival, arrival, len(chunk))])
+            now = self._complete_batch(seq, chunk, top1, [(arrival, arrival, len(chunk))])
             self._inline_sizes[len(chunk)] = self._inline_sizes.get(len(chunk), 0) + 1
             if self.timeline is not None:
                 self.timeline.add(BatchStamps(seq, len(chunk), 0, arrival, started, started, executed, now, True,
                                               0, 1))
-            self.times.batches += 1
-            self.times.samples += len(chunk)
-            self.times.complete += (now - executed) / 1e9
 
     def histogram(self) -> dict[int, int]:
         """Batches run per batch size, by size (the batcher's and the inline path's)."""
@@ -232,23 +223,32 @@ class Pipeline:
         async for work in self._done:
             if work.done:
                 continue
-            t0 = time.perf_counter()
             work.done = True
             self._works.pop(id(work), None)
-            nvtx_range = None if self._nvtx is None else self._nvtx.start(f"complete batch {work.batch.seq}")
-            self._finish(work.batch.ids, work.data)
-            if self._nvtx is not None:
-                self._nvtx.end(nvtx_range)
-            now = self._clock()
-            self.latency.add(now, work.batch.spans)
+            b = work.batch
+            now = self._complete_batch(b.seq, b.ids, work.data, b.spans)
             if self.timeline is not None:
-                b = work.batch
                 self.timeline.add(BatchStamps(b.seq, len(b.ids), work.slot, b.oldest_arrival_ns, b.formed_ns,
                                               work.started, work.executed, now, True, b.pending_after,
                                               work.in_flight))
-            self.times.batches += 1
-            self.times.samples += len(work.batch.ids)
-            self.times.complete += time.perf_counter() - t0
+
+    def _complete_batch(self, seq: int, ids: Sequence[int], top1: np.ndarray | None,
+                        spans: Sequence[tuple[int, int, int]]) -> int:
+        """One executed batch to LoadGen, recorded (latency, stage time, NVTX); returns the clock after it.
+
+        The loop's completer and the inline path both end a batch here.
+        """
+        t0 = time.perf_counter()
+        nvtx_range = None if self._nvtx is None else self._nvtx.start(f"complete batch {seq}")
+        self._finish(ids, top1)
+        if self._nvtx is not None:
+            self._nvtx.end(nvtx_range)
+        now = self._clock()
+        self.latency.add(now, spans)
+        self.times.batches += 1
+        self.times.samples += len(ids)
+        self.times.complete += time.perf_counter() - t0
+        return now
 
     def _engine_idle(self) -> bool:
         """Nothing executing and nothing waiting for a slot (BatchPolicy.idle_gap_ns)."""
