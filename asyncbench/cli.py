@@ -137,8 +137,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
     p.add_argument("--loop", type=_choice(Loop, "event loop"), default=Loop.UVLOOP, help="uvloop (default) or asyncio")
     p.add_argument("--inflight", type=positive_int,
-                   help="batches in flight: CPU engines (default 2), or slots per GPU (default 3)")
+                   help="batches in flight: CPU engines (default 2), or slots per GPU (default: inference "
+                        "streams + 2)")
     p.add_argument("--gpus", type=positive_int, help="use the first N visible GPUs (default: all)")
+    p.add_argument("--inference-streams", type=positive_int, default=1,
+                   help="GPU engines: concurrent compute streams per GPU, each with its own slots and CUDA graphs; "
+                        "a batch goes to the least loaded one (default 1)")
+    p.add_argument("--copy-streams", type=positive_int, default=1,
+                   help="GPU engines: host-to-device copy streams per GPU (default 1)")
     p.add_argument("--start-from-device", action="store_true",
                    help="keep the QSL samples on each GPU instead of copying every batch from pinned host memory")
     p.add_argument("--completion", type=_choice(Completion, "completion"), default=Completion.THREAD,
@@ -252,7 +258,8 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
     engine = EngineConfig(kind=args.engine, precision=args.precision, threads=args.threads,
                           timeout_s=args.engine_timeout, null_spec=args.null_spec, torch_compile=args.torch_compile)
     gpu = GpuConfig(count=args.gpus, start_from_device=args.start_from_device, completion=args.completion,
-                    cuda_graphs=args.cuda_graphs == "on")
+                    cuda_graphs=args.cuda_graphs == "on", inference_streams=args.inference_streams,
+                    copy_streams=args.copy_streams)
     process = ProcessConfig(loop=args.loop, gil_switch_us=args.gil_switch_us)
     return [RunConfig(scenario, loadgen, batching, engine, gpu, process) for scenario in args.scenarios]
 

@@ -160,6 +160,8 @@ class GpuConfig:
     start_from_device: bool = False  # mirror the QSL arena to each GPU (no host-to-device copy per batch)
     completion: Completion = Completion.THREAD
     cuda_graphs: bool = True  # False: every batch launches its kernels one by one (kernel-level profiles)
+    inference_streams: int = 1  # concurrent compute streams per GPU (LWIS's gpu_inference_streams)
+    copy_streams: int = 1  # host-to-device copy streams per GPU (LWIS's gpu_copy_streams)
 
 
 @dataclass(frozen=True)

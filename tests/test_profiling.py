@@ -116,13 +116,30 @@ def test_device_spans_get_a_copy_and_a_compute_track_per_gpu(tmp_path: Path) -> 
     document = json.loads(timeline.write(tmp_path / "t.json").read_text())
     events = document["traceEvents"]
     names = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
-    assert names[100] == "cuda:0 copy stream (host to device)" and names[103].startswith("cuda:1 compute")
+    assert names[100] == "cuda:0 copy stream 0 (host to device)" and names[103].startswith("cuda:1 inference stream 0")
     copies = [e for e in events if e.get("ph") == "X" and e["name"].startswith("copy in")]
     computes = [e for e in events if e.get("ph") == "X" and e["name"].startswith("compute")]
     assert [(e["tid"], e["ts"], e["dur"]) for e in copies] == [(100, 0.0, 2.0), (102, 1.0, 2.0), (100, 8.0, 0.8)]
     assert [e["name"] for e in computes] == ["compute (4)", "compute (8)", "compute (1)"]
     assert document["otherData"]["device_batches"] == 3
     assert document["otherData"]["device_clock_uncertainty_us"] == 1.5
+
+
+def test_each_inference_and_copy_stream_gets_its_own_track(tmp_path: Path) -> None:
+    timeline = Timeline()
+    timeline.add_device_spans([DeviceSpan(0, 0, 3, 4, 1_000, 3_000, 3_500, 9_000, stream=0, copy_stream=0),
+                               DeviceSpan(0, 1, 8, 8, 2_000, 4_000, 4_000, 12_000, stream=1, copy_stream=1),
+                               DeviceSpan(0, 2, 2, 2, 5_000, 6_000, 6_000, 8_000, stream=2, copy_stream=0)],
+                              uncertainty_ns=100)
+    events = json.loads(timeline.write(tmp_path / "t.json").read_text())["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    assert [names[t] for t in sorted(t for t in names if t >= 100)] == [
+        "cuda:0 copy stream 0 (host to device)", "cuda:0 copy stream 1 (host to device)",
+        "cuda:0 inference stream 0 (engine, top-1 back)", "cuda:0 inference stream 1 (engine, top-1 back)",
+        "cuda:0 inference stream 2 (engine, top-1 back)"]
+    computes = [e["tid"] for e in events if e.get("ph") == "X" and e["name"].startswith("compute")]
+    copies = [e["tid"] for e in events if e.get("ph") == "X" and e["name"].startswith("copy in")]
+    assert computes == [102, 103, 104] and copies == [100, 101, 100]
 
 
 def test_the_real_ranges_run_through_the_nvtx_package() -> None:

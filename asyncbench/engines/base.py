@@ -140,6 +140,8 @@ class DeviceSpan:
     copy_end: int
     compute_start: int  # after the copy-in, once the stream reached the batch
     compute_end: int  # top-1 copied back
+    stream: int = 0  # the device's inference stream that ran it
+    copy_stream: int = 0  # the device's copy stream that brought it in
 
 
 @runtime_checkable

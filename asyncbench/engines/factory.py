@@ -126,4 +126,5 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
                     for device in devices]
     from asyncbench.engines.gpu import GpuEngine
 
-    return GpuEngine(backends, slots, start_from_device=cfg.gpu.start_from_device, notifier=cfg.gpu.completion)
+    return GpuEngine(backends, slots, start_from_device=cfg.gpu.start_from_device, notifier=cfg.gpu.completion,
+                     inference_streams=cfg.gpu.inference_streams, copy_streams=cfg.gpu.copy_streams)

@@ -8,6 +8,10 @@ module owns everything around it, as NVIDIA's LWIS does:
 - each device has a pool of slots, each owning its input/output device buffers, a pinned
   top-1 buffer and two events; events chain copy -> execute -> top-1 copy back, so the copy of
   one batch overlaps the compute of the one before; the pool is the backpressure;
+- a device has one or more inference streams (LWIS's ``gpu_inference_streams``) and copy
+  streams; each slot belongs to one of each, with its own CUDA graphs, and a batch takes a free
+  slot on the inference stream with the fewest batches in flight, so small batches can overlap
+  on the SMs;
 - completion reaches the event loop through a per-device notifier (no thread per batch);
 - with several GPUs a batch goes to the device with the fewest batches (then samples) in flight.
 """
@@ -80,6 +84,8 @@ class _Slot:
     copied: Event
     done: Event
     launch: Launch
+    lane: int  # index of its inference stream
+    copy_lane: int  # index of its copy stream
 
 
 class _DeviceTrace:
@@ -122,7 +128,7 @@ class _DeviceTrace:
             return start + round(event.elapsed_ms(copy_start) * 1e6)
 
         self.spans.append(DeviceSpan(device, batch, size, bucket, start, at(copy_end), at(compute_start),
-                                     at(compute_end)))
+                                     at(compute_end), slot.lane, slot.copy_lane))
 
     def close(self) -> None:
         for events in self.events.values():
@@ -139,22 +145,26 @@ def make_notifier(kind: Completion, device: int) -> Notifier:
 
 
 class DeviceWorker:
-    """One GPU: a copy stream, a compute stream and a pool of stream slots."""
+    """One GPU: copy streams, inference (compute) streams and a pool of stream slots spread over them."""
 
     def __init__(self, backend: DeviceBackend, slots: int, recorder: LatencyRecorder,
                  notifier: Completion = Completion.THREAD,
-                 batch_copy: bool | None = None) -> None:
+                 batch_copy: bool | None = None, inference_streams: int = 1, copy_streams: int = 1) -> None:
         if slots < 1:
             raise ValueError(f"a device needs at least one slot, got {slots}")
+        if not 1 <= inference_streams <= slots or copy_streams < 1:
+            raise ValueError(f"need 1 <= inference streams ({inference_streams}) <= slots ({slots}) "
+                             f"and at least one copy stream ({copy_streams})")
         self.backend = backend
         self.device = backend.device
         self.buckets = tuple(sorted(backend.buckets()))
         self.max_batch_size = self.buckets[-1]
-        self.copy_stream = Stream(self.device)
-        self.compute_stream = Stream(self.device)
+        self.copy_streams = [Stream(self.device) for _ in range(copy_streams)]
+        self.compute_streams = [Stream(self.device) for _ in range(inference_streams)]
         self.copier = RunCopier(SAMPLE_BYTES, batch_copy)
         self._recorder = recorder
-        self._slots = [self._new_slot() for _ in range(slots)]
+        self._lane_busy = [0] * inference_streams  # batches in flight per inference stream
+        self._slots = [self._new_slot(i % inference_streams, i % copy_streams) for i in range(slots)]
         self._free = list(self._slots)
         # Slots whose batch failed or timed out after work was queued: the GPU may still write
         # them, so they come back only once their last event has completed.
@@ -179,13 +189,19 @@ class DeviceWorker:
             self._quarantine.remove(slot)
             self._free.append(slot)
 
-    def _new_slot(self) -> _Slot:
+    @property
+    def compute_stream(self) -> Stream:
+        """The first inference stream (timing, tracing anchor)."""
+        return self.compute_streams[0]
+
+    def _new_slot(self, lane: int, copy_lane: int) -> _Slot:
         rows = self.max_batch_size
         inp = DeviceBuffer(rows * SAMPLE_BYTES, self.device)
         out = DeviceBuffer(rows * RESULT_DTYPE.itemsize, self.device)
         host = PinnedBuffer(rows * RESULT_DTYPE.itemsize)
-        launch = self.backend.bind(inp.ptr, out.ptr, self.compute_stream)
-        return _Slot(inp, out, host, host.array(RESULT_DTYPE, (rows,)), Event(self.device), Event(self.device), launch)
+        launch = self.backend.bind(inp.ptr, out.ptr, self.compute_streams[lane])
+        return _Slot(inp, out, host, host.array(RESULT_DTYPE, (rows,)), Event(self.device), Event(self.device), launch,
+                     lane, copy_lane)
 
     def bucket_for(self, n: int) -> int:
         """The smallest prepared batch size that holds n samples."""
@@ -215,33 +231,37 @@ class DeviceWorker:
         n = len(rows)
         bucket = self.bucket_for(n)
         trace = None if self._trace is None else self._trace.events[id(slot)]
+        copy_stream, compute = self.copy_streams[slot.copy_lane], self.compute_streams[slot.lane]
         set_device(self.device)  # one loop thread drives every device; the runtime API's device is per thread
         if trace is not None:
-            trace[0].record(self.copy_stream)
-        self.copier.copy(slot.input.ptr, source, rows, self.copy_stream)
-        slot.copied.record(self.copy_stream)
+            trace[0].record(copy_stream)
+        self.copier.copy(slot.input.ptr, source, rows, copy_stream)
+        slot.copied.record(copy_stream)
         if trace is not None:
-            trace[1].record(self.copy_stream)
-        self.compute_stream.wait(slot.copied)
+            trace[1].record(copy_stream)
+        compute.wait(slot.copied)
         if trace is not None:
-            trace[2].record(self.compute_stream)
+            trace[2].record(compute)
         slot.launch(bucket)
-        copy_async(slot.host.ptr, slot.output.ptr, n * RESULT_DTYPE.itemsize, self.compute_stream)
+        copy_async(slot.host.ptr, slot.output.ptr, n * RESULT_DTYPE.itemsize, compute)
         if trace is not None:
-            trace[3].record(self.compute_stream)
-        slot.done.record(self.compute_stream)
+            trace[3].record(compute)
+        slot.done.record(compute)
         return bucket
 
     def _take(self, n: int) -> _Slot:
-        """A free slot for a batch of ``n``, counted as busy."""
+        """A free slot on the least loaded inference stream for a batch of ``n``, counted as busy."""
         self._reclaim()
         if not self._free:
             raise EngineError(f"cuda:{self.device} has no free slot: more batches in flight than slots")
         if not self._source:
             raise EngineError("no samples loaded: LoadGen's load_samples has not filled the arena")
+        slot = min(self._free, key=lambda s: self._lane_busy[s.lane])
+        self._free.remove(slot)
+        self._lane_busy[slot.lane] += 1
         self.busy_batches += 1
         self.busy_samples += n
-        return self._free.pop()
+        return slot
 
     def _finished(self, slot: _Slot, n: int, bucket: int) -> np.ndarray:
         """The finished batch's top-1 (and its trace span)."""
@@ -251,6 +271,7 @@ class DeviceWorker:
         return slot.top1[:n].copy()
 
     def _give_back(self, slot: _Slot, n: int, finished: bool) -> None:
+        self._lane_busy[slot.lane] -= 1
         self.busy_batches -= 1
         self.busy_samples -= n
         # A failure or a timeout may leave queued work writing this slot: quarantine it.
@@ -263,7 +284,7 @@ class DeviceWorker:
         finished = False
         try:
             bucket = self._enqueue(slot, self._source, rows)
-            await self.notifier.after(self.compute_stream, slot.done)
+            await self.notifier.after(self.compute_streams[slot.lane], slot.done)
             # No latency record here: under load it includes queueing behind other slots, and the
             # Server policy must size batches from the device's own speed (measured idle, in infer).
             top1 = self._finished(slot, n, bucket)
@@ -336,7 +357,7 @@ class DeviceWorker:
         slot = self._free[0]
         set_device(self.device)
         slot.launch(bucket)  # warm
-        return self._timed(self.compute_stream, repeats, lambda: slot.launch(bucket))[0]
+        return self._timed(self.compute_streams[slot.lane], repeats, lambda: slot.launch(bucket))[0]
 
     def time_copy(self, rows: np.ndarray, repeats: int) -> tuple[float, float]:
         """(GPU seconds, host CPU seconds) per copy of these arena rows into a slot, pinned source."""
@@ -344,8 +365,8 @@ class DeviceWorker:
             raise EngineError(f"cuda:{self.device} needs an idle device and a loaded arena for time_copy()")
         slot = self._free[0]
         set_device(self.device)
-        return self._timed(self.copy_stream, repeats,
-                           lambda: self.copier.copy(slot.input.ptr, self._source, rows, self.copy_stream))
+        stream = self.copy_streams[slot.copy_lane]
+        return self._timed(stream, repeats, lambda: self.copier.copy(slot.input.ptr, self._source, rows, stream))
 
     def _timed(self, stream: Stream, repeats: int, enqueue: Callable[[], object]) -> tuple[float, float]:
         """(GPU seconds by CUDA events, host CPU seconds) per call of ``enqueue``, run ``repeats`` times."""
@@ -374,8 +395,8 @@ class DeviceWorker:
         if self._quarantine:
             return
         self.stop_trace()
-        self.compute_stream.synchronize()
-        self.copy_stream.synchronize()
+        for stream in self.compute_streams + self.copy_streams:
+            stream.synchronize()
         for slot in self._slots:
             for thing in (slot.input, slot.output, slot.host, slot.copied, slot.done):
                 thing.close()
@@ -383,8 +404,8 @@ class DeviceWorker:
         if self._mirror is not None:
             self._mirror.close()
         self.backend.close()
-        self.copy_stream.close()
-        self.compute_stream.close()
+        for stream in self.compute_streams + self.copy_streams:
+            stream.close()
 
 
 class GpuEngine:
@@ -392,14 +413,16 @@ class GpuEngine:
 
     def __init__(self, backends: Sequence[DeviceBackend], slots_per_device: int = 3, *,
                  start_from_device: bool = False, notifier: Completion = Completion.THREAD,
-                 batch_copy: bool | None = None) -> None:
+                 batch_copy: bool | None = None, inference_streams: int = 1, copy_streams: int = 1) -> None:
         if not backends:
             raise ValueError("a GPU engine needs at least one device backend")
         self._latency = LatencyRecorder()
         self.workers: list[DeviceWorker] = []
+        self.inference_streams, self.copy_streams = inference_streams, copy_streams
         try:
             for backend in backends:
-                self.workers.append(DeviceWorker(backend, slots_per_device, self._latency, notifier, batch_copy))
+                self.workers.append(DeviceWorker(backend, slots_per_device, self._latency, notifier, batch_copy,
+                                                 inference_streams, copy_streams))
         except BaseException:
             self.close()
             raise

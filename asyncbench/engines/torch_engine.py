@@ -84,8 +84,11 @@ class TorchBackend:
             from asyncbench.engines.triton_chain import supported
 
             why = supported(chain)
+        # One graph memory pool per stream: graphs in one pool share their activations' memory,
+        # which is safe only while they replay one after another (slots of one stream do; slots
+        # of concurrent inference streams would overwrite each other's activations).
+        self._pools: dict[int, Any] = {}
         with torch.cuda.device(self._dev):
-            self._pool = torch.cuda.graph_pool_handle()
             if why is None and chain is not None:  # why is None only for a matched, supported chain
                 from asyncbench.engines.triton_chain import ChainKernels
 
@@ -121,6 +124,7 @@ class TorchBackend:
         tstream = torch.cuda.ExternalStream(stream.handle, device=self._dev)
         graphs: dict[int, Any] = {}
         with torch.cuda.device(self._dev), torch.inference_mode():
+            pool = self._pools.setdefault(stream.handle, torch.cuda.graph_pool_handle())
             x_all = torch.as_tensor(device_array(input_ptr, SAMPLE_DTYPE, (rows, *SAMPLE_SHAPE)), device=self._dev)
             y_all = torch.as_tensor(device_array(output_ptr, np.int32, (rows,)), device=self._dev)
             with torch.cuda.stream(tstream):
@@ -132,7 +136,7 @@ class TorchBackend:
                     if not self.graphs:
                         continue
                     graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=self._pool, stream=tstream,
+                    with torch.cuda.graph(graph, pool=pool, stream=tstream,
                                           capture_error_mode="thread_local"):
                         y.copy_(self._fn(x))  # the result lands in the slot's buffer; nothing stays live
                     graphs[b] = graph

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from asyncbench.config import EngineKind, RunConfig, Scenario
 from asyncbench.engines.base import Engine, ExecutionForm, batch_sizes_upto
 from asyncbench.engines.factory import create_engine, resolve_engine_kind
+from asyncbench.errors import ConfigError
 from asyncbench.paths import BuildPaths
 from asyncbench.runtime.batcher import BatchPolicy
 
@@ -21,7 +22,7 @@ CPU_MAX_BATCH = 32
 NULL_MAX_BATCH = 1024
 GPU_MAX_BATCH = 1024  # Offline peaks at the largest batch; Server and MultiStream pick smaller ones
 CPU_SLOTS = 2  # batches in a CPU engine at once: one computing, one being gathered
-GPU_SLOTS = 3  # batches in flight per GPU: one copying in, one computing, one coming back
+GPU_EXTRA_SLOTS = 2  # batches in flight per GPU beyond one per inference stream: one copying in, one coming back
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ def engine_sizing(cfg: RunConfig, kind: EngineKind) -> EngineSizing:
     """``--max-batch-size`` and ``--inflight``, else the defaults of this kind of engine."""
     default_max = GPU_MAX_BATCH if kind.on_gpu else NULL_MAX_BATCH if kind is EngineKind.NULL else CPU_MAX_BATCH
     max_batch = cfg.batching.max_batch_size or default_max
-    slots = cfg.batching.inflight or (GPU_SLOTS if kind.on_gpu else CPU_SLOTS)
+    streams = cfg.gpu.inference_streams
+    slots = cfg.batching.inflight or (streams + GPU_EXTRA_SLOTS if kind.on_gpu else CPU_SLOTS)
+    if kind.on_gpu and slots < streams:
+        raise ConfigError(f"--inflight {slots} is fewer slots than --inference-streams {streams}: "
+                          f"each inference stream needs a slot of its own")
     return EngineSizing(batch_sizes_upto(max_batch), slots)
 
 

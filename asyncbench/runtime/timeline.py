@@ -88,19 +88,21 @@ class Timeline:
                 {"ph": "C", "pid": _PID, "name": "batches in flight", "ts": us(b.started),
                  "args": {"in flight": b.in_flight}},
             ]
-        for device in sorted({d.device for d in self.device_spans}):
-            events += [
-                {"ph": "M", "pid": _PID, "tid": _TID_DEVICE0 + 2 * device, "name": "thread_name",
-                 "args": {"name": f"cuda:{device} copy stream (host to device)"}},
-                {"ph": "M", "pid": _PID, "tid": _TID_DEVICE0 + 2 * device + 1, "name": "thread_name",
-                 "args": {"name": f"cuda:{device} compute stream (engine, top-1 back)"}},
-            ]
+        # One track per stream of each device: its copy streams, then its inference streams.
+        tracks: dict[tuple[int, int, int], int] = {}
+        for key in sorted({(d.device, 0, d.copy_stream) for d in self.device_spans}
+                          | {(d.device, 1, d.stream) for d in self.device_spans}):
+            tracks[key] = _TID_DEVICE0 + len(tracks)
+            device, compute, lane = key
+            name = (f"cuda:{device} inference stream {lane} (engine, top-1 back)" if compute
+                    else f"cuda:{device} copy stream {lane} (host to device)")
+            events.append({"ph": "M", "pid": _PID, "tid": tracks[key], "name": "thread_name", "args": {"name": name}})
         for d in self.device_spans:
             args = {"device batch": d.batch, "size": d.size, "bucket": d.bucket}
             events += [
-                {"ph": "X", "pid": _PID, "tid": _TID_DEVICE0 + 2 * d.device, "name": f"copy in ({d.size})",
+                {"ph": "X", "pid": _PID, "tid": tracks[(d.device, 0, d.copy_stream)], "name": f"copy in ({d.size})",
                  "ts": us(d.copy_start), "dur": (d.copy_end - d.copy_start) / 1000, "args": args},
-                {"ph": "X", "pid": _PID, "tid": _TID_DEVICE0 + 2 * d.device + 1, "name": f"compute ({d.bucket})",
+                {"ph": "X", "pid": _PID, "tid": tracks[(d.device, 1, d.stream)], "name": f"compute ({d.bucket})",
                  "ts": us(d.compute_start), "dur": (d.compute_end - d.compute_start) / 1000, "args": args},
             ]
         return events
