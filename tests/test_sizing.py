@@ -106,3 +106,58 @@ def test_the_server_latency_target_comes_from_the_plan(tmp_path) -> None:
     conf.write_text("mobilenet.Server.target_latency = 15\n")
     mine = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(user_conf=conf)), 104, 1000.0, {})
     assert mine.target_latency_ns == 15_000_000
+
+
+def test_gpu_slots_default_to_one_per_inference_stream_plus_two() -> None:
+    from asyncbench.config import GpuConfig
+    from asyncbench.errors import ConfigError
+
+    assert engine_sizing(RunConfig(gpu=GpuConfig(inference_streams=3)), EngineKind.TORCH).slots == 5
+    try:
+        engine_sizing(RunConfig(batching=BatchingConfig(inflight=2), gpu=GpuConfig(inference_streams=3)),
+                      EngineKind.TORCH)
+    except ConfigError as e:
+        assert "--inflight 2" in str(e) and "--inference-streams 3" in str(e)
+    else:
+        raise AssertionError("fewer slots than streams must be refused")
+
+
+def _fixed_cost(fixed_ms: float, per_sample_ms: float):
+    return lambda b: (fixed_ms + per_sample_ms * b) * MS
+
+
+def test_rate_policy_waits_for_batches_that_carry_the_rate() -> None:
+    from asyncbench.runtime.sizing import rate_policy
+
+    # The null engine of the 200-QPS report: 2 ms + 0.1 ms per sample, one batch at a time, cap 16.
+    policy, note = rate_policy(_fixed_cost(2.0, 0.1), batch_sizes_upto(16), 1000.0, 10_000_000, 1, None, None)
+    # Batch 2 fills in 2 ms; 2 ms + 2 runs of batch 8 (2.8 ms) fit in 8 ms, batch 16's (3.6 ms) do not.
+    assert policy.max_queue_delay_ns == 2_000_000 and policy.max_batch_size == 8
+    assert "expect INVALID" not in note  # batch 8 sustains 2,857/s
+    # At 3000 QPS nothing within the latency target carries the rate at 92%: said before the run.
+    _, note = rate_policy(_fixed_cost(2.0, 0.1), batch_sizes_upto(16), 3000.0, 10_000_000, 1, None, None)
+    assert "expect INVALID" in note
+
+
+def test_rate_policy_counts_concurrent_batches_and_respects_explicit_values() -> None:
+    from asyncbench.runtime.sizing import rate_policy
+
+    service = {1: 0.15 * MS, 2: 0.16 * MS, 4: 0.18 * MS, 8: 0.22 * MS, 16: 0.3 * MS, 32: 0.5 * MS,
+               64: 0.86 * MS, 128: 1.6 * MS, 256: 3.06 * MS}.get
+    buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    one, _ = rate_policy(service, buckets, 70_000.0, 10_000_000, 1, None, None)
+    assert one.max_batch_size == 256 and one.max_queue_delay_ns == 1_828_000  # batch 128 fills in 1.83 ms
+    # Three streams: a batch's wall time triples, so the largest batch that still fits is smaller.
+    three, _ = rate_policy(service, buckets, 70_000.0, 10_000_000, 3, None, None)
+    assert three.max_batch_size < one.max_batch_size
+    mine, note = rate_policy(service, buckets, 70_000.0, 10_000_000, 1, 64, 500)
+    assert (mine.max_batch_size, mine.max_queue_delay_ns) == (64, 500_000)
+
+
+def test_server_batching_uses_the_rate_when_the_engine_knows_its_sustained_speed() -> None:
+    engine = NullEngine(max_batch_size=16, fixed_s=2e-3, per_sample_s=1e-4)
+    cfg = RunConfig(Scenario.SERVER)
+    policy, note = batch_policy(cfg, engine, 10_000_000, target_qps=1000.0)
+    assert policy.max_queue_delay_ns == 2_000_000 and "for 1000 QPS" in note
+    _, idle_note = batch_policy(cfg, engine, 10_000_000)  # no rate: the idle-latency rule
+    assert "for 1000 QPS" not in idle_note

@@ -157,6 +157,25 @@ class DeviceTracer(Protocol):
         ...
 
 
+@runtime_checkable
+class Sustained(Protocol):
+    """An engine that knows its throughput when kept busy, not only its idle latency.
+
+    The Server policy sizes batches for the target rate from this: a GPU's batches overlap
+    (copy beside compute, several inference streams), so its idle latency per batch understates
+    what it sustains.
+    """
+
+    @property
+    def concurrency(self) -> int:
+        """Batches one device runs at once (a batch's wall time under load is this x ``sustained``)."""
+        ...
+
+    def sustained(self, batch_size: int) -> float | None:
+        """Seconds per batch of this size with every slot busy (None: not measured)."""
+        ...
+
+
 class LatencyRecorder:
     """Recent call durations per batch size, so a median reflects the engine's current speed.
 

@@ -44,6 +44,7 @@ from asyncbench.engines.base import (
 )
 
 # launch(bucket): enqueue one batch of `bucket` rows on the stream the launcher was bound to.
+SUSTAINED_SECONDS = 0.05  # warm-up time per batch size spent measuring the sustained rate
 Launch = Callable[[int], None]
 
 
@@ -347,6 +348,27 @@ class DeviceWorker:
         self._recorder.record(n, time.perf_counter() - start)
         return slot.top1[:n].copy()
 
+    def time_sustained(self, n: int, batches: int) -> float:
+        """Seconds per batch of ``n`` host rows with every slot busy: copy in, compute, top-1 back.
+
+        Batches go round-robin over the slots (so over every inference and copy stream), each
+        slot reused once its last batch is done: the rate the Server policy can count on.
+        """
+        self._reclaim()
+        if len(self._free) != len(self._slots) or self._staging is None:
+            raise EngineError(f"cuda:{self.device} needs an idle, warmed-up device for time_sustained()")
+        slots, rows = list(self._slots), np.arange(n)
+        source = self._staging.ctypes.data
+        start = time.perf_counter()
+        for i in range(batches):
+            slot = slots[i % len(slots)]
+            if i >= len(slots):
+                slot.done.synchronize()
+            self._enqueue(slot, source, rows)
+        for slot in slots:
+            slot.done.synchronize()
+        return (time.perf_counter() - start) / batches
+
     def time_compute(self, bucket: int, repeats: int) -> float:
         """Seconds per batch of the engine alone: ``repeats`` back-to-back launches timed by CUDA events.
 
@@ -435,6 +457,7 @@ class GpuEngine:
                                          buckets)
         self.start_from_device = start_from_device
         self._arena: SampleArena | None = None
+        self._sustained: dict[int, float] = {}
 
     def make_arena(self, folder: Path, names: Sequence[str]) -> SampleArena:
         """The QSL arena in pinned memory, bound to this engine's devices whenever LoadGen loads it."""
@@ -494,11 +517,26 @@ class GpuEngine:
         """Median copy-in to top-1-back seconds at this batch size."""
         return self._latency.median(batch_size)
 
+    @property
+    def concurrency(self) -> int:
+        """Batches one device runs at once: its inference streams."""
+        return self.inference_streams
+
+    def sustained(self, batch_size: int) -> float | None:
+        """Seconds per batch of this size with every slot of one device busy (measured in warm-up)."""
+        return self._sustained.get(batch_size)
+
     def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
-        """Every device runs every size a few times (each size's graph replays once at least)."""
+        """Every device runs every size a few times (each size's graph replays once at least); then
+        the first device's sustained rate per size, with every slot busy."""
         result: dict[int, float] = {}
         for worker in self.workers:
             result = run_warmup(worker.infer, self.latency, batch_sizes, self.max_batch_size, self.name)
+        worker = self.workers[0]
+        for size in sorted(set(batch_sizes)):
+            probe = worker.time_sustained(size, 2 * len(worker._slots))
+            batches = max(4 * len(worker._slots), min(400, int(SUSTAINED_SECONDS / max(probe, 1e-6))))
+            self._sustained[size] = worker.time_sustained(size, batches)
         return result
 
     def close(self) -> None:

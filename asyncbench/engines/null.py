@@ -77,6 +77,15 @@ class NullEngine(HostEngine):
         """Seconds the model says a batch of ``n`` takes (what ``infer`` waits, stalls aside)."""
         return self.fixed_s + self.per_sample_s * n
 
+    @property
+    def concurrency(self) -> int:
+        """Batches run at once: BLOCKING's slots side by side, else one modelled device."""
+        return self.capabilities.slots if self.capabilities.form is ExecutionForm.BLOCKING else 1
+
+    def sustained(self, batch_size: int) -> float | None:
+        """Seconds per batch when kept busy: one modelled device, except BLOCKING's side-by-side slots."""
+        return self.expected_latency(batch_size) / self.concurrency
+
     def _begin(self, batch: np.ndarray) -> tuple[int, int, float]:
         """Validate, count the batch, apply an injected failure; returns (index, n, seconds to wait)."""
         n = check_batch(batch, self.max_batch_size, self.name)

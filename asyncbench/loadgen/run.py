@@ -127,7 +127,7 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
     plan = plan_for(cfg, engine, arena.total)
     settings, notes = build_test_settings(plan.options)
     with event_log(log_dir) as events:
-        policy, policy_note = batch_policy(cfg, engine, plan.target_latency_ns)
+        policy, policy_note = batch_policy(cfg, engine, plan.target_latency_ns, plan.values.get("target_qps"))
         if plan.conf_problems:
             say(f"note: user.conf keys LoadGen ignores: {'; '.join(plan.conf_problems)}")
         say(plan.describe())

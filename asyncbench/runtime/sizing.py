@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from asyncbench.config import EngineKind, RunConfig, Scenario
-from asyncbench.engines.base import Engine, ExecutionForm, batch_sizes_upto
+from asyncbench.engines.base import Engine, ExecutionForm, Sustained, batch_sizes_upto
 from asyncbench.engines.factory import create_engine, resolve_engine_kind
 from asyncbench.errors import ConfigError
 from asyncbench.paths import BuildPaths
@@ -97,13 +97,72 @@ def server_policy(latency: Callable[[int], float | None], engine_max: int, targe
     return BatchPolicy(chosen, delay_us * 1000), note
 
 
-def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int) -> tuple[BatchPolicy, str]:
-    """The batcher's policy for this scenario: the preset, overridden by explicit command-line values."""
+HEADROOM = 0.92  # the batches the policy counts on must carry the target rate at no more than this utilisation
+LATENCY_SHARE = 0.8  # of the p99 target, for filling a batch, the batch ahead of it and its own run
+
+
+def rate_policy(service: Callable[[int], float | None], buckets: tuple[int, ...], target_qps: float,
+                target_ns: int, concurrency: int, max_batch_size: int | None,
+                max_queue_delay_us: int | None) -> tuple[BatchPolicy, str]:
+    """Server batching for a known target rate from the engine's sustained time per batch.
+
+    A batch of B fills in B / rate; with the device busy it runs for concurrency x service(B) of
+    wall time (concurrency: batches run at once, a GPU's inference streams), behind at most one
+    batch on its stream. The queue delay is the fill time of the smallest batch that carries the
+    rate at <= 92% utilisation (B / service(B) >= rate / 0.92) and whose fill plus two runs fits
+    in 80% of the p99 target, so at the target rate batches leave at least that full; the cap is
+    the largest batch whose two runs fit beside that delay, so a backlog is worked off in larger,
+    more efficient batches. Explicit --max-batch-size / --max-queue-delay-us win.
+    """
+    budget = LATENCY_SHARE * target_ns / 1e9
+    measured = [(b, s) for b in buckets if (s := service(b)) is not None]
+    if max_batch_size is not None:
+        measured = [(b, s) for b, s in measured if b <= max_batch_size]
+    if not measured:
+        raise ValueError("rate_policy needs the sustained time of at least one batch size")
+
+    def run_twice(s: float) -> float:
+        return 2 * concurrency * s
+
+    fitting = [(b, s) for b, s in measured if b / target_qps + run_twice(s) <= budget] or measured[:1]
+    carrying = [(b, s) for b, s in fitting if target_qps <= HEADROOM * b / s]
+    small, small_s = carrying[0] if carrying else max(fitting, key=lambda r: r[0] / r[1])
+    fill_us = int(small / target_qps * 1e6)
+    room_us = int((budget - run_twice(small_s)) * 1e6)
+    delay_us = max_queue_delay_us if max_queue_delay_us is not None else max(0, min(fill_us, room_us))
+    cap, cap_s = small, small_s
+    for b, s in measured:
+        if b > cap and delay_us / 1e6 + run_twice(s) <= budget:
+            cap, cap_s = b, s
+    if max_batch_size is not None:
+        cap, cap_s = max(measured)
+    rate = cap / cap_s
+    note = (f"Server batching for {target_qps:g} QPS: max batch {cap}, max queue delay {delay_us} us (batches of "
+            f"{small} fill in {fill_us} us at that rate; batch {cap} sustains {rate:,.0f}/s with {concurrency} "
+            f"at once; p99 target {target_ns / 1e6:g} ms)")
+    if target_qps > HEADROOM * rate:
+        note += (f"; {target_qps:g} QPS is above {HEADROOM:.0%} of the best rate within the latency target "
+                 f"({rate:,.0f}/s), expect INVALID")
+    return BatchPolicy(cap, delay_us * 1000), note
+
+
+def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int,
+                 target_qps: float | None = None) -> tuple[BatchPolicy, str]:
+    """The batcher's policy for this scenario: the preset, overridden by explicit command-line values.
+
+    Server with a target rate, on an engine that measures its sustained rate (GPU, null): sized
+    for that rate (``rate_policy``); otherwise from the idle latency alone (``server_policy``).
+    """
     batching, caps = cfg.batching, engine.capabilities
     if cfg.scenario == Scenario.SERVER:
-        depth = max(2, caps.slots_per_device)
-        policy, note = server_policy(engine.latency, caps.max_batch_size, target_latency_ns,
-                                     batching.max_batch_size, batching.max_queue_delay_us, depth)
+        if target_qps and isinstance(engine, Sustained) and engine.sustained(caps.buckets[0]) is not None:
+            policy, note = rate_policy(engine.sustained, caps.buckets, target_qps, target_latency_ns,
+                                       engine.concurrency,
+                                       batching.max_batch_size, batching.max_queue_delay_us)
+        else:
+            depth = max(2, caps.slots_per_device)
+            policy, note = server_policy(engine.latency, caps.max_batch_size, target_latency_ns,
+                                         batching.max_batch_size, batching.max_queue_delay_us, depth)
         idle_gap_ns = None
         if batching.idle_dispatch:
             # At most one batch per fifth of the queue delay goes to an idle engine at once.
