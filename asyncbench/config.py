@@ -81,7 +81,7 @@ class TorchCompile(Choice):
 # Which precisions each engine runs; the first is its default.
 ENGINE_PRECISIONS: dict[EngineKind, tuple[Precision, ...]] = {
     EngineKind.ONNXRUNTIME: (Precision.INT8, Precision.FP32),
-    EngineKind.TORCH: (Precision.FP16, Precision.FP32),
+    EngineKind.TORCH: (Precision.FP16, Precision.INT8, Precision.FP32),
     EngineKind.TENSORRT: (Precision.INT8,),
     EngineKind.NULL: (Precision.INT8, Precision.FP16, Precision.FP32),
 }

@@ -1,17 +1,20 @@
 """The torch engine as the runtime runs it against plain torch doing the same math, in one process.
 
-Rerun: python benchmarks/engine_variants.py [--sizes 1,8,64,256,1024] [--variants engine,plain,nodes]
+Rerun: python benchmarks/engine_variants.py [--sizes 1,8,64,256,1024] [--variants engine,int8,plain,nodes]
 
 Variants, all int8 NHW4 in and int32 top-1 out, all built from the same ONNX weights:
 - engine: TorchBackend as the runtime builds it (fused Triton body, fp32 classifier), timed by
   the runtime's own DeviceWorker.time_compute (its CUDA graph per bucket, CUDA events).
+- int8: the same with --precision int8 (the integer Triton body, asyncbench.engines.triton_int8,
+  scales from the calibration cache), timed the same way.
 - plain: a hand-written nn.Sequential MobileNet v1, exact TF SAME padding (F.pad(x, (0, 1, 0, 1))
   before every stride-2 conv), fp16 channels_last, torch.compile default with a static shape per
   size, CUDA graph per size. The reference the engine must beat.
 - nodes: the engine's general path (every ONNX node through asyncbench.model.torch_ops, fp16,
   torch.compile default, static per bucket).
-Each is timed on back-to-back graph replays (median of 5 timings). The engine's top-1 on the 104
-embedded photos is compared with the onnxruntime fp32 engine's. --profile N prints the engine's
+Each is timed on back-to-back graph replays (median of 5 timings). The engine's and int8's top-1
+on the 104 embedded photos are compared with the onnxruntime fp32 engine's; the form each
+separable block runs in at each batch size is printed. --profile N prints the engine's
 kernels at batch N (torch.profiler, one eager call).
 """
 
@@ -124,7 +127,7 @@ def photos(paths: BuildPaths) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1,8,64,256,1024")
-    p.add_argument("--variants", default="engine,plain")
+    p.add_argument("--variants", default="engine,int8,plain")
     p.add_argument("--profile", type=int, default=0, help="print the engine's kernels at this batch size")
     p.add_argument("--build-dir", default=str(ROOT / "build"))
     p.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "engine_variants.json")
@@ -146,23 +149,29 @@ def main() -> None:
         want = ort.infer(batch)
     finally:
         ort.close()
-    if "engine" in variants:
+    for variant, precision in (("engine", "fp16"), ("int8", "int8")):
+        if variant not in variants:
+            continue
         t0 = time.perf_counter()
-        backend = TorchBackend(fp32, 0, sizes, "fp16")
+        backend = TorchBackend(fp32, 0, sizes, precision, calibration=paths.calibration_cache)
         engine = GpuEngine([backend], 1)
         try:
-            print(f"engine: {backend.path}; built, tuned and captured in {time.perf_counter() - t0:.1f} s",
+            print(f"{variant}: {backend.path}; built, tuned and captured in {time.perf_counter() - t0:.1f} s",
                   flush=True)
             step = max(b for b in sizes if b <= len(batch))
             got = np.concatenate([engine.infer(batch[i:i + step]) for i in range(0, len(batch), step)])
             agree = int((got == want).sum())
-            print(f"engine top-1 = onnxruntime fp32 top-1 on {agree}/{len(batch)} photos", flush=True)
-            out["agreement"] = [agree, len(batch)]
-            rates["engine"] = engine_rates(engine, sizes)
-            from asyncbench.engines import triton_chain
+            print(f"{variant} top-1 = onnxruntime fp32 top-1 on {agree}/{len(batch)} photos", flush=True)
+            out.setdefault("agreement", {})[variant] = [agree, len(batch)]
+            rates[variant] = engine_rates(engine, sizes)
+            from asyncbench.engines import triton_chain, triton_int8
 
-            kernels = (triton_chain._stem, triton_chain._separable, triton_chain._depthwise)
-            out["tuned"] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
+            kernels = ((triton_chain._stem, triton_chain._separable, triton_chain._depthwise) if precision == "fp16"
+                       else (triton_int8._stem, triton_int8._separable, triton_int8._depthwise, triton_int8._pointwise))
+            out.setdefault("tuned", {})[variant] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
+            forms = {str(b): "".join("S" if split else "F" for split in f) for b, f in backend.body.forms.items()}
+            print(f"{variant} forms per batch (F fused, S split, per separable block): {forms}", flush=True)
+            out.setdefault("forms", {})[variant] = forms
             if args.profile:
                 profile(backend, args.profile)
         finally:
@@ -190,12 +199,12 @@ def main() -> None:
     out["rates"] = {k: {str(b): r for b, r in v.items()} for k, v in rates.items()}
     args.json.write_text(json.dumps(out, indent=1))
     names = list(rates)
+    ratios = [n for n in ("engine", "int8") if n in names and "plain" in names]
     print("\nimages/s (engine-only, CUDA-graph replay, CUDA events, median of 5)")
-    print("batch | " + " | ".join(names) + (" | engine / plain" if {"engine", "plain"} <= set(names) else ""))
+    print("batch | " + " | ".join(names) + "".join(f" | {n} / plain" for n in ratios))
     for b in sizes:
         cells = [f"{rates[n][b]:,.0f}" for n in names]
-        ratio = f" | {rates['engine'][b] / rates['plain'][b]:.2f}" if {"engine", "plain"} <= set(names) else ""
-        print(f"{b} | " + " | ".join(cells) + ratio)
+        print(f"{b} | " + " | ".join(cells) + "".join(f" | {rates[n][b] / rates['plain'][b]:.2f}" for n in ratios))
 
 
 def profile(backend: TorchBackend, size: int) -> None:

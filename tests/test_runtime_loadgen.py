@@ -113,7 +113,7 @@ def test_sigterm_aborts_cleanly(calibrated: BuildPaths, tmp_path: Path) -> None:
     (["--target-qps", "-3"], "must be greater than 0"),
     (["--engine", "magic"], "unknown engine"),
     (["--max-batch-size", "0"], "at least 1"),
-    (["--engine", "torch", "--precision", "int8"], "the torch engine runs fp16 or fp32"),
+    (["--engine", "tensorrt", "--precision", "fp16"], "the tensorrt engine runs int8"),
     (["--user-conf", "/no/such/user.conf"], "does not exist"),
 ])
 def test_bad_run_arguments_are_one_line(args: list[str], needle: str) -> None:

@@ -113,7 +113,8 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
         use_cache_dir(paths.compile_cache)
         compile_mode = None if cfg.engine.torch_compile is TorchCompile.NONE else str(cfg.engine.torch_compile)
         torch_backends = [TorchBackend(fp32, device, buckets, str(precision), compile_mode,
-                                       graphs=cfg.gpu.cuda_graphs) for device in devices]
+                                       graphs=cfg.gpu.cuda_graphs, calibration=paths.calibration_cache)
+                          for device in devices]
         launches = "CUDA graphs per batch size" if cfg.gpu.cuda_graphs else "kernels launched one by one (no graphs)"
         say(f"note: torch engine: {torch_backends[0].path}; {launches} (kernels cached under {paths.compile_cache})")
         backends = list(torch_backends)

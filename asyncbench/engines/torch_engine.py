@@ -6,6 +6,9 @@ top-1 out), so the weights and the whole contract are shared with the CPU engine
   (asyncbench.engines.triton_chain, read out of the graph by asyncbench.model.convchain) and the
   pooling, classifier and arg-max after it run node by node in fp32, so the arg-max matches the
   fp32 CPU model. No torch.compile: start-up is seconds once Triton's cache is warm.
+- int8 on the same graphs: the body in integers (asyncbench.engines.triton_int8: TensorRT's INT8
+  recipe with the calibration cache's scales, asyncbench.model.int8chain), its int8 output
+  dequantized into the same fp32 tail.
 - anything else (fp32, other graphs, or fused=False): every node through the per-op builders of
   asyncbench.model.torch_ops, compiled with a static shape per bucket.
 """
@@ -54,13 +57,12 @@ class TorchBackend:
 
     def __init__(self, model_path: Path, device: int, buckets: Sequence[int], precision: str = "fp16",
                  compile_mode: str | None = "default", fold: bool = True, fused: bool = True,
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, calibration: Path | None = None) -> None:
+        """``calibration``: the calibration cache an int8 body takes its activation scales from."""
         import torch
 
-        from asyncbench.model.torch_ops import GraphModule
-
-        if precision not in ("fp16", "fp32"):
-            raise UserError(f"the torch engine runs fp16 or fp32, not {precision!r}")
+        if precision not in ("fp16", "fp32", "int8"):
+            raise UserError(f"the torch engine runs fp16, int8 or fp32, not {precision!r}")
         self.device = device
         self.precision = precision
         self.graphs = graphs
@@ -73,6 +75,24 @@ class TorchBackend:
         if len(model.graph.input) != 1 or len(model.graph.output) != 1:
             raise UserError(f"{model_path} must have one input and one output (the engine contract)")
         torch.backends.cudnn.benchmark = True
+        self.body: Any = None  # the Triton body's kernels (their forms per batch size); None node by node
+        # One graph memory pool per stream: graphs in one pool share their activations' memory,
+        # which is safe only while they replay one after another (slots of one stream do; slots
+        # of concurrent inference streams would overwrite each other's activations).
+        self._pools: dict[int, Any] = {}
+        with torch.cuda.device(self._dev):
+            if precision == "int8":
+                self._fn = self._int8_body(model_path, model, calibration)
+            else:
+                self._fn = self._float_body(model, precision, fused, compile_mode)
+        self._graphs: list[Any] = []
+
+    def _float_body(self, model: onnx.ModelProto, precision: str, fused: bool,
+                    compile_mode: str | None) -> Callable[[Any], Any]:
+        """The fp16 fused Triton body with its fp32 tail, else the whole graph node by node."""
+        torch = self._torch
+        from asyncbench.model.torch_ops import GraphModule
+
         chain = match_chain(model) if fused and precision == "fp16" else None
         if not fused:
             why: str | None = "fused=False"
@@ -84,30 +104,45 @@ class TorchBackend:
             from asyncbench.engines.triton_chain import supported
 
             why = supported(chain)
-        # One graph memory pool per stream: graphs in one pool share their activations' memory,
-        # which is safe only while they replay one after another (slots of one stream do; slots
-        # of concurrent inference streams would overwrite each other's activations).
-        self._pools: dict[int, Any] = {}
-        with torch.cuda.device(self._dev):
-            if why is None and chain is not None:  # why is None only for a matched, supported chain
-                from asyncbench.engines.triton_chain import ChainKernels
+        if why is None and chain is not None:  # why is None only for a matched, supported chain
+            from asyncbench.engines.triton_chain import ChainKernels
 
-                body = ChainKernels(chain, self._dev)
-                tail = GraphModule(model, torch.float32, chain.tail, chain.output).to(self._dev).eval()
-                self._fn: Callable[[Any], Any] = lambda x: tail(body(x).permute(0, 3, 1, 2))
-                self.path = f"fp16 fused Triton body ({len(chain.blocks)} separable blocks), fp32 classifier"
-            else:
-                dtype = torch.float16 if precision == "fp16" else torch.float32
-                module = GraphModule(model, dtype).to(self._dev).eval()
-                # A static compile per bucket (15% faster than one dynamic-shape compile). Each
-                # bucket and device adds an entry for the same forward(); past Dynamo's recompile
-                # limit it would silently run (and capture) eager code, so the limit grows to fit.
-                config = torch._dynamo.config
-                config.recompile_limit = max(config.recompile_limit, len(self._buckets) * (device + 1) + 1)
-                self._fn = torch.compile(module, mode=compile_mode, dynamic=False) if compile_mode else module
-                self.path = (f"{precision} node by node ({why}), "
-                             f"{f'torch.compile {compile_mode} per bucket' if compile_mode else 'eager'}")
-        self._graphs: list[Any] = []
+            body = self.body = ChainKernels(chain, self._dev)
+            tail = GraphModule(model, torch.float32, chain.tail, chain.output).to(self._dev).eval()
+            self.path = f"fp16 fused Triton body ({len(chain.blocks)} separable blocks), fp32 classifier"
+            return lambda x: tail(body(x).permute(0, 3, 1, 2))
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        module = GraphModule(model, dtype).to(self._dev).eval()
+        # A static compile per bucket (15% faster than one dynamic-shape compile). Each
+        # bucket and device adds an entry for the same forward(); past Dynamo's recompile
+        # limit it would silently run (and capture) eager code, so the limit grows to fit.
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, len(self._buckets) * (self.device + 1) + 1)
+        self.path = (f"{precision} node by node ({why}), "
+                     f"{f'torch.compile {compile_mode} per bucket' if compile_mode else 'eager'}")
+        return torch.compile(module, mode=compile_mode, dynamic=False) if compile_mode else module
+
+    def _int8_body(self, model_path: Path, folded: onnx.ModelProto, calibration: Path | None) -> Callable[[Any], Any]:
+        """The integer Triton body with the fp32 tail; a graph or cache it cannot run is a UserError."""
+        torch = self._torch
+        from asyncbench.engines.triton_int8 import Int8Kernels, supported
+        from asyncbench.model.calibrate import CalibrationCache
+        from asyncbench.model.int8chain import quantize_chain
+        from asyncbench.model.torch_ops import GraphModule
+
+        if calibration is None:
+            raise UserError("--precision int8 on the torch engine needs the calibration cache (run `make calibrate`)")
+        q = quantize_chain(onnx.load(str(model_path)), CalibrationCache.load(calibration))
+        why = "the graph is not a depthwise-separable body" if q is None else supported(q)
+        if why is not None or q is None:
+            raise UserError(f"--precision int8 on the torch engine: {why}; use --precision fp16")
+        body = self.body = Int8Kernels(q, self._dev)
+        # The tail's float weights come from the graph as it is (not bias-corrected: it is not quantized).
+        tail = GraphModule(folded, torch.float32, q.chain.tail, q.chain.output).to(self._dev).eval()
+        scale = body.out_scale
+        self.path = (f"int8 Triton body ({len(q.blocks)} separable blocks, per-channel int8 weights, "
+                     f"calibrated per-tensor activations), fp32 classifier")
+        return lambda x: tail(body(x).to(torch.float32).mul_(scale).permute(0, 3, 1, 2))
 
     def buckets(self) -> tuple[int, ...]:
         """The batch sizes with a captured graph."""

@@ -275,7 +275,7 @@ def default_weight_bits() -> int:
     return 8 if ("avx512_vnni" in flags or "avx_vnni" in flags) else 7
 
 
-def _bias_correct(model: onnx.ModelProto, means: dict[str, np.ndarray], qmax: int) -> None:
+def bias_correct(model: onnx.ModelProto, means: dict[str, np.ndarray], qmax: int) -> None:
     """Subtract (W_q - W) E[x] from each conv bias, W_q rounded exactly as the quantizer will round it."""
     inits = {i.name: i for i in model.graph.initializer}
     for conv in _convs(model):
@@ -351,7 +351,7 @@ def quantize(fp32: onnx.ModelProto, cache: CalibrationCache, weight_bits: int,
     unsigned = weight_bits == 8 if unsigned is None else unsigned
     corrected = onnx.ModelProto.FromString(fp32.SerializeToString())
     # onnxruntime's 7-bit ("reduce_range") symmetric int8 weights span [-64, 64].
-    _bias_correct(corrected, cache.means, qmax=127 if weight_bits == 8 else 64)
+    bias_correct(corrected, cache.means, qmax=127 if weight_bits == 8 else 64)
     with tempfile.TemporaryDirectory(prefix="asyncbench-quant-") as tmp:
         path = Path(tmp) / "fp32.onnx"
         onnx.save(corrected, path)

@@ -65,6 +65,9 @@ class ConvChain:
     blocks: tuple[SeparableBlock, ...]
     output: str  # the body's last activation (NCHW in ONNX terms)
     tail: tuple[onnx.NodeProto, ...]
+    # The graph's names of the stem's input and of every layer's activated output, in order (stem,
+    # then depthwise and pointwise per block): the keys of their calibration scales.
+    tensors: tuple[str, ...] = ()
 
     def out_shape(self) -> tuple[int, int, int]:
         """(height, width, channels) of the body's output for one image."""
@@ -192,7 +195,9 @@ def match_chain(model: onnx.ModelProto) -> ConvChain | None:
         return None
     first = FirstConv(np.ascontiguousarray((weight * scale).transpose(2, 3, 1, 0).reshape(9, weight.shape[1], -1)),
                       bias, *pads, act)
+    tensors = [node.input[0]]
     name = walker.next(node.output[0]).output[0]  # type: ignore[union-attr]
+    tensors.append(name)
     channels = weight.shape[0]
     blocks: list[SeparableBlock] = []
     while True:
@@ -217,11 +222,12 @@ def match_chain(model: onnx.ModelProto) -> ConvChain | None:
             np.ascontiguousarray(pw[0][:, :, 0, 0].T), pw[1], pw_act))
         channels = pw[0].shape[0]
         name = walker.next(pw_node.output[0]).output[0]  # type: ignore[union-attr]
+        tensors += [pw_node.input[0], name]  # type: ignore[union-attr]
     if not blocks:
         return None
     body = _body_nodes(graph, name)
     tail = tuple(n for n in graph.node if id(n) not in body)
-    return ConvChain((shape[1], shape[2]), first, tuple(blocks), name, tail)
+    return ConvChain((shape[1], shape[2]), first, tuple(blocks), name, tail, tuple(tensors))
 
 
 def _body_nodes(graph: onnx.GraphProto, last: str) -> set[int]:
