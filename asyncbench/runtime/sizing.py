@@ -99,6 +99,7 @@ def server_policy(latency: Callable[[int], float | None], engine_max: int, targe
 
 HEADROOM = 0.92  # the batches the policy counts on must carry the target rate at no more than this utilisation
 LATENCY_SHARE = 0.8  # of the p99 target, for filling a batch, the batch ahead of it and its own run
+MIN_DELAY_SHARE = 0.1  # of the p99 target: the queue delay where the fill time is shorter
 
 
 def rate_policy(service: Callable[[int], float | None], buckets: tuple[int, ...], target_qps: float,
@@ -110,7 +111,8 @@ def rate_policy(service: Callable[[int], float | None], buckets: tuple[int, ...]
     wall time (concurrency: batches run at once, a GPU's inference streams), behind at most one
     batch on its stream. The queue delay is the fill time of the smallest batch that carries the
     rate at <= 92% utilisation (B / service(B) >= rate / 0.92) and whose fill plus two runs fits
-    in 80% of the p99 target, so at the target rate batches leave at least that full; the cap is
+    in 80% of the p99 target, so at the target rate batches leave at least that full (at least
+    10% of the target where that fits, as the idle-latency rule has it); the cap is
     the largest batch whose two runs fit beside that delay, so a backlog is worked off in larger,
     more efficient batches. Explicit --max-batch-size / --max-queue-delay-us win.
     """
@@ -129,7 +131,10 @@ def rate_policy(service: Callable[[int], float | None], buckets: tuple[int, ...]
     small, small_s = carrying[0] if carrying else max(fitting, key=lambda r: r[0] / r[1])
     fill_us = int(small / target_qps * 1e6)
     room_us = int((budget - run_twice(small_s)) * 1e6)
-    delay_us = max_queue_delay_us if max_queue_delay_us is not None else max(0, min(fill_us, room_us))
+    # Never below 10% of the target where it fits: each batch costs the harness a fixed time too
+    # (which the engine's figures do not show), and idle dispatch skips the wait at low load.
+    wanted_us = max(fill_us, int(MIN_DELAY_SHARE * target_ns / 1e3))
+    delay_us = max_queue_delay_us if max_queue_delay_us is not None else max(0, min(wanted_us, room_us))
     cap, cap_s = small, small_s
     for b, s in measured:
         if b > cap and delay_us / 1e6 + run_twice(s) <= budget:
