@@ -115,7 +115,7 @@ def separable_kernel(x_ptr, dw_w_ptr, dw_b_ptr, dw_m_ptr, pw_w_ptr, pw_b_ptr, pw
         a = _depthwise_tile(x_ptr, dw_w_ptr, dw_b_ptr, dw_m_ptr, offs_k, n, oh, ow, mask_m, H, W, C,
                             dw_lo, dw_hi, STRIDE, PAD_T, PAD_L, BLOCK_M, BLOCK_K)
         b = tl.load(pw_w_ptr + offs_n[None, :] * C + offs_k[:, None])  # (BLOCK_K, BLOCK_N) of K-major weights
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
     y = _requant(acc, tl.load(pw_b_ptr + offs_n), tl.load(pw_m_ptr + offs_n), pw_lo, pw_hi)
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * COUT + offs_n[None, :], y, mask=mask_m[:, None])
 
@@ -136,7 +136,7 @@ def pointwise_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, M, C, COUT, lo, hi,
         offs_k = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(rows + offs_k[None, :], mask=mask_m[:, None], other=0)
         b = tl.load(w_ptr + offs_n[None, :] * C + offs_k[:, None])
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
     y = _requant(acc, tl.load(b_ptr + offs_n), tl.load(m_ptr + offs_n), lo, hi)
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * COUT + offs_n[None, :], y, mask=mask_m[:, None])
 
@@ -175,7 +175,7 @@ def stem_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, M, H, W, OH, OW, lo, hi,
     a = tl.load(x_ptr + ((n[:, None] * H + ih) * W + iw) * CIN + (k % CIN)[None, :], mask=ok, other=0)
     offs_o = tl.arange(0, COUT)
     b = tl.load(w_ptr + offs_o[None, :] * K_PAD + k[:, None])  # (K_PAD, COUT) of K-major weights
-    acc = tl.dot(a, b, tl.zeros((BLOCK_M, COUT), dtype=tl.int32))
+    acc = tl.dot(a, b, tl.zeros((BLOCK_M, COUT), dtype=tl.int32), out_dtype=tl.int32)
     y = _requant(acc, tl.load(b_ptr + offs_o), tl.load(m_ptr + offs_o), lo, hi)
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * COUT + offs_o[None, :], y, mask=mask_m[:, None])
 
