@@ -311,7 +311,7 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
     """`tune`: one engine, many LoadGen tests; writes the tune folder and the per-system settings."""
     import dataclasses
 
-    from asyncbench.loadgen.plan import plan_run
+    from asyncbench.loadgen.plan import available_memory_bytes, check_max_batch, plan_run
     from asyncbench.loadgen.run import event_log, run_scenario
     from asyncbench.runtime.sizing import open_engine
     from asyncbench.runtime.warmup import warm_up
@@ -324,7 +324,10 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
         raise ConfigError("tune searches the target QPS itself: give --start-qps for its first trial")
     grid = parse_grid(args.grid)
     (cfg,) = run_configs(args)
-    plan_run(cfg, len(read_map(_dataset(args, paths).val_map)), None, {})
+    plan = plan_run(cfg, len(read_map(_dataset(args, paths).val_map)), None, {})
+    for max_batch in grid.get("max_batch", ()):
+        check_max_batch(max_batch, int(plan.values["performance_sample_count"]), available_memory_bytes(),
+                        "--grid max_batch")
     out = new_tune_dir(args.tune_dir or paths.tune, cfg.scenario)
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
     engine = open_engine(cfg, paths)

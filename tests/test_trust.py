@@ -113,6 +113,7 @@ def test_a_stray_audit_config_is_named_and_ignored(calibrated: BuildPaths, tmp_p
     (["--target-qps", "nan"], "'nan' is not a finite number"),
     (["--scenario", "Server", "--target-qps", "1e12"], "would make LoadGen generate"),
     (["--performance-sample-count", "1000000"], "more than the 104 samples of this dataset"),
+    (["--max-batch-size", "100000"], "--max-batch-size 100000 is more than the 104 samples LoadGen loads"),
 ])
 def test_impossible_numbers_are_refused_before_work(calibrated: BuildPaths, tmp_path: Path, args: list[str],
                                                     needle: str) -> None:

@@ -51,7 +51,7 @@ _STOP: Event | None = None
 def load_image(path: Path) -> np.ndarray:
     """Decode one image into the (224, 224, 3) int8 pixel - 128 array MobileNet consumes."""
     with Image.open(path) as img:
-        rgb = img.convert("RGB")
+        rgb = _to_rgb(img)
     width, height = rgb.size
     if width <= height:
         size = (RESIZE, round(height * RESIZE / width))
@@ -62,6 +62,18 @@ def load_image(path: Path) -> np.ndarray:
     top = (size[1] - CROP) // 2
     crop = resized.crop((left, top, left + CROP, top + CROP))
     return (np.asarray(crop, dtype=np.int16) - 128).astype(np.int8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit grayscale is scaled down (Pillow's own conversion clips it, making it nearly all white)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        pixels = np.asarray(img, dtype=np.int64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(f"{img.mode} pixels outside 0..65535: convert it to an 8- or 16-bit image")
+        return Image.fromarray(np.round(pixels / 257).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise ValueError("floating-point pixels (mode F): convert it to an 8- or 16-bit image")
+    return img.convert("RGB")
 
 
 def to_nhwc4(x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from asyncbench.config import RunConfig, Scenario, TestMode
+from asyncbench.contract import SAMPLE_BYTES as SAMPLE_INPUT_BYTES
 from asyncbench.errors import ConfigError
 from asyncbench.loadgen.settings import LoadGenOptions, builtin_settings, read_conf
 
@@ -47,6 +48,7 @@ DEFAULT_MEMORY_BUDGET_MB = 1024
 # Generated queries a quick run may leave for LoadGen to issue after an abort (completed inline at about
 # 330k/s for SingleStream and 120k/s for MultiStream on the 2-core machine): at most about 1.2 s either way.
 ABORT_QUERIES = {"SingleStream": 400_000, "MultiStream": 150_000}
+BATCH_BUFFERS = 4  # batches of the largest size held at once: slots being gathered and run, plus warm-up's
 SERVER_HOLD_S = 1.0  # Server: seconds of queries LoadGen may have outstanding before it stops issuing
 
 
@@ -212,6 +214,7 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     if lgc.performance_sample_count is not None and lgc.performance_sample_count > total:
         raise ConfigError(f"--performance-sample-count {lgc.performance_sample_count} is more than the "
                           f"{total} samples of this dataset: use at most {total}")
+    check_max_batch(cfg.batching.max_batch_size, int(values["performance_sample_count"]), available)
     plan.options = LoadGenOptions(
         scenario=scenario, mode=lgc.test_mode,
         min_duration_s=_explicit(values, plan, "min_duration_s"), target_qps=_explicit(values, plan, "target_qps"),
@@ -224,6 +227,24 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         server_target_latency_ms=lgc.server_target_latency_ms if scenario == Scenario.SERVER else None,
     )
     return plan
+
+
+def check_max_batch(max_batch: int | None, samples: int, available: int | None, what: str = "--max-batch-size"
+                    ) -> None:
+    """Refuse a batch cap above the samples LoadGen loads, or one whose input buffers cannot fit in memory.
+
+    The engine prepares (and warm-up runs) every batch size up to the cap before LoadGen starts, so an
+    absurd cap would allocate gigabytes first; a batch larger than the loaded samples only repeats them.
+    """
+    if max_batch is None:
+        return
+    if max_batch > samples:
+        raise ConfigError(f"{what} {max_batch} is more than the {samples} samples LoadGen loads "
+                          f"(performance sample count): use at most {samples}")
+    need = max_batch * SAMPLE_INPUT_BYTES * BATCH_BUFFERS
+    if available is not None and need > 0.5 * available:
+        raise ConfigError(f"{what} {max_batch} needs ~{need / 1e9:.3g} GB of batch buffers, more than half the "
+                          f"{available / 1e9:.3g} GB of memory available: use a smaller batch")
 
 
 def _explicit(values: dict[str, float], plan: RunPlan, key: str) -> float | None:
