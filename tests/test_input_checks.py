@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asyncbench.data.preprocess import load_image
-from asyncbench.errors import ConfigError
+from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map
+from asyncbench.data.manifest import read_manifest
+from asyncbench.data.preprocess import load_image, preprocess
+from asyncbench.data.qsl import SampleArena
+from asyncbench.errors import ConfigError, UserError
+from asyncbench.model.calibrate import CalibrationCache
 from asyncbench.loadgen.plan import check_max_batch
 
 
@@ -32,3 +36,40 @@ def test_a_16_bit_png_is_scaled_not_clipped_to_white(tmp_path: Path) -> None:
     Image.fromarray(np.ones((300, 260), np.float32)).save(tmp_path / "float.tiff")
     with pytest.raises(ValueError, match="floating-point pixels"):
         load_image(tmp_path / "float.tiff")
+
+
+def test_random_bytes_as_the_calibration_cache_are_one_line(tmp_path: Path) -> None:
+    cache = tmp_path / "calibration.cache"
+    cache.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(UserError, match="is not a calibration cache this tool wrote; delete it and run"):
+        CalibrationCache.load(cache)
+
+
+def test_map_names_in_subfolders_work_and_escaping_ones_are_refused(tmp_path: Path) -> None:
+    images = tmp_path / "data" / "imagenet"
+    (images / "n01").mkdir(parents=True)
+    Image.fromarray(np.full((240, 240, 3), 7, np.uint8)).save(images / "n01" / "a.png")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "val.txt").write_text("n01/a.png 1\n")
+    dataset = Dataset("imagenet", images, maps / "val.txt", maps / "val.txt")
+    preprocess(dataset, tmp_path / "out", cal=False, workers=1, progress=False)
+    folder = dataset.preprocessed_dir(tmp_path / "out", VAL_LAYOUT)
+    assert "n01/a.png.npy" in read_manifest(folder)
+    arena = SampleArena(folder, ["n01/a.png"])
+    arena.load([0])
+    (folder / "n01" / "a.png.npy").write_bytes((folder / "n01" / "a.png.npy").read_bytes()[:-1] + b"\x01")
+    with pytest.raises(UserError, match="does not match the checksum"):  # the subfolder's checksum is checked
+        arena.load([0])
+    for name in ("/etc/passwd", "../x.png", "n01/../../x.png"):
+        (maps / "bad.txt").write_text(f"{name} 1\n")
+        with pytest.raises(UserError, match=r"bad.txt:1: image .* must be a path inside the image folder"):
+            read_map(maps / "bad.txt")
+
+
+def test_a_map_with_a_byte_order_mark_or_bad_bytes_reads_or_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfa.png 1\nb.png 2\n")
+    assert [e.name for e in read_map(tmp_path / "bom.txt")] == ["a.png", "b.png"]
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9.png 1\n")
+    with pytest.raises(UserError, match="latin1.txt is not UTF-8 text"):
+        read_map(tmp_path / "latin1.txt")
