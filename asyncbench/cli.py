@@ -30,8 +30,8 @@ from asyncbench.config import (
 )
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
-from asyncbench.errors import AsyncbenchError, ConfigError
-from asyncbench.fileio import write_bytes_atomic
+from asyncbench.errors import AsyncbenchError, ConfigError, UserError
+from asyncbench.fileio import check_writable, write_output
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
 
@@ -266,7 +266,11 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
 
     configs = run_configs(args)
     # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
-    # work, and the log folder is writable.
+    # work, and the output files and the log folder are writable.
+    if args.timeline is not None:
+        check_writable(args.timeline, "--timeline")
+    if args.json_out not in (None, "-"):
+        check_writable(Path(args.json_out), "--json")
     total = len(read_map(_dataset(args, paths).val_map))
     for cfg in configs:
         plan_run(cfg, total, None, {})
@@ -303,7 +307,7 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     finally:
         engine.close()
     if args.json_out not in (None, "-"):
-        write_bytes_atomic(Path(args.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode())
+        write_output(Path(args.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode(), "--json")
     return next((code for code in (EXIT_FAILED, EXIT_ACCURACY, EXIT_INVALID) if code in codes), 0)
 
 
@@ -408,7 +412,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             from asyncbench.loadgen.report import find_results, format_table, report_row, write_csv
 
-            rows = [report_row(path) for path in find_results(args.paths)]
+            if args.csv is not None:
+                check_writable(args.csv, "--csv")
+            rows = []
+            for path in find_results(args.paths):
+                try:
+                    rows.append(report_row(path))
+                except UserError as e:  # one bad record must not hide the others
+                    print(f"warning: skipped {e}", file=sys.stderr)
+            if not rows:
+                raise UserError("no result.json could be read: see the warnings above")
             print(format_table(rows))
             if args.csv is not None:
                 write_csv(args.csv, rows)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from asyncbench.cli import main
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map
 from asyncbench.data.manifest import read_manifest
 from asyncbench.data.preprocess import load_image, preprocess
@@ -73,3 +75,38 @@ def test_a_map_with_a_byte_order_mark_or_bad_bytes_reads_or_is_one_line(tmp_path
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9.png 1\n")
     with pytest.raises(UserError, match="latin1.txt is not UTF-8 text"):
         read_map(tmp_path / "latin1.txt")
+
+
+@pytest.mark.parametrize("option", ["--timeline", "--json"])
+def test_an_unwritable_output_file_is_refused_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             option: str) -> None:
+    (tmp_path / "file").write_text("x")
+    for target, needle in ((tmp_path / "file" / "out.json", "is not an existing folder"),
+                           (Path("/proc/out.json"), "cannot be written")):
+        code = main(["run", "--engine", "null", option, str(target), "--build-dir", str(tmp_path / "build")])
+        err = capsys.readouterr()
+        assert code == 1 and err.err.startswith(f"error: {option} {target}") and needle in err.err, err
+        assert "Traceback" not in err.err and not (tmp_path / "build").exists()  # nothing was prepared
+
+
+def _result(folder: Path, record: object) -> None:
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(record))
+
+
+def test_report_skips_a_bad_result_and_refuses_an_unwritable_csv(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _result(tmp_path / "runs" / "good", {
+        "latency_ns": {"p50": 1e6, "p90": 2e6, "p99": 3e6},
+        "config": {"scenario": "Server", "loadgen": {"test_mode": "PerformanceOnly"}},
+        "batching": {"max_batch_size": 8, "max_queue_delay_us": 100}, "engine": {"name": "null"},
+        "result": {"validity": "VALID"}, "metric": {"name": "qps", "value": 10.0},
+        "loadgen_effective": {"target_qps": 10.0}, "accuracy": None})
+    _result(tmp_path / "runs" / "bad", {"not": "a record"})
+    assert main(["report", str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv")]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("warning: skipped ") and "bad" in out.err and out.out.count("\n") == 2
+    assert (tmp_path / "t.csv").read_text().startswith("run,scenario")
+    assert main(["report", str(tmp_path / "runs"), "--csv", "/proc/t.csv"]) == 1
+    out = capsys.readouterr()
+    assert out.err.startswith("error: --csv /proc/t.csv cannot be written") and "Traceback" not in out.err
