@@ -240,6 +240,9 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 
 def run_configs(args: argparse.Namespace) -> list[RunConfig]:
     """The one configuration per scenario asked for, built from the parsed command line."""
+    if args.null_spec and args.engine is not EngineKind.NULL:
+        raise ConfigError(f"--null {args.null_spec} models the null engine, but --engine is {args.engine}: "
+                          f"add --engine null, or drop --null")
     loadgen = LoadGenConfig(
         test_mode=args.test_mode, target_qps=args.target_qps, server_target_latency_ms=args.p99_ms,
         min_duration_s=args.min_duration,
@@ -262,7 +265,7 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.loadgen.run import event_log, new_log_dir, run_scenario
     from asyncbench.runtime.sizing import open_engine
     from asyncbench.runtime.warmup import warm_up
-    from asyncbench.tune import with_tuned
+    from asyncbench.tune import model_sha256, tuning_identity, with_tuned
 
     configs = run_configs(args)
     # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
@@ -272,8 +275,7 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     if args.json_out not in (None, "-"):
         check_writable(Path(args.json_out), "--json")
     total = len(read_map(_dataset(args, paths).val_map))
-    for cfg in configs:
-        plan_run(cfg, total, None, {})
+    plans = [plan_run(cfg, total, None, {}) for cfg in configs]
     log_root = args.log_dir or paths.logs
     first_log_dir = new_log_dir(log_root, configs[0].scenario)
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
@@ -289,8 +291,10 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     try:
         with event_log(first_log_dir) as events:
             warm_up(engine, configs[0].engine.timeout_s, events)
-        for position, cfg in enumerate(configs):
-            cfg, note = with_tuned(cfg, engine, paths.tune, args.config)
+        weights = model_sha256(engine, paths)
+        for position, (cfg, plan) in enumerate(zip(configs, plans, strict=True)):
+            cfg, note = with_tuned(cfg, engine, paths.tune, args.config, tuning_identity(cfg, engine, weights),
+                                   plan.duration_s)
             if note:
                 print(f"note: {note}")
             log_dir = first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario)
@@ -319,7 +323,7 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.loadgen.run import event_log, run_scenario
     from asyncbench.runtime.sizing import open_engine
     from asyncbench.runtime.warmup import warm_up
-    from asyncbench.tune import new_tune_dir, parse_grid, write_outputs
+    from asyncbench.tune import model_sha256, new_tune_dir, parse_grid, record_confirmed, tuning_identity, write_outputs
     from asyncbench.tune import tune as search
 
     if len(args.scenarios) != 1 or args.scenarios[0] not in (Scenario.SERVER, Scenario.MULTI_STREAM):
@@ -328,7 +332,8 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
         raise ConfigError("tune searches the target QPS itself: give --start-qps for its first trial")
     grid = parse_grid(args.grid)
     (cfg,) = run_configs(args)
-    plan = plan_run(cfg, len(read_map(_dataset(args, paths).val_map)), None, {})
+    total = len(read_map(_dataset(args, paths).val_map))
+    plan = plan_run(cfg, total, None, {})
     for max_batch in grid.get("max_batch", ()):
         check_max_batch(max_batch, int(plan.values["performance_sample_count"]), available_memory_bytes(),
                         "--grid max_batch")
@@ -338,6 +343,10 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
     try:
         with event_log(out) as events:
             warm_up(engine, cfg.engine.timeout_s, events)
+        one = engine.latency(1)
+        if cfg.scenario == Scenario.SERVER and one is not None and one * 1e9 >= plan.target_latency_ns:
+            raise ConfigError(f"the p99 target {plan.target_latency_ns / 1e6:g} ms is below the {engine.name} engine's "
+                              f"measured batch-1 latency {one * 1e3:.3f} ms: no rate can meet it; raise --p99-ms")
         print(f"tuning {cfg.scenario} on {engine.name}: {args.trial_duration:g} s trials, folder {out}", flush=True)
         best, trials = search(cfg, engine, dataset, paths.preprocessed, out, grid=grid, duration_s=args.trial_duration,
                               precision=args.search_precision, repeats=args.repeats, start_qps=args.start_qps)
@@ -345,7 +354,9 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
             print(f"error: no VALID {cfg.scenario} setting found in {len(trials)} trials (see {out / 'trials.csv'})",
                   file=sys.stderr)
             return EXIT_INVALID
-        for line in write_outputs(out, cfg, engine, best, trials, args.tune_dir or paths.tune):
+        identity = tuning_identity(cfg, engine, model_sha256(engine, paths))
+        tune_root = args.tune_dir or paths.tune
+        for line in write_outputs(out, cfg, engine, best, trials, tune_root, identity, args.trial_duration, paths.tune):
             print(line)
         if args.confirm:
             confirm = dataclasses.replace(cfg, loadgen=dataclasses.replace(
@@ -356,7 +367,11 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
             (out / "confirm").mkdir()
             result = run_scenario(confirm, engine, dataset, paths.preprocessed, out / "confirm",
                                   progress_every_s=_progress_every(args))
-            return scenario_exit_code(result.record, strict=True)
+            code = scenario_exit_code(result.record, strict=True)
+            if code == 0:
+                record_confirmed(tune_root, engine, identity, str(cfg.scenario),
+                                 plan_run(confirm, total, None, {}).duration_s)
+            return code
     finally:
         engine.close()
     return 0

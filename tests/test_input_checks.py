@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from asyncbench.cli import main
+from asyncbench.config import LoadGenConfig, RunConfig, Scenario
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map
 from asyncbench.data.manifest import read_manifest
 from asyncbench.data.preprocess import load_image, preprocess
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import ConfigError, UserError
+from asyncbench.loadgen.plan import check_max_batch, plan_run
 from asyncbench.model.calibrate import CalibrationCache
-from asyncbench.loadgen.plan import check_max_batch
 
 
 def test_a_batch_cap_above_the_samples_or_memory_is_refused() -> None:
@@ -110,3 +111,29 @@ def test_report_skips_a_bad_result_and_refuses_an_unwritable_csv(tmp_path: Path,
     assert main(["report", str(tmp_path / "runs"), "--csv", "/proc/t.csv"]) == 1
     out = capsys.readouterr()
     assert out.err.startswith("error: --csv /proc/t.csv cannot be written") and "Traceback" not in out.err
+
+
+def test_null_spec_with_another_engine_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["run", "--engine", "onnxruntime", "--null", "fixed_us=5", "--build-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: --null fixed_us=5 models the null engine, but --engine is onnxruntime: add --engine null, "
+                   "or drop --null\n")
+
+
+def test_the_source_that_makes_loadgen_generate_too_many_queries_is_named(tmp_path: Path) -> None:
+    conf = tmp_path / "user.conf"
+    conf.write_text("mobilenet.Server.min_query_count = 100000000000\n")
+    cfg = RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=100.0, user_conf=conf))
+    with pytest.raises(ConfigError, match=r"^min_query_count from user.conf would make LoadGen generate 1e\+11 "
+                                          r"queries .*: lower min_query_count$"):
+        plan_run(cfg, 104, None, {}, available=10**10)
+    with pytest.raises(ConfigError, match=r"^target QPS from command line would make"):
+        plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=1e12)), 104, None, {}, available=10**10)
+
+
+def test_a_short_min_duration_that_the_query_count_overrides_is_said() -> None:
+    plan = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=100.0, min_duration_s=1.0)), 104, None, {})
+    assert any(note.startswith("min_query_count 1024 (quick-run default) sets this run's length, not --min-duration "
+                               "1 s (about 100 queries): about 10.2 s") for note in plan.notes), plan.notes
+    plan = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=10_000.0, min_duration_s=1.0)), 104, None, {})
+    assert not any("sets this run's length" in note for note in plan.notes)

@@ -305,3 +305,11 @@ def test_overload_at_twice_capacity_finishes_invalid_and_bounded(calibrated: Bui
                 "--target-qps", "2000", "--min-duration", "3")
     assert done.returncode == 0, done.stderr
     assert "result: INVALID" in done.stdout
+
+
+def test_a_run_names_its_dataset_and_leaves_no_empty_trace(calibrated: BuildPaths, tmp_path: Path) -> None:
+    done = _cli(calibrated, tmp_path / "logs", *OFFLINE_VALID)
+    assert done.returncode == 0, done.stderr
+    assert "\ndataset embedded: 104 samples (" in done.stdout
+    (folder,) = [p for p in (tmp_path / "logs").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert (folder / "mlperf_log_summary.txt").is_file() and not (folder / "mlperf_log_trace.json").exists()
