@@ -104,18 +104,28 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """`run`: LoadGen scenarios; seed spellings (--scenarios=A,B, --test_mode) are accepted too."""
+def _ignore(*args: object, **kwargs: object) -> None:
+    """An option a command leaves out (see ``_add_run_arguments``)."""
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> None:
+    """`run`: LoadGen scenarios; seed spellings (--scenarios=A,B, --test_mode) are accepted too.
+
+    ``for_tune``: only the options a tuning run uses (its trials set the duration and the mode; it writes no
+    JSON, timeline or trace); the others keep their run defaults so one RunConfig builder serves both.
+    """
     _common(p)
+    run_only: Callable[..., object] = _ignore if for_tune else p.add_argument
     p.add_argument("--scenario", "--scenarios", dest="scenarios", type=_scenarios, default=["Offline"],
                    help="SingleStream, MultiStream, Server, Offline, or a comma list run one after another")
-    p.add_argument("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
-                   default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
-    p.add_argument("--target-qps", type=positive_float, help="Server target QPS / Offline expected QPS")
+    run_only("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
+             default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
+    p.add_argument("--target-qps", type=positive_float,  # tune refuses it with a hint, so it stays, unlisted
+                   help=argparse.SUPPRESS if for_tune else "Server target QPS / Offline expected QPS")
     p.add_argument("--p99-ms", type=positive_float, help="Server p99 latency target in ms (LoadGen's default 10)")
-    p.add_argument("--config", type=_file,
-                   help="tuned settings from `asyncbench tune` (build/tune/systems/<system>.json); without it the "
-                        "file for this system is used when there is one")
+    run_only("--config", type=_file,
+             help="tuned settings from `asyncbench tune` (build/tune/systems/<system>.json); without it the "
+                  "file for this system is used when there is one")
     p.add_argument("--engine", type=_choice(EngineKind, "engine"), default=EngineKind.AUTO,
                    help=", ".join(EngineKind))
     p.add_argument("--precision", type=_choice(Precision, "precision"),
@@ -129,12 +139,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-inline", dest="inline", action="store_false",
                    help="SingleStream/MultiStream on a GPU: send queries through the event loop like the other "
                         "scenarios (default: run each on LoadGen's issue thread and complete it there)")
-    p.add_argument("--min-duration", type=positive_float, help="seconds (default: a quick 10 s run)")
+    run_only("--min-duration", type=positive_float, help="seconds (default: a quick 10 s run)")
     p.add_argument("--min-query-count", type=positive_int)
     p.add_argument("--performance-sample-count", type=positive_int)
     p.add_argument("--user-conf", type=_file, help="user.conf applied after mlperf.conf")
     p.add_argument("--mlperf-conf", type=_file, help="mlperf.conf (default: LoadGen's built-in)")
-    p.add_argument("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
+    run_only("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
     p.add_argument("--loop", type=_choice(Loop, "event loop"), default=Loop.UVLOOP, help="uvloop (default) or asyncio")
     p.add_argument("--inflight", type=positive_int,
                    help="batches in flight: CPU engines (default 2), or slots per GPU (default 3)")
@@ -156,27 +166,31 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="Python's GIL time slice during the run, in us (default 500; Python's own is 5000)")
     p.add_argument("--null", dest="null_spec", default="",
                    help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5")
-    p.add_argument("--trace", action="store_true", help="write LoadGen's (large) trace log")
-    p.add_argument("--submission-length", action="store_true",
-                   help="use mlperf.conf's durations instead of the quick defaults")
-    p.add_argument("--audit-config", type=_file,
-                   help="apply this audit.config (a compliance test); LoadGen never reads ./audit.config otherwise")
+    run_only("--trace", action="store_true", help="write LoadGen's (large) trace log")
+    run_only("--submission-length", action="store_true",
+             help="use mlperf.conf's durations instead of the quick defaults")
+    run_only("--audit-config", type=_file,
+             help="apply this audit.config (a compliance test); LoadGen never reads ./audit.config otherwise")
     p.add_argument("--loadgen-memory-mb", type=positive_float, default=1024.0,
                    help="memory the queries LoadGen generates may take when the harness derives the target or "
                         "expected latency (default 1024)")
     p.add_argument("--strict", action="store_true",
                    help="user.conf keys that LoadGen would ignore are an error (exit 2), an INVALID result exits 3, "
                         "accuracy below the target exits 4")
-    p.add_argument("--json", dest="json_out", metavar="FILE|-",
-                   help="also write every scenario's result.json record: to FILE (a JSON list), or - for stdout "
-                        "(one line each)")
+    run_only("--json", dest="json_out", metavar="FILE|-",
+             help="also write every scenario's result.json record: to FILE (a JSON list), or - for stdout "
+                  "(one line each)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines during the run")
-    p.add_argument("--nvtx", action="store_true",
-                   help="NVTX ranges per batch in the 'asyncbench' domain, for Nsight Systems (needs the nvtx package)")
-    p.add_argument("--timeline", type=Path, metavar="FILE.json",
-                   help="write a Chrome/Perfetto trace of every batch (several scenarios: FILE_<scenario>.json)")
+    run_only("--nvtx", action="store_true",
+             help="NVTX ranges per batch in the 'asyncbench' domain, for Nsight Systems (needs the nvtx package)")
+    run_only("--timeline", type=Path, metavar="FILE.json",
+             help="write a Chrome/Perfetto trace of every batch (several scenarios: FILE_<scenario>.json)")
     p.add_argument("--progress-every", type=positive_float, metavar="S",
                    help="seconds between progress lines (default: 1 on a terminal, 60 otherwise)")
+    if for_tune:
+        p.set_defaults(test_mode=TestMode.PERFORMANCE_ONLY, config=None, min_duration=None, trace=False,
+                       submission_length=False, audit_config=None, json_out=None, nvtx=False, timeline=None,
+                       log_dir=None)
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -209,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run LoadGen scenarios through the asyncio pipeline (the default command)")
     _add_run_arguments(p)
     p = sub.add_parser("tune", help="find the best Server QPS or MultiStream batching with repeated LoadGen tests")
-    _add_run_arguments(p)
+    _add_run_arguments(p, for_tune=True)
     p.add_argument("--trial-duration", type=positive_float, default=10.0, help="seconds per trial (default 10)")
     p.add_argument("--grid", nargs="+", default=[], metavar="KEY=N,N",
                    help="batching settings to try: max_batch=32,64,128 delay_us=500,1000,2000")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asyncbench.cli import main
+from asyncbench.cli import build_parser, main
 from asyncbench.config import LoadGenConfig, RunConfig, Scenario
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map
 from asyncbench.data.manifest import read_manifest
@@ -137,3 +137,17 @@ def test_a_short_min_duration_that_the_query_count_overrides_is_said() -> None:
                                "1 s (about 100 queries): about 10.2 s") for note in plan.notes), plan.notes
     plan = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=10_000.0, min_duration_s=1.0)), 104, None, {})
     assert not any("sets this run's length" in note for note in plan.notes)
+
+
+def test_tune_help_lists_only_the_options_tune_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tune", "--help"])
+    shown = capsys.readouterr().out
+    assert "--trial-duration" in shown and "--max-batch-size" in shown and "--null" in shown
+    for ignored in ("--json", "--timeline", "--nvtx", "--config", "--min-duration", "--trace", "--submission-length",
+                    "--audit-config", "--test-mode", "--log-dir", "--target-qps"):
+        assert ignored not in shown, ignored
+    assert main(["tune", "--scenario", "Server", "--json", "x.json"]) == 2
+    assert "unrecognized arguments: --json x.json" in capsys.readouterr().err
+    assert main(["tune", "--scenario", "Server", "--target-qps", "5"]) == 2
+    assert "give --start-qps for its first trial" in capsys.readouterr().err
