@@ -32,6 +32,7 @@ from asyncbench.tune import (
     trial_config,
     tuning_identity,
     with_tuned,
+    write_outputs,
 )
 
 
@@ -145,6 +146,21 @@ def test_tuned_settings_stay_with_their_engine_configuration_and_trial_length(tm
         in note
     cfg, _ = with_tuned(slow, engine, tmp_path, None, tuning_identity(slow, engine, None), 2.0)
     assert cfg.loadgen.target_qps == 900.0
+
+
+def test_a_tune_outside_the_build_says_runs_need_config_to_use_it(tmp_path: Path) -> None:
+    engine = NullEngine()
+    best = Trial(3, "search", Setting(500.0), "VALID", 2.0, {"max_batch_size": 8, "max_queue_delay_us": 100,
+                                                               "log_dir": "x"})
+    cfg = RunConfig(Scenario.SERVER)
+    identity = tuning_identity(cfg, engine, None)
+    for root, said in ((tmp_path / "build" / "tune", "later runs on "), (tmp_path / "elsewhere", "later runs read ")):
+        out = root / "one"
+        out.mkdir(parents=True)
+        last = write_outputs(out, cfg, engine, best, [best], root, identity, 2.0, tmp_path / "build" / "tune")[-1]
+        assert last.startswith(said), last
+    assert last.endswith(f"not this file: pass --config {system_file(tmp_path / 'elsewhere', this_system(engine))} "
+                         f"to use it")
 
 
 def test_tune_finds_the_null_engines_capacity(calibrated, tmp_path: Path) -> None:
