@@ -30,8 +30,8 @@ from asyncbench.config import (
 )
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
-from asyncbench.errors import AsyncbenchError, ConfigError
-from asyncbench.fileio import write_bytes_atomic
+from asyncbench.errors import AsyncbenchError, ConfigError, UserError
+from asyncbench.fileio import check_writable, write_output
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
 
@@ -104,18 +104,28 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """`run`: LoadGen scenarios; seed spellings (--scenarios=A,B, --test_mode) are accepted too."""
+def _ignore(*args: object, **kwargs: object) -> None:
+    """An option a command leaves out (see ``_add_run_arguments``)."""
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> None:
+    """`run`: LoadGen scenarios; seed spellings (--scenarios=A,B, --test_mode) are accepted too.
+
+    ``for_tune``: only the options a tuning run uses (its trials set the duration and the mode; it writes no
+    JSON, timeline or trace); the others keep their run defaults so one RunConfig builder serves both.
+    """
     _common(p)
+    run_only: Callable[..., object] = _ignore if for_tune else p.add_argument
     p.add_argument("--scenario", "--scenarios", dest="scenarios", type=_scenarios, default=["Offline"],
                    help="SingleStream, MultiStream, Server, Offline, or a comma list run one after another")
-    p.add_argument("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
-                   default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
-    p.add_argument("--target-qps", type=positive_float, help="Server target QPS / Offline expected QPS")
+    run_only("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
+             default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
+    p.add_argument("--target-qps", type=positive_float,  # tune refuses it with a hint, so it stays, unlisted
+                   help=argparse.SUPPRESS if for_tune else "Server target QPS / Offline expected QPS")
     p.add_argument("--p99-ms", type=positive_float, help="Server p99 latency target in ms (LoadGen's default 10)")
-    p.add_argument("--config", type=_file,
-                   help="tuned settings from `asyncbench tune` (build/tune/systems/<system>.json); without it the "
-                        "file for this system is used when there is one")
+    run_only("--config", type=_file,
+             help="tuned settings from `asyncbench tune` (build/tune/systems/<system>.json); without it the "
+                  "file for this system is used when there is one")
     p.add_argument("--engine", type=_choice(EngineKind, "engine"), default=EngineKind.AUTO,
                    help=", ".join(EngineKind))
     p.add_argument("--precision", type=_choice(Precision, "precision"),
@@ -129,12 +139,12 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-inline", dest="inline", action="store_false",
                    help="SingleStream/MultiStream on a GPU: send queries through the event loop like the other "
                         "scenarios (default: run each on LoadGen's issue thread and complete it there)")
-    p.add_argument("--min-duration", type=positive_float, help="seconds (default: a quick 10 s run)")
+    run_only("--min-duration", type=positive_float, help="seconds (default: a quick 10 s run)")
     p.add_argument("--min-query-count", type=positive_int)
     p.add_argument("--performance-sample-count", type=positive_int)
     p.add_argument("--user-conf", type=_file, help="user.conf applied after mlperf.conf")
     p.add_argument("--mlperf-conf", type=_file, help="mlperf.conf (default: LoadGen's built-in)")
-    p.add_argument("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
+    run_only("--log-dir", type=Path, help="root of run folders (default <build>/logs)")
     p.add_argument("--loop", type=_choice(Loop, "event loop"), default=Loop.UVLOOP, help="uvloop (default) or asyncio")
     p.add_argument("--inflight", type=positive_int,
                    help="batches in flight: CPU engines (default 2), or slots per GPU (default: inference "
@@ -162,27 +172,31 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="Python's GIL time slice during the run, in us (default 500; Python's own is 5000)")
     p.add_argument("--null", dest="null_spec", default="",
                    help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5")
-    p.add_argument("--trace", action="store_true", help="write LoadGen's (large) trace log")
-    p.add_argument("--submission-length", action="store_true",
-                   help="use mlperf.conf's durations instead of the quick defaults")
-    p.add_argument("--audit-config", type=_file,
-                   help="apply this audit.config (a compliance test); LoadGen never reads ./audit.config otherwise")
+    run_only("--trace", action="store_true", help="write LoadGen's (large) trace log")
+    run_only("--submission-length", action="store_true",
+             help="use mlperf.conf's durations instead of the quick defaults")
+    run_only("--audit-config", type=_file,
+             help="apply this audit.config (a compliance test); LoadGen never reads ./audit.config otherwise")
     p.add_argument("--loadgen-memory-mb", type=positive_float, default=1024.0,
                    help="memory the queries LoadGen generates may take when the harness derives the target or "
                         "expected latency (default 1024)")
     p.add_argument("--strict", action="store_true",
                    help="user.conf keys that LoadGen would ignore are an error (exit 2), an INVALID result exits 3, "
                         "accuracy below the target exits 4")
-    p.add_argument("--json", dest="json_out", metavar="FILE|-",
-                   help="also write every scenario's result.json record: to FILE (a JSON list), or - for stdout "
-                        "(one line each)")
+    run_only("--json", dest="json_out", metavar="FILE|-",
+             help="also write every scenario's result.json record: to FILE (a JSON list), or - for stdout "
+                  "(one line each)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines during the run")
-    p.add_argument("--nvtx", action="store_true",
-                   help="NVTX ranges per batch in the 'asyncbench' domain, for Nsight Systems (needs the nvtx package)")
-    p.add_argument("--timeline", type=Path, metavar="FILE.json",
-                   help="write a Chrome/Perfetto trace of every batch (several scenarios: FILE_<scenario>.json)")
+    run_only("--nvtx", action="store_true",
+             help="NVTX ranges per batch in the 'asyncbench' domain, for Nsight Systems (needs the nvtx package)")
+    run_only("--timeline", type=Path, metavar="FILE.json",
+             help="write a Chrome/Perfetto trace of every batch (several scenarios: FILE_<scenario>.json)")
     p.add_argument("--progress-every", type=positive_float, metavar="S",
                    help="seconds between progress lines (default: 1 on a terminal, 60 otherwise)")
+    if for_tune:
+        p.set_defaults(test_mode=TestMode.PERFORMANCE_ONLY, config=None, min_duration=None, trace=False,
+                       submission_length=False, audit_config=None, json_out=None, nvtx=False, timeline=None,
+                       log_dir=None)
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -215,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run LoadGen scenarios through the asyncio pipeline (the default command)")
     _add_run_arguments(p)
     p = sub.add_parser("tune", help="find the best Server QPS or MultiStream batching with repeated LoadGen tests")
-    _add_run_arguments(p)
+    _add_run_arguments(p, for_tune=True)
     p.add_argument("--trial-duration", type=positive_float, default=10.0, help="seconds per trial (default 10)")
     p.add_argument("--grid", nargs="+", default=[], metavar="KEY=N,N",
                    help="batching settings to try: max_batch=32,64,128 delay_us=500,1000,2000")
@@ -246,6 +260,9 @@ def _with_default_command(argv: Sequence[str]) -> list[str]:
 
 def run_configs(args: argparse.Namespace) -> list[RunConfig]:
     """The one configuration per scenario asked for, built from the parsed command line."""
+    if args.null_spec and args.engine is not EngineKind.NULL:
+        raise ConfigError(f"--null {args.null_spec} models the null engine, but --engine is {args.engine}: "
+                          f"add --engine null, or drop --null")
     loadgen = LoadGenConfig(
         test_mode=args.test_mode, target_qps=args.target_qps, server_target_latency_ms=args.p99_ms,
         min_duration_s=args.min_duration,
@@ -269,14 +286,17 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.loadgen.run import event_log, new_log_dir, run_scenario
     from asyncbench.runtime.sizing import open_engine
     from asyncbench.runtime.warmup import warm_up
-    from asyncbench.tune import with_tuned
+    from asyncbench.tune import model_sha256, tuning_identity, with_tuned
 
     configs = run_configs(args)
     # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
-    # work, and the log folder is writable.
+    # work, and the output files and the log folder are writable.
+    if args.timeline is not None:
+        check_writable(args.timeline, "--timeline")
+    if args.json_out not in (None, "-"):
+        check_writable(Path(args.json_out), "--json")
     total = len(read_map(_dataset(args, paths).val_map))
-    for cfg in configs:
-        plan_run(cfg, total, None, {})
+    plans = [plan_run(cfg, total, None, {}) for cfg in configs]
     log_root = args.log_dir or paths.logs
     first_log_dir = new_log_dir(log_root, configs[0].scenario)
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
@@ -292,8 +312,10 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     try:
         with event_log(first_log_dir) as events:
             warm_up(engine, configs[0].engine.timeout_s, events)
-        for position, cfg in enumerate(configs):
-            cfg, note = with_tuned(cfg, engine, paths.tune, args.config)
+        weights = model_sha256(engine, paths)
+        for position, (cfg, plan) in enumerate(zip(configs, plans, strict=True)):
+            cfg, note = with_tuned(cfg, engine, paths.tune, args.config, tuning_identity(cfg, engine, weights),
+                                   plan.duration_s)
             if note:
                 print(f"note: {note}")
             log_dir = first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario)
@@ -310,7 +332,7 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     finally:
         engine.close()
     if args.json_out not in (None, "-"):
-        write_bytes_atomic(Path(args.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode())
+        write_output(Path(args.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode(), "--json")
     return next((code for code in (EXIT_FAILED, EXIT_ACCURACY, EXIT_INVALID) if code in codes), 0)
 
 
@@ -318,11 +340,11 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
     """`tune`: one engine, many LoadGen tests; writes the tune folder and the per-system settings."""
     import dataclasses
 
-    from asyncbench.loadgen.plan import plan_run
+    from asyncbench.loadgen.plan import available_memory_bytes, check_max_batch, plan_run
     from asyncbench.loadgen.run import event_log, run_scenario
     from asyncbench.runtime.sizing import open_engine
     from asyncbench.runtime.warmup import warm_up
-    from asyncbench.tune import new_tune_dir, parse_grid, write_outputs
+    from asyncbench.tune import model_sha256, new_tune_dir, parse_grid, record_confirmed, tuning_identity, write_outputs
     from asyncbench.tune import tune as search
 
     if len(args.scenarios) != 1 or args.scenarios[0] not in (Scenario.SERVER, Scenario.MULTI_STREAM):
@@ -331,13 +353,21 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
         raise ConfigError("tune searches the target QPS itself: give --start-qps for its first trial")
     grid = parse_grid(args.grid)
     (cfg,) = run_configs(args)
-    plan_run(cfg, len(read_map(_dataset(args, paths).val_map)), None, {})
+    total = len(read_map(_dataset(args, paths).val_map))
+    plan = plan_run(cfg, total, None, {})
+    for max_batch in grid.get("max_batch", ()):
+        check_max_batch(max_batch, int(plan.values["performance_sample_count"]), available_memory_bytes(),
+                        "--grid max_batch")
     out = new_tune_dir(args.tune_dir or paths.tune, cfg.scenario)
     dataset = _prepare_inputs(args, paths, val=True, cal=False)
     engine = open_engine(cfg, paths)
     try:
         with event_log(out) as events:
             warm_up(engine, cfg.engine.timeout_s, events)
+        one = engine.latency(1)
+        if cfg.scenario == Scenario.SERVER and one is not None and one * 1e9 >= plan.target_latency_ns:
+            raise ConfigError(f"the p99 target {plan.target_latency_ns / 1e6:g} ms is below the {engine.name} engine's "
+                              f"measured batch-1 latency {one * 1e3:.3f} ms: no rate can meet it; raise --p99-ms")
         print(f"tuning {cfg.scenario} on {engine.name}: {args.trial_duration:g} s trials, folder {out}", flush=True)
         best, trials = search(cfg, engine, dataset, paths.preprocessed, out, grid=grid, duration_s=args.trial_duration,
                               precision=args.search_precision, repeats=args.repeats, start_qps=args.start_qps)
@@ -345,7 +375,9 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
             print(f"error: no VALID {cfg.scenario} setting found in {len(trials)} trials (see {out / 'trials.csv'})",
                   file=sys.stderr)
             return EXIT_INVALID
-        for line in write_outputs(out, cfg, engine, best, trials, args.tune_dir or paths.tune):
+        identity = tuning_identity(cfg, engine, model_sha256(engine, paths))
+        tune_root = args.tune_dir or paths.tune
+        for line in write_outputs(out, cfg, engine, best, trials, tune_root, identity, args.trial_duration, paths.tune):
             print(line)
         if args.confirm:
             confirm = dataclasses.replace(cfg, loadgen=dataclasses.replace(
@@ -356,7 +388,11 @@ def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
             (out / "confirm").mkdir()
             result = run_scenario(confirm, engine, dataset, paths.preprocessed, out / "confirm",
                                   progress_every_s=_progress_every(args))
-            return scenario_exit_code(result.record, strict=True)
+            code = scenario_exit_code(result.record, strict=True)
+            if code == 0:
+                record_confirmed(tune_root, engine, identity, str(cfg.scenario),
+                                 plan_run(confirm, total, None, {}).duration_s)
+            return code
     finally:
         engine.close()
     return 0
@@ -412,7 +448,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             from asyncbench.loadgen.report import find_results, format_table, report_row, write_csv
 
-            rows = [report_row(path) for path in find_results(args.paths)]
+            if args.csv is not None:
+                check_writable(args.csv, "--csv")
+            rows = []
+            for path in find_results(args.paths):
+                try:
+                    rows.append(report_row(path))
+                except UserError as e:  # one bad record must not hide the others
+                    print(f"warning: skipped {e}", file=sys.stderr)
+            if not rows:
+                raise UserError("no result.json could be read: see the warnings above")
             print(format_table(rows))
             if args.csv is not None:
                 write_csv(args.csv, rows)

@@ -126,6 +126,13 @@ class LoadGenConfig:
     submission_length: bool = False  # True: do not shorten the run to the quick preset
     memory_mb: float = 1024.0  # budget for the queries LoadGen generates from derived values
     strict: bool = False  # user.conf keys LoadGen would ignore are an error, not a note
+    # Where the explicit values above came from when not the command line: (setting, source) pairs such as
+    # ("target_qps", "tuned, <file>"), so the settings line and the errors name the right source.
+    sources: tuple[tuple[str, str], ...] = ()
+
+    def source_of(self, setting: str) -> str:
+        """What set this explicit value: "command line" unless ``sources`` says otherwise."""
+        return dict(self.sources).get(setting, "command line")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from asyncbench.errors import UserError
+
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Have ``write`` fill a temp file beside ``path``, then rename it into place; on failure remove it and re-raise.
@@ -38,3 +40,28 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     """Replace ``path`` with ``data`` atomically (see `write_atomic`)."""
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse an output file that cannot be written, before the work that fills it (no traceback after a long run).
+
+    The probe is what ``write_atomic`` will do: create a temp file in the target's folder.
+    """
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder: give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{what} {path}: {path.parent} is not an existing folder: create it or choose another path")
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be written ({e.strerror or e}): choose a writable path") from None
+    os.close(fd)
+    os.unlink(name)
+
+
+def write_output(path: Path, data: bytes, what: str) -> None:
+    """``write_bytes_atomic`` for a file the user asked for: a failure (a full disk) is one line."""
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as e:
+        raise UserError(f"{what} {path} could not be written ({e.strerror or e})") from None

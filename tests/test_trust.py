@@ -113,6 +113,7 @@ def test_a_stray_audit_config_is_named_and_ignored(calibrated: BuildPaths, tmp_p
     (["--target-qps", "nan"], "'nan' is not a finite number"),
     (["--scenario", "Server", "--target-qps", "1e12"], "would make LoadGen generate"),
     (["--performance-sample-count", "1000000"], "more than the 104 samples of this dataset"),
+    (["--max-batch-size", "100000"], "--max-batch-size 100000 is more than the 104 samples LoadGen loads"),
 ])
 def test_impossible_numbers_are_refused_before_work(calibrated: BuildPaths, tmp_path: Path, args: list[str],
                                                     needle: str) -> None:
@@ -304,3 +305,11 @@ def test_overload_at_twice_capacity_finishes_invalid_and_bounded(calibrated: Bui
                 "--target-qps", "2000", "--min-duration", "3")
     assert done.returncode == 0, done.stderr
     assert "result: INVALID" in done.stdout
+
+
+def test_a_run_names_its_dataset_and_leaves_no_empty_trace(calibrated: BuildPaths, tmp_path: Path) -> None:
+    done = _cli(calibrated, tmp_path / "logs", *OFFLINE_VALID)
+    assert done.returncode == 0, done.stderr
+    assert "\ndataset embedded: 104 samples (" in done.stdout
+    (folder,) = [p for p in (tmp_path / "logs").iterdir() if p.is_dir() and not p.is_symlink()]
+    assert (folder / "mlperf_log_summary.txt").is_file() and not (folder / "mlperf_log_trace.json").exists()

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from asyncbench.config import BatchingConfig, LoadGenConfig, RunConfig, Scenario
+from asyncbench.config import BatchingConfig, EngineConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
 from asyncbench.engines.null import NullEngine
 from asyncbench.errors import ConfigError
+from asyncbench.loadgen.plan import plan_run
 from asyncbench.tune import (
     TRIAL_COLUMNS,
     ServerSearch,
@@ -28,7 +29,10 @@ from asyncbench.tune import (
     record_tuned,
     system_file,
     this_system,
+    trial_config,
+    tuning_identity,
     with_tuned,
+    write_outputs,
 )
 
 
@@ -73,6 +77,28 @@ def test_nothing_valid_reports_zero() -> None:
     assert ServerSearch(run).find(Setting(), 100) == 0.0
 
 
+def test_the_search_stops_at_the_memory_ceiling_instead_of_failing() -> None:
+    run, log = _scripted(1e9)  # an engine faster than any rate LoadGen's memory allows (the null engine)
+    search = ServerSearch(run, repeats=3, ceiling=12_345.67)
+    assert search.find(Setting(), 50_000) == 12_345.6
+    assert max(t.setting.target_qps or 0 for t in log) == 12_345.6 and len(log) == 3
+    run, log = _scripted(10_000)  # an engine slower than the ceiling: an ordinary search below it
+    assert 9_800 <= ServerSearch(run, ceiling=12_345.67).find(Setting(), 5_000) <= 10_000
+
+
+def test_tune_refuses_a_p99_target_below_the_engines_latency_and_names_its_sources(calibrated,
+                                                                                   tmp_path: Path) -> None:
+    common = ("tune", "--scenario", "Server", "--engine", "null", "--build-dir", str(calibrated.root),
+              "--tune-dir", str(tmp_path))
+    done = run_cli(*common, "--null", "fixed_us=2000", "--p99-ms", "0.5")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: the p99 target 0.5 ms is below the null engine's measured batch-1 "
+                                  "latency 2.") and "raise --p99-ms" in done.stderr
+    assert "tuning Server" not in done.stdout  # said before any trial
+    with pytest.raises(ConfigError, match="target QPS from the trial's rate would make LoadGen generate"):
+        plan_run(trial_config(RunConfig(Scenario.SERVER), Setting(1e12), 2.0), 104, None, {})
+
+
 def test_grid_parsing_and_choice() -> None:
     assert parse_grid(["max_batch=32,64", "delay_us=0,500"]) == {"max_batch": (32, 64), "delay_us": (0, 500)}
     for bad in (["batch=1"], ["max_batch=0"], ["delay_us=a"], ["max_batch"]):
@@ -87,16 +113,54 @@ def test_grid_parsing_and_choice() -> None:
 def test_tuned_settings_are_picked_up_for_the_same_system_and_engine(tmp_path: Path) -> None:
     engine = NullEngine()
     path = system_file(tmp_path, this_system(engine))
-    record_tuned(path, this_system(engine), engine.name, "Server",
-                 {"target_qps": 1234.0, "max_batch_size": 16, "max_queue_delay_us": 250, "tuned_at": "then"})
-    cfg, note = with_tuned(RunConfig(Scenario.SERVER), engine, tmp_path, None)
+    plain = tuning_identity(RunConfig(Scenario.SERVER), engine, None)
+    record_tuned(path, this_system(engine), plain, "Server",
+                 {"target_qps": 1234.0, "max_batch_size": 16, "max_queue_delay_us": 250, "tuned_at": "then",
+                  "trial_duration_s": 10.0})
+    cfg, note = with_tuned(RunConfig(Scenario.SERVER), engine, tmp_path, None, plain, 10.0)
     assert (cfg.loadgen.target_qps, cfg.batching.max_batch_size, cfg.batching.max_queue_delay_us) == (1234.0, 16, 250)
     assert note is not None and "1234" in note and str(path) in note
+    assert plan_run(cfg, 104, None, {}).sources["target_qps"] == f"tuned, {path.name}"  # not "command line"
     mine = RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=99.0), BatchingConfig(max_batch_size=4))
-    kept, _ = apply_tuned(mine, {"target_qps": 1234.0, "max_batch_size": 16})
+    kept, _, _ = apply_tuned(mine, {"target_qps": 1234.0, "max_batch_size": 16})
     assert (kept.loadgen.target_qps, kept.batching.max_batch_size) == (99.0, 4)  # the command line wins
-    untouched, note = with_tuned(RunConfig(Scenario.OFFLINE), engine, tmp_path, None)
+    untouched, note = with_tuned(RunConfig(Scenario.OFFLINE), engine, tmp_path, None, plain, 10.0)
     assert untouched == RunConfig(Scenario.OFFLINE) and note is None
+
+
+def test_tuned_settings_stay_with_their_engine_configuration_and_trial_length(tmp_path: Path) -> None:
+    engine = NullEngine()
+    path = system_file(tmp_path, this_system(engine))
+    slow = RunConfig(Scenario.SERVER, batching=BatchingConfig(max_batch_size=16),
+                     engine=EngineConfig(kind=EngineKind.NULL, null_spec="fixed_us=2000,per_sample_us=100"))
+    record_tuned(path, this_system(engine), tuning_identity(slow, engine, None), "Server",
+                 {"target_qps": 900.0, "max_batch_size": 16, "max_queue_delay_us": 0, "trial_duration_s": 2.0})
+    plain = RunConfig(Scenario.SERVER, engine=EngineConfig(kind=EngineKind.NULL))
+    cfg, note = with_tuned(plain, engine, tmp_path, None, tuning_identity(plain, engine, None), 2.0)
+    assert cfg == plain and note is None  # the slow model's tune is not a plain null engine's
+    other_weights = tuning_identity(slow, engine, "0123456789abcdef")
+    assert with_tuned(slow, engine, tmp_path, None, other_weights, 2.0) == (slow, None)
+    cfg, note = with_tuned(slow, engine, tmp_path, None, tuning_identity(slow, engine, None), 10.0)
+    assert cfg.loadgen.target_qps is None and cfg.batching.max_queue_delay_us == 0  # batching applies
+    assert note is not None and "target QPS 900 is not applied: it was VALID in 2 s trials and this run lasts 10 s" \
+        in note
+    cfg, _ = with_tuned(slow, engine, tmp_path, None, tuning_identity(slow, engine, None), 2.0)
+    assert cfg.loadgen.target_qps == 900.0
+
+
+def test_a_tune_outside_the_build_says_runs_need_config_to_use_it(tmp_path: Path) -> None:
+    engine = NullEngine()
+    best = Trial(3, "search", Setting(500.0), "VALID", 2.0, {"max_batch_size": 8, "max_queue_delay_us": 100,
+                                                               "log_dir": "x"})
+    cfg = RunConfig(Scenario.SERVER)
+    identity = tuning_identity(cfg, engine, None)
+    for root, said in ((tmp_path / "build" / "tune", "later runs on "), (tmp_path / "elsewhere", "later runs read ")):
+        out = root / "one"
+        out.mkdir(parents=True)
+        last = write_outputs(out, cfg, engine, best, [best], root, identity, 2.0, tmp_path / "build" / "tune")[-1]
+        assert last.startswith(said), last
+    assert last.endswith(f"not this file: pass --config {system_file(tmp_path / 'elsewhere', this_system(engine))} "
+                         f"to use it")
 
 
 def test_tune_finds_the_null_engines_capacity(calibrated, tmp_path: Path) -> None:
@@ -122,7 +186,8 @@ def test_tune_finds_the_null_engines_capacity(calibrated, tmp_path: Path) -> Non
         assert key in record, key
     assert set(record["latency_ns"]) >= {"p50", "p90", "p95", "p99", "p99.9"}
     assert record["harness_latency"]["samples"] == record["samples"]["completed"]
-    assert list((tmp_path / "systems").glob("*.json"))  # later runs on this system pick it up
+    (per_system,) = (tmp_path / "systems").glob("*.json")
+    assert f"not this file: pass --config {per_system} to use it" in done.stdout  # --tune-dir is not where runs read
     report = run_cli("report", str(folder), "--csv", str(tmp_path / "runs.csv"))
     assert report.returncode == 0 and report.stdout.count("\n") == len(rows) + 1  # header + one line per trial
     assert (tmp_path / "runs.csv").read_text().startswith("run,scenario")

@@ -8,7 +8,7 @@ unlabelled photo). Preprocessed samples land under
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from asyncbench.errors import UserError
 from asyncbench.paths import DATA_MAPS, BuildPaths
@@ -43,11 +43,13 @@ class Dataset:
 def read_map(path: Path) -> list[MapEntry]:
     """Parse a data map; a malformed line is a UserError naming file and line."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark would become part of the first name
     except FileNotFoundError:
         raise UserError(f"data map {path} does not exist: restore it or pass the right path") from None
     except OSError as e:
         raise UserError(f"cannot read data map {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"data map {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     entries: list[MapEntry] = []
     seen: set[str] = set()
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -57,6 +59,9 @@ def read_map(path: Path) -> list[MapEntry]:
         if len(parts) != 2:
             raise UserError(f"{path}:{lineno}: expected '<image name> <label>', got {line.strip()!r}")
         name, label_text = parts
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or "\\" in name:
+            raise UserError(f"{path}:{lineno}: image {name!r} must be a path inside the image folder "
+                            f"(no leading /, no '..', '/' between folders)")
         try:
             label = int(label_text)
         except ValueError:

@@ -51,7 +51,7 @@ _STOP: Event | None = None
 def load_image(path: Path) -> np.ndarray:
     """Decode one image into the (224, 224, 3) int8 pixel - 128 array MobileNet consumes."""
     with Image.open(path) as img:
-        rgb = img.convert("RGB")
+        rgb = _to_rgb(img)
     width, height = rgb.size
     if width <= height:
         size = (RESIZE, round(height * RESIZE / width))
@@ -62,6 +62,18 @@ def load_image(path: Path) -> np.ndarray:
     top = (size[1] - CROP) // 2
     crop = resized.crop((left, top, left + CROP, top + CROP))
     return (np.asarray(crop, dtype=np.int16) - 128).astype(np.int8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit grayscale is scaled down (Pillow's own conversion clips it, making it nearly all white)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        pixels = np.asarray(img, dtype=np.int64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(f"{img.mode} pixels outside 0..65535: convert it to an 8- or 16-bit image")
+        return Image.fromarray(np.round(pixels / 257).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise ValueError("floating-point pixels (mode F): convert it to an 8- or 16-bit image")
+    return img.convert("RGB")
 
 
 def to_nhwc4(x: np.ndarray) -> np.ndarray:
@@ -326,9 +338,10 @@ def preprocess(
             outputs.setdefault(entry.name, {})[layout] = out_dir / f"{entry.name}.npy"
             maps.setdefault(entry.name, []).append(map_path)
     manifests = {folder: read_manifest(folder) for folder in out_dirs}
+    keys = {p: _manifest_key(p, out_dirs) for outs in outputs.values() for p in outs.values()}
     tasks = [
         _Task(name, dataset.image_dir / name, outs.get(VAL_LAYOUT), outs.get(CAL_LAYOUT),
-              tuple((p, known) for p in outs.values() if (known := manifests[p.parent].get(p.name)) is not None))
+              tuple((p, known) for p in outs.values() if (known := manifests[keys[p][0]].get(keys[p][1])) is not None))
         for name, outs in outputs.items()
     ]
 
@@ -346,13 +359,14 @@ def preprocess(
     workers = min(workers, len(tasks))
     try:
         if workers == 1:
-            _collect(map(work, tasks), counts, failures, bar, manifests)
+            _collect(map(work, tasks), counts, failures, bar, manifests, keys)
         else:
             stop = multiprocessing.Event()
             chunksize = max(1, min(_CHUNK_MAX, len(tasks) // (workers * 4)))
             with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(stop,)) as pool:
                 try:
-                    _collect(pool.imap_unordered(work, tasks, chunksize), counts, failures, bar, manifests)
+                    _collect(pool.imap_unordered(work, tasks, chunksize), counts, failures, bar, manifests,
+                             keys)
                 except BaseException:
                     stop.set()
                     raise
@@ -373,12 +387,23 @@ def preprocess(
     return summary
 
 
+def _manifest_key(output: Path, out_dirs: list[Path]) -> tuple[Path, str]:
+    """The layout folder whose manifest records ``output``, and its key there: the path below that folder.
+
+    A map name may hold subfolders (``n01440764/x.JPEG``); their samples are recorded in the layout
+    folder's one manifest, so the arena finds them by the same relative name.
+    """
+    folder = next(d for d in out_dirs if d in output.parents)
+    return folder, output.relative_to(folder).as_posix()
+
+
 def _collect(results: Iterable[_Result], counts: dict[str, int], failures: list[tuple[_Task, str]], bar: _Progress,
-             manifests: dict[Path, dict[str, Entry]]) -> None:
+             manifests: dict[Path, dict[str, Entry]], keys: dict[Path, tuple[Path, str]]) -> None:
     """Tally worker results and their checksums; an unwritable output aborts at once since every image would hit it."""
     for status, task, detail, sums in results:
         for path, entry in sums.items():
-            manifests[path.parent][path.name] = entry
+            folder, key = keys[path]
+            manifests[folder][key] = entry
         if status == "write_error":
             raise UserError(f"preprocess: {detail}: check free space and permissions of the output folder")
         if status == "failed":

@@ -68,7 +68,7 @@ class SampleArena:
             raw = path.read_bytes()
         except OSError as e:
             raise UserError(f"cannot read preprocessed sample {path} ({e.strerror or e}): {self._repair()}") from None
-        recorded = self._recorded.get(path.name)
+        recorded = self._recorded.get(path.relative_to(self.folder).as_posix())
         if recorded is not None and crc32_bytes(raw) != recorded:
             raise UserError(f"preprocessed sample {path} does not match the checksum recorded when it was made "
                             f"(damaged since): {self._repair()}")

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 
 from asyncbench.config import RunConfig, Scenario, TestMode
+from asyncbench.contract import SAMPLE_BYTES as SAMPLE_INPUT_BYTES
 from asyncbench.errors import ConfigError
 from asyncbench.loadgen.settings import LoadGenOptions, builtin_settings, read_conf
 
@@ -47,6 +48,7 @@ DEFAULT_MEMORY_BUDGET_MB = 1024
 # Generated queries a quick run may leave for LoadGen to issue after an abort (completed inline at about
 # 330k/s for SingleStream and 120k/s for MultiStream on the 2-core machine): at most about 1.2 s either way.
 ABORT_QUERIES = {"SingleStream": 400_000, "MultiStream": 150_000}
+BATCH_BUFFERS = 4  # batches of the largest size held at once: slots being gathered and run, plus warm-up's
 SERVER_HOLD_S = 1.0  # Server: seconds of queries LoadGen may have outstanding before it stops issuing
 
 
@@ -79,6 +81,7 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
     conf_problems: list[str] = field(default_factory=list)
     target_latency_ns: int = SERVER_DEFAULT_TARGET_LATENCY_NS  # Server's p99 bound, for the batching policy
+    duration_s: float = 0.0  # the minimum duration LoadGen runs for, from whichever source set it
 
     def describe(self) -> str:
         """One line: every setting the harness decided, with its source."""
@@ -100,6 +103,12 @@ def _conf_duration_s(cfg: RunConfig) -> float:
     if mine is not None:
         return mine / 1000
     return builtin_settings(MODEL, cfg.scenario).min_duration_ms / 1000
+
+
+def max_target_qps(scenario: str, duration_s: float, memory_mb: float) -> float:
+    """The highest Server target / Offline expected QPS whose queries fit in ``memory_mb`` of LoadGen memory."""
+    per_second = OFFLINE_SLACK if scenario == "Offline" else 1.0  # queries (Offline: samples) per QPS-second
+    return memory_mb * 1e6 / loadgen_bytes(scenario, per_second) / max(duration_s, 1e-3)
 
 
 def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
@@ -127,7 +136,7 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                derived_source: str, scale: float = 1.0) -> None:
         """Command line, then user.conf (left to LoadGen: it reads the file), then the derived value."""
         if explicit is not None:
-            values[name], plan.sources[name] = explicit, "command line"
+            values[name], plan.sources[name] = explicit, lgc.source_of(name)
         elif conf_value is not None:
             values[name], plan.sources[name] = conf_value * scale, "user.conf"
         elif derived is not None:
@@ -139,6 +148,7 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         duration = values["min_duration_s"]
     else:
         duration, plan.sources["min_duration_s"] = _conf_duration_s(cfg), "mlperf.conf"
+    plan.duration_s = duration
     choose("min_query_count", lgc.min_query_count, from_conf("min_query_count"),
            cfg.preset.quick_min_query_count if quick else None, "quick-run default")
     choose("performance_sample_count", lgc.performance_sample_count, from_conf("performance_sample_count_override"),
@@ -159,15 +169,18 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         target = values.get("target_qps")
         per_second = OFFLINE_SLACK if scenario == "Offline" else 1.0  # queries (Offline: samples) per QPS-second
         if target is not None:
-            fits = budget / loadgen_bytes(scenario, per_second) / max(duration, 1e-3)
-            if plan.sources["target_qps"] not in ("command line", "user.conf") and target > fits:
+            fits = max_target_qps(scenario, duration, memory_budget_mb)
+            if plan.sources["target_qps"] != "user.conf" and lgc.target_qps is None and target > fits:
                 values["target_qps"] = round(fits, 1)
                 plan.sources["target_qps"] = "memory bound"
                 plan.notes.append(f"target QPS {values['target_qps']:g} instead of the measured {target:g}: "
                                   f"{duration:g} s of queries must fit in {memory_budget_mb:g} MB of LoadGen memory "
                                   f"(--loadgen-memory-mb, or pass --target-qps)")
-            _check_fits(plan.sources["target_qps"], "target QPS", scenario,
-                        max(min_queries, values["target_qps"] * duration * per_second), 1, available)
+            _check_fits(plan, "target_qps", "target QPS", scenario, values["target_qps"] * duration * per_second,
+                        min_queries, 1, available)
+            if scenario == Scenario.SERVER:
+                _note_query_count_sets_length(plan, min_queries, values["target_qps"] * duration,
+                                              min_queries / values["target_qps"])
         if scenario == Scenario.SERVER:
             # The p99 bound LoadGen will judge by: the command line, user.conf, --mlperf-conf, LoadGen's built-in file.
             target_ms = lgc.server_target_latency_ms or from_conf("target_latency") or \
@@ -206,12 +219,15 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         expected_ms = values.get(key) or (builtin_settings(MODEL, scenario).single_stream_expected_latency_ns
                                           if scenario == "SingleStream" else
                                           builtin_settings(MODEL, scenario).multi_stream_expected_latency_ns) / 1e6
-        queries = max(min_queries, 2 * duration / (expected_ms / 1e3))
-        _check_fits(plan.sources.get(key, "mlperf.conf"), "expected latency", scenario, queries, samples, available)
+        _check_fits(plan, key, "expected latency", scenario, 2 * duration / (expected_ms / 1e3), min_queries,
+                    samples, available)
+        if measured:
+            _note_query_count_sets_length(plan, min_queries, duration / measured, min_queries * measured)
 
     if lgc.performance_sample_count is not None and lgc.performance_sample_count > total:
         raise ConfigError(f"--performance-sample-count {lgc.performance_sample_count} is more than the "
                           f"{total} samples of this dataset: use at most {total}")
+    check_max_batch(cfg.batching.max_batch_size, int(values["performance_sample_count"]), available)
     plan.options = LoadGenOptions(
         scenario=scenario, mode=lgc.test_mode,
         min_duration_s=_explicit(values, plan, "min_duration_s"), target_qps=_explicit(values, plan, "target_qps"),
@@ -226,6 +242,32 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     return plan
 
 
+def _note_query_count_sets_length(plan: RunPlan, min_queries: float, in_duration: float, seconds: float) -> None:
+    """Say so when an explicit --min-duration is not what ends the run: min_query_count needs more queries."""
+    if plan.sources.get("min_duration_s") == "command line" and min_queries > in_duration:
+        plan.notes.append(f"min_query_count {min_queries:g} ({plan.sources['min_query_count']}) sets this run's "
+                          f"length, not --min-duration {plan.duration_s:g} s (about {in_duration:.0f} queries): "
+                          f"about {seconds:.3g} s; pass --min-query-count to change it")
+
+
+def check_max_batch(max_batch: int | None, samples: int, available: int | None, what: str = "--max-batch-size"
+                    ) -> None:
+    """Refuse a batch cap above the samples LoadGen loads, or one whose input buffers cannot fit in memory.
+
+    The engine prepares (and warm-up runs) every batch size up to the cap before LoadGen starts, so an
+    absurd cap would allocate gigabytes first; a batch larger than the loaded samples only repeats them.
+    """
+    if max_batch is None:
+        return
+    if max_batch > samples:
+        raise ConfigError(f"{what} {max_batch} is more than the {samples} samples LoadGen loads "
+                          f"(performance sample count): use at most {samples}")
+    need = max_batch * SAMPLE_INPUT_BYTES * BATCH_BUFFERS
+    if available is not None and need > 0.5 * available:
+        raise ConfigError(f"{what} {max_batch} needs ~{need / 1e9:.3g} GB of batch buffers, more than half the "
+                          f"{available / 1e9:.3g} GB of memory available: use a smaller batch")
+
+
 def _explicit(values: dict[str, float], plan: RunPlan, key: str) -> float | None:
     """A value the harness passes itself: not one user.conf already sets (LoadGen reads that from the file)."""
     return None if plan.sources.get(key) == "user.conf" else values.get(key)
@@ -236,12 +278,18 @@ def _int(values: dict[str, float], plan: RunPlan, key: str) -> int | None:
     return None if value is None else int(value)
 
 
-def _check_fits(source: str, what: str, scenario: str, queries: float, samples: float,
-                available: int | None) -> None:
-    """Refuse a value whose generated queries cannot fit in the memory this machine has free."""
+def _check_fits(plan: RunPlan, key: str, what: str, scenario: str, queries: float, min_queries: float,
+                samples: float, available: int | None) -> None:
+    """Refuse a value whose generated queries cannot fit in the memory this machine has free.
+
+    LoadGen generates max(min_query_count, what ``key`` implies) queries: the larger one is named.
+    """
+    if min_queries > queries:
+        key, what, queries, advice = "min_query_count", "min_query_count", min_queries, "lower min_query_count"
+    else:
+        advice = "lower the target QPS or the duration, or raise the expected latency"
     need = loadgen_bytes(scenario, queries, samples)
     if available is not None and need > 0.8 * available:
         raise ConfigError(
-            f"{what} from {source} would make LoadGen generate {queries:.3g} queries up front (~{need / 1e9:.3g} GB), "
-            f"more than the {available / 1e9:.3g} GB of memory available: lower the target QPS or the duration, "
-            f"or raise the expected latency")
+            f"{what} from {plan.sources.get(key, 'mlperf.conf')} would make LoadGen generate {queries:.3g} queries "
+            f"up front (~{need / 1e9:.3g} GB), more than the {available / 1e9:.3g} GB of memory available: {advice}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from asyncbench.config import RunConfig
 from asyncbench.errors import UserError
+from asyncbench.fileio import write_output
 from asyncbench.loadgen.logs import RunSummary
 from asyncbench.loadgen.result import RESULT_FILE
 from asyncbench.loadgen.sut import SampleCounts
@@ -117,8 +119,9 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
-    """The table as CSV (raw values)."""
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, REPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    """The table as CSV (raw values), replaced atomically; a write failure is one line."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, REPORT_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_output(path, text.getvalue().encode(), "--csv")

@@ -32,6 +32,7 @@ from asyncbench.runtime.sizing import batch_policy, engine_peak_qps, runs_inline
 from asyncbench.runtime.timeline import Timeline
 
 EVENTS_FILE = "asyncbench_events.jsonl"
+TRACE_FILE = "mlperf_log_trace.json"
 FAILED_MARKER = "asyncbench_FAILED.txt"  # written into a run's log folder when samples were completed as failed
 
 
@@ -128,6 +129,7 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
     settings, notes = build_test_settings(plan.options)
     with event_log(log_dir) as events:
         policy, policy_note = batch_policy(cfg, engine, plan.target_latency_ns, plan.values.get("target_qps"))
+        say(f"dataset {dataset.name}: {arena.total} samples ({dataset.val_map})")
         if plan.conf_problems:
             say(f"note: user.conf keys LoadGen ignores: {'; '.join(plan.conf_problems)}")
         say(plan.describe())
@@ -155,6 +157,8 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         finally:
             if tracer is not None and timeline is not None:
                 timeline.add_device_spans(*tracer.device_spans())
+            if not cfg.loadgen.trace:
+                _remove_empty(log_dir / TRACE_FILE)
         if timeline is not None and timeline_path is not None:
             events.info("timeline", path=str(timeline.write(timeline_path)), batches=len(timeline.batches),
                         device_batches=len(timeline.device_spans))
@@ -193,6 +197,13 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         say(f"error: run failed: {pipeline.failure} ({counts.failed} of {counts.issued} samples completed as failed; "
             f"LoadGen logs in {log_dir})")
     return RunResult(log_dir, summary, pipeline.failure, histogram, effective, accuracy, record)
+
+
+def _remove_empty(path: Path) -> None:
+    """LoadGen creates its trace file even with tracing off: an empty one is only clutter in the run folder."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
 
 
 def _profiler_range(device: str) -> contextlib.AbstractContextManager[object] | None:

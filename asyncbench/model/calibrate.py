@@ -83,8 +83,8 @@ class CalibrationCache:
         """Parse a cache file; a missing or damaged one is a one-line UserError."""
         if not path.is_file():
             raise UserError(f"no calibration cache at {path}: run `make calibrate` (python -m asyncbench calibrate)")
-        lines = path.read_text().splitlines()
         try:
+            lines = path.read_text().splitlines()  # random bytes fail here as a UnicodeDecodeError (a ValueError)
             magic, *fields = lines[0].split()
             if magic != CACHE_MAGIC:
                 raise ValueError("unknown header")
@@ -99,6 +99,8 @@ class CalibrationCache:
                 else:
                     scales[name] = _unhex(value)
             return cls(meta["method"], int(meta["samples"]), meta["source_sha256"], meta["profile"], scales, means)
+        except OSError as e:
+            raise UserError(f"cannot read the calibration cache {path}: {e.strerror or e}") from None
         except (ValueError, KeyError, IndexError, struct.error):
             raise UserError(f"{path} is not a calibration cache this tool wrote; delete it and run `make calibrate`") \
                 from None

