@@ -161,3 +161,10 @@ def test_server_batching_uses_the_rate_when_the_engine_knows_its_sustained_speed
     assert policy.max_queue_delay_ns == 2_000_000 and "for 1000 QPS" in note
     _, idle_note = batch_policy(cfg, engine, 10_000_000)  # no rate: the idle-latency rule
     assert "for 1000 QPS" not in idle_note
+
+
+def test_rate_policy_takes_an_engine_that_costs_nothing() -> None:
+    from asyncbench.runtime.sizing import rate_policy
+
+    policy, note = rate_policy(lambda b: 0.0, batch_sizes_upto(64), 5000.0, 10_000_000, 1, None, None)
+    assert policy.max_batch_size == 64 and policy.max_queue_delay_ns == 1_000_000 and "INVALID" not in note

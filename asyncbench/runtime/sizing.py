@@ -117,7 +117,7 @@ def rate_policy(service: Callable[[int], float | None], buckets: tuple[int, ...]
     more efficient batches. Explicit --max-batch-size / --max-queue-delay-us win.
     """
     budget = LATENCY_SHARE * target_ns / 1e9
-    measured = [(b, s) for b in buckets if (s := service(b)) is not None]
+    measured = [(b, max(s, 1e-9)) for b in buckets if (s := service(b)) is not None]  # a null engine takes 0 s
     if max_batch_size is not None:
         measured = [(b, s) for b, s in measured if b <= max_batch_size]
     if not measured:
