@@ -23,7 +23,7 @@ def test_engine_sizing_from_the_command_line_else_the_engine_kind() -> None:
     cpu = engine_sizing(default, EngineKind.ONNXRUNTIME)
     assert (cpu.max_batch_size, cpu.slots) == (32, 2)
     gpu = engine_sizing(default, EngineKind.TORCH)
-    assert (gpu.buckets[-1], gpu.slots, gpu.buckets[:3]) == (1024, 3, (1, 2, 4))
+    assert (gpu.buckets[-1], gpu.slots, gpu.buckets[:3]) == (1024, 4, (1, 2, 4))  # 2 inference streams + 2
     assert engine_sizing(default, EngineKind.NULL).max_batch_size == 1024
     mine = engine_sizing(RunConfig(batching=BatchingConfig(max_batch_size=48, inflight=5)), EngineKind.TORCH)
     assert (mine.buckets, mine.slots) == ((1, 2, 4, 8, 16, 32, 48), 5)
@@ -113,6 +113,8 @@ def test_gpu_slots_default_to_one_per_inference_stream_plus_two() -> None:
     from asyncbench.errors import ConfigError
 
     assert engine_sizing(RunConfig(gpu=GpuConfig(inference_streams=3)), EngineKind.TORCH).slots == 5
+    one_slot = engine_sizing(RunConfig(batching=BatchingConfig(inflight=1)), EngineKind.TORCH)
+    assert (one_slot.slots, one_slot.streams) == (1, 1)  # the default streams fit the slots asked for
     try:
         engine_sizing(RunConfig(batching=BatchingConfig(inflight=2), gpu=GpuConfig(inference_streams=3)),
                       EngineKind.TORCH)

@@ -82,11 +82,11 @@ def _require_backend(kind: EngineKind) -> None:
 
 
 def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: Sequence[int], slots: int,
-                  say: Callable[[str], None] = print) -> Engine:
+                  say: Callable[[str], None] = print, streams: int = 1) -> Engine:
     """The ``kind`` engine (already resolved from `auto`), built for these batch sizes and slots.
 
     ``buckets`` are the batch sizes it prepares (the last is its maximum); ``slots`` the batches it
-    holds at once (per device for a GPU engine).
+    holds at once (per device for a GPU engine), spread over ``streams`` inference streams.
     """
     if kind is EngineKind.AUTO:
         raise ValueError("resolve `auto` with resolve_engine_kind first")
@@ -112,6 +112,12 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
 
         use_cache_dir(paths.compile_cache)
         compile_mode = None if cfg.engine.torch_compile is TorchCompile.NONE else str(cfg.engine.torch_compile)
+        if precision is Precision.INT8 and cfg.engine.precision is None:
+            from asyncbench.engines.torch_engine import int8_unsupported
+
+            if (why := int8_unsupported(fp32, paths.calibration_cache)) is not None:
+                say(f"note: torch engine: fp16, not its default int8 ({why})")
+                precision = Precision.FP16
         torch_backends = [TorchBackend(fp32, device, buckets, str(precision), compile_mode,
                                        graphs=cfg.gpu.cuda_graphs, calibration=paths.calibration_cache)
                           for device in devices]
@@ -128,4 +134,4 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
     from asyncbench.engines.gpu import GpuEngine
 
     return GpuEngine(backends, slots, start_from_device=cfg.gpu.start_from_device, notifier=cfg.gpu.completion,
-                     inference_streams=cfg.gpu.inference_streams, copy_streams=cfg.gpu.copy_streams)
+                     inference_streams=streams, copy_streams=cfg.gpu.copy_streams)

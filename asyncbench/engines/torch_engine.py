@@ -50,6 +50,22 @@ def use_cache_dir(folder: Path) -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
 
 
+def int8_unsupported(model_path: Path, calibration: Path) -> str | None:
+    """Why the integer Triton body cannot run this model with this cache (None when it can).
+
+    Lets the engine's default (int8) step down to fp16 for a graph of another shape, where an
+    explicit ``--precision int8`` is refused.
+    """
+    from asyncbench.engines.triton_int8 import supported
+    from asyncbench.model.calibrate import CalibrationCache
+    from asyncbench.model.int8chain import quantize_chain
+
+    if not calibration.is_file():
+        return f"no calibration cache at {calibration}"
+    q = quantize_chain(onnx.load(str(model_path)), CalibrationCache.load(calibration))
+    return "the graph is not a depthwise-separable body" if q is None else supported(q)
+
+
 class TorchBackend:
     """The wrapped ONNX model on one GPU through torch: fused Triton body or compiled graph, graph-replayed."""
 

@@ -23,6 +23,7 @@ NULL_MAX_BATCH = 1024
 GPU_MAX_BATCH = 1024  # Offline peaks at the largest batch; Server and MultiStream pick smaller ones
 CPU_SLOTS = 2  # batches in a CPU engine at once: one computing, one being gathered
 GPU_EXTRA_SLOTS = 2  # batches in flight per GPU beyond one per inference stream: one copying in, one coming back
+GPU_STREAMS = 2  # inference streams per GPU: the best Server result on the H200 (benchmarks/RESULTS.md)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class EngineSizing:
 
     buckets: tuple[int, ...]
     slots: int  # per device for a GPU engine
+    streams: int = 1  # inference streams per device (GPU engines)
 
     @property
     def max_batch_size(self) -> int:
@@ -42,12 +44,15 @@ def engine_sizing(cfg: RunConfig, kind: EngineKind) -> EngineSizing:
     """``--max-batch-size`` and ``--inflight``, else the defaults of this kind of engine."""
     default_max = GPU_MAX_BATCH if kind.on_gpu else NULL_MAX_BATCH if kind is EngineKind.NULL else CPU_MAX_BATCH
     max_batch = cfg.batching.max_batch_size or default_max
-    streams = cfg.gpu.inference_streams
-    slots = cfg.batching.inflight or (streams + GPU_EXTRA_SLOTS if kind.on_gpu else CPU_SLOTS)
-    if kind.on_gpu and slots < streams:
+    if not kind.on_gpu:
+        return EngineSizing(batch_sizes_upto(max_batch), cfg.batching.inflight or CPU_SLOTS)
+    asked = cfg.gpu.inference_streams
+    streams = asked or (min(GPU_STREAMS, cfg.batching.inflight) if cfg.batching.inflight else GPU_STREAMS)
+    slots = cfg.batching.inflight or streams + GPU_EXTRA_SLOTS
+    if slots < streams:
         raise ConfigError(f"--inflight {slots} is fewer slots than --inference-streams {streams}: "
                           f"each inference stream needs a slot of its own")
-    return EngineSizing(batch_sizes_upto(max_batch), slots)
+    return EngineSizing(batch_sizes_upto(max_batch), slots, streams)
 
 
 def open_engine(cfg: RunConfig, paths: BuildPaths, say: Callable[[str], None] = print) -> Engine:
@@ -56,7 +61,7 @@ def open_engine(cfg: RunConfig, paths: BuildPaths, say: Callable[[str], None] = 
     if cfg.engine.kind is EngineKind.AUTO:
         say(f"note: --engine auto chose {kind}")
     sizing = engine_sizing(cfg, kind)
-    return create_engine(kind, cfg, paths, sizing.buckets, sizing.slots, say)
+    return create_engine(kind, cfg, paths, sizing.buckets, sizing.slots, say, sizing.streams)
 
 
 def engine_peak_qps(engine: Engine) -> float | None:
