@@ -12,10 +12,13 @@ Two bounds apply on top, because LoadGen generates every query of a test before 
   measured with ``benchmarks/loadgen_memory.py``). Derived values are bounded so they fit in
   ``--loadgen-memory-mb``; an explicit value that cannot fit in the memory available is refused.
 * stopping: LoadGen has no call to end a test early. After Ctrl-C, SingleStream and MultiStream
-  end when LoadGen runs out of generated queries (each is completed at once, about 3 us apiece),
-  so a quick run generates at most ``ABORT_QUERIES`` of them; Server ends when more than
-  ``server_max_async_queries`` are outstanding, so that limit is set to about one second of
-  queries (far above what a run that can meet its latency target ever holds).
+  end when LoadGen runs out of generated queries: it issues every one that is left (each completed at
+  once, 2-5 us apiece at LoadGen's own floor, 5-11 us measured in a run on 2 cores), so a quick run
+  generates at most ``ABORT_QUERIES`` of them. A quick run whose default duration would need more
+  (an SUT faster than about duration / ABORT_QUERIES per query, such as the null engine) is made
+  shorter instead; an explicit duration that needs more is kept, and the run is said to end early.
+  Server ends when more than ``server_max_async_queries`` are outstanding, so that limit is set to
+  about one second of queries (far above what a run that can meet its latency target ever holds).
 """
 
 from __future__ import annotations
@@ -44,9 +47,15 @@ OFFLINE_OVERESTIMATE = 1.5
 OFFLINE_SLACK = 1.1  # LoadGen's Offline query holds 1.1 x duration x expected QPS samples
 DEFAULT_MEMORY_BUDGET_MB = 1024
 
-# Generated queries a quick run may leave for LoadGen to issue after an abort (completed inline at about
-# 330k/s for SingleStream and 120k/s for MultiStream on the 2-core machine): at most about 1.2 s either way.
-ABORT_QUERIES = {"SingleStream": 400_000, "MultiStream": 150_000}
+# Generated queries a quick run may leave for LoadGen to issue after an abort. The drain measured in a
+# SingleStream run on 2 cores: 357k queries in 1.7 s (4.8 us each) and then 0.3 s for LoadGen to process
+# their latencies; MultiStream 6-11 us per query. These bounds keep a stop under 1 s there, and under
+# 2 s on a CPU twice as slow.
+ABORT_QUERIES = {"SingleStream": 150_000, "MultiStream": 80_000}
+# A shortened quick run asks for at most 1 / QUERY_MARGIN of the generated queries, so a stretch up to
+# that much faster than the measured (fast-end) cycle still ends naturally instead of running out.
+QUERY_MARGIN = 1.5
+LONG_RUN_S = 600.0  # a run estimated longer than this is announced with its length
 SERVER_HOLD_S = 1.0  # Server: seconds of queries LoadGen may have outstanding before it stops issuing
 
 
@@ -60,6 +69,14 @@ def available_memory_bytes() -> int | None:
     except OSError:
         return None
     return None
+
+
+@dataclass(frozen=True)
+class QueryCycle:
+    """Seconds per SingleStream / MultiStream query through the whole pipeline, as a pilot measured them."""
+
+    fast_s: float  # the quickest query: what LoadGen's generated queries must cover
+    median_s: float  # the typical query: what the run's length is estimated from
 
 
 def loadgen_bytes(scenario: str, queries: float, samples_per_query: float = 1) -> float:
@@ -103,8 +120,12 @@ def _conf_duration_s(cfg: RunConfig) -> float:
 
 
 def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
-             available: int | None = None) -> RunPlan:
-    """Resolve every value LoadGen gets for ``cfg``; ``latency_s`` maps batch size to measured seconds."""
+             available: int | None = None, cycle: QueryCycle | None = None) -> RunPlan:
+    """Resolve every value LoadGen gets for ``cfg``; ``latency_s`` maps batch size to measured seconds.
+
+    ``cycle``: the pipeline's measured seconds per SingleStream / MultiStream query (the engine's
+    latency alone is used without it).
+    """
     lgc = cfg.loadgen
     conf = read_conf(lgc.user_conf) if lgc.user_conf is not None else None
     scenario = cfg.scenario
@@ -188,7 +209,24 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         samples = 1 if scenario == "SingleStream" else (
             from_conf("samples_per_query", "MultiStream") or MULTISTREAM_SAMPLES)
         key = "single_stream_expected_latency_ms" if scenario == "SingleStream" else "multistream_expected_latency_ms"
-        measured = latency_s.get(int(samples))
+        engine_s = latency_s.get(int(samples))
+        measured = cycle.fast_s if cycle is not None else engine_s
+        typical = cycle.median_s if cycle is not None else engine_s
+        if measured and quick:
+            cap = ABORT_QUERIES[scenario]
+            longest = cap * measured / QUERY_MARGIN  # seconds the bounded queries cover, with the margin
+            if duration > longest and plan.sources["min_duration_s"] == "quick-run default":
+                duration = values["min_duration_s"] = round(longest, 1)
+                plan.sources["min_duration_s"] = "quick run shortened so Ctrl-C stops it quickly"
+                plan.notes.append(
+                    f"quick run of {duration:g} s instead of {cfg.preset.quick_min_duration_s:g} s: a query takes "
+                    f"{measured * 1e3:.3f} ms here, and LoadGen must issue all of its generated queries (at most "
+                    f"{cap}) before it can stop after Ctrl-C; pass --min-duration to choose the length")
+            elif duration > cap * measured:
+                plan.notes.append(
+                    f"{duration:g} s at {measured * 1e3:.3f} ms per query needs more than the {cap} queries a quick "
+                    f"run generates (so that Ctrl-C stops it quickly): LoadGen will run out of queries and the "
+                    f"result will be INVALID; pass --submission-length or a shorter --min-duration")
         derived_ms = None
         if measured:
             memory_floor = 2 * duration * loadgen_bytes(scenario, 1, samples) / budget
@@ -196,11 +234,12 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
             if quick:
                 floor = max(floor, 2 * duration / ABORT_QUERIES[scenario])
             derived_ms = max(measured, floor) * 1e3
-        choose(key, None, from_conf("target_latency", scenario), derived_ms, "engine's measured latency")
-        if plan.sources.get(key) == "engine's measured latency" and measured and derived_ms is not None \
+        source = "measured per query through the pipeline" if cycle is not None else "engine's measured latency"
+        choose(key, None, from_conf("target_latency", scenario), derived_ms, source)
+        if plan.sources.get(key) == source and measured and derived_ms is not None \
                 and derived_ms > measured * 1e3:
             plan.sources[key] = "bounded so LoadGen's generated queries stay small"
-            plan.notes.append(f"expected latency {derived_ms:.3f} ms instead of the engine's {measured * 1e3:.3f} ms: "
+            plan.notes.append(f"expected latency {derived_ms:.3f} ms instead of the measured {measured * 1e3:.3f} ms: "
                               f"LoadGen generates 2 x duration / expected latency queries up front, which must "
                               f"stay within memory and be quick to drain on Ctrl-C")
         expected_ms = values.get(key) or (builtin_settings(MODEL, scenario).single_stream_expected_latency_ns
@@ -208,6 +247,12 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                                           builtin_settings(MODEL, scenario).multi_stream_expected_latency_ns) / 1e6
         queries = max(min_queries, 2 * duration / (expected_ms / 1e3))
         _check_fits(plan.sources.get(key, "mlperf.conf"), "expected latency", scenario, queries, samples, available)
+        if typical:
+            _announce_length(plan, duration, min_queries * typical, f"{min_queries:g} queries (min_query_count) at "
+                             f"the measured {typical * 1e3:.3f} ms each")
+    if scenario == Scenario.SERVER and values.get("target_qps"):
+        _announce_length(plan, duration, min_queries / values["target_qps"],
+                         f"{min_queries:g} queries (min_query_count) at {values['target_qps']:g} QPS")
 
     if lgc.performance_sample_count is not None and lgc.performance_sample_count > total:
         raise ConfigError(f"--performance-sample-count {lgc.performance_sample_count} is more than the "
@@ -224,6 +269,22 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         server_target_latency_ms=lgc.server_target_latency_ms if scenario == Scenario.SERVER else None,
     )
     return plan
+
+
+def _announce_length(plan: RunPlan, duration: float, by_count_s: float, why: str) -> None:
+    """A note with the run's estimated wall time where the query count, not the duration, sets it, or it is long."""
+    if by_count_s > duration:
+        plan.notes.append(f"this run will take about {_seconds(by_count_s)}, not the {duration:g} s minimum duration: "
+                          f"{why} set its length")
+    elif duration > LONG_RUN_S:
+        plan.notes.append(f"this run will take about {_seconds(duration)} (its minimum duration)")
+
+
+def _seconds(s: float) -> str:
+    """A duration for a person: seconds, minutes or hours."""
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def _explicit(values: dict[str, float], plan: RunPlan, key: str) -> float | None:

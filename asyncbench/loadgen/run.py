@@ -13,18 +13,18 @@ from typing import Any
 
 import structlog
 
-from asyncbench.config import RunConfig, TestMode
+from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import DeviceTracer, Engine
 from asyncbench.errors import RunFailure, UserError
 from asyncbench.loadgen.accuracy import AccuracyResult, compute_accuracy, load_accuracy_log
 from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
-from asyncbench.loadgen.plan import MULTISTREAM_SAMPLES, RunPlan, plan_run
+from asyncbench.loadgen.plan import MULTISTREAM_SAMPLES, SERVER_DEFAULT_TARGET_LATENCY_NS, QueryCycle, RunPlan, plan_run
 from asyncbench.loadgen.report import format_report
 from asyncbench.loadgen.result import build_result, write_result
 from asyncbench.loadgen.settings import build_test_settings, make_log_settings
-from asyncbench.loadgen.sut import drive
+from asyncbench.loadgen.sut import drive, measure_cycle
 from asyncbench.runtime.execution import execution_for
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.process import run_process
@@ -95,10 +95,28 @@ def dataset_arena(dataset: Dataset, preprocessed: Path, engine: Engine) -> Sampl
     return engine.make_arena(folder, names)
 
 
-def plan_for(cfg: RunConfig, engine: Engine, total: int) -> RunPlan:
-    """The LoadGen plan for ``cfg`` from the engine's warm-up measurements."""
+def plan_for(cfg: RunConfig, engine: Engine, total: int, cycle: QueryCycle | None = None) -> RunPlan:
+    """The LoadGen plan for ``cfg`` from the engine's warm-up measurements and the pipeline's query cycle."""
     latencies = {b: engine.latency(b) for b in (1, MULTISTREAM_SAMPLES) if b <= engine.capabilities.max_batch_size}
-    return plan_run(cfg, total, engine_peak_qps(engine), latencies)
+    return plan_run(cfg, total, engine_peak_qps(engine), latencies, cycle=cycle)
+
+
+def pilot_cycle(cfg: RunConfig, engine: Engine, arena: SampleArena) -> QueryCycle | None:
+    """SingleStream / MultiStream through the loop: the pipeline's seconds per query, measured before LoadGen starts.
+
+    The inline path (a device engine) has no hops to measure: its engine latency is the query's.
+    """
+    if cfg.scenario not in (Scenario.SINGLE_STREAM, Scenario.MULTI_STREAM) or runs_inline(cfg, engine) \
+            or cfg.loadgen.test_mode == TestMode.ACCURACY_ONLY:
+        return None
+    policy, _ = batch_policy(cfg, engine, SERVER_DEFAULT_TARGET_LATENCY_NS)
+    samples = 1 if cfg.scenario == Scenario.SINGLE_STREAM else MULTISTREAM_SAMPLES
+    execution = execution_for(engine, arena, policy.max_batch_size)
+    try:
+        with run_process(cfg.process) as runner:
+            return runner.run(measure_cycle(execution, arena, policy, samples, timeout_s=cfg.engine.timeout_s))
+    finally:
+        execution.close()
 
 
 def audit_config_path(cfg: RunConfig, log_dir: Path, say: Callable[[str], None]) -> Path:
@@ -124,7 +142,7 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
     """
     timeline = Timeline() if timeline_path is not None else None
     arena = dataset_arena(dataset, preprocessed, engine)
-    plan = plan_for(cfg, engine, arena.total)
+    plan = plan_for(cfg, engine, arena.total, pilot_cycle(cfg, engine, arena))
     settings, notes = build_test_settings(plan.options)
     with event_log(log_dir) as events:
         policy, policy_note = batch_policy(cfg, engine, plan.target_latency_ns)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import statistics
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +28,7 @@ import structlog
 
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import RunFailure
+from asyncbench.loadgen.plan import QueryCycle
 from asyncbench.loadgen.progress import report_progress
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import Execution
@@ -113,37 +116,110 @@ class AbortGate:
     """What LoadGen's issue thread does once the run is aborted (a failure or Ctrl-C): stop it quickly.
 
     LoadGen has no call that ends a test. SingleStream, MultiStream and Offline end once LoadGen runs
-    out of queries, so each later query is completed as failed right here on LoadGen's thread (about
-    3 us each) without a trip through the event loop. Server issues on a fixed schedule; it stops early
-    only when more than ``server_max_async_queries`` are outstanding, so with ``hold`` the later queries
-    are held uncompleted until LoadGen gives up and calls flush, and then completed as failed.
+    out of queries, so each later query is completed as failed right here on LoadGen's thread without
+    a trip through the event loop: that drain is what a stop costs (LoadGen's own floor is about 2 us
+    per SingleStream and 5 us per MultiStream query on a 2-core machine), which is why a quick run's
+    generated queries are bounded (plan.ABORT_QUERIES). Server issues on a fixed schedule; it stops
+    early only when more than ``server_max_async_queries`` are outstanding, so with ``hold`` the later
+    queries are held uncompleted until LoadGen gives up and calls flush, and then completed as failed.
+    issue and flush both run on LoadGen's thread, so nothing here needs a lock.
     """
 
     def __init__(self, complete: Completer, hold: bool) -> None:
         self._complete = complete
         self._hold = hold
         self._held: list[int] = []
-        self._lock = threading.Lock()
         self._flushed = False
         self.completed = 0
 
     def take(self, ids: list[int]) -> None:
         """A query issued after the abort: hold it (Server) or complete it as failed now."""
-        with self._lock:
-            if self._hold and not self._flushed:
-                self._held.extend(ids)
-                return
-            self.completed += len(ids)
+        if self._hold and not self._flushed:
+            self._held.extend(ids)
+            return
+        self.completed += len(ids)
         self._complete(ids, None)
 
     def flush(self) -> None:
         """LoadGen stopped issuing: complete everything held."""
-        with self._lock:
-            self._flushed = True
-            held, self._held = self._held, []
-            self.completed += len(held)
+        self._flushed = True
+        held, self._held = self._held, []
+        self.completed += len(held)
         if held:
             self._complete(held, None)
+
+
+PILOT_QUERIES = 300  # at most this many queries ...
+PILOT_SECONDS = 0.5  # ... or this long, whichever ends first,
+PILOT_MIN_QUERIES = 5  # but never fewer than this
+
+
+class _PilotCompleter:
+    """Counts one pilot query's samples down and wakes the issuing thread when they are all complete."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.done = threading.Event()
+
+    def __call__(self, ids: Sequence[int], top1: np.ndarray | None) -> None:
+        self.pending -= len(ids)
+        if self.pending <= 0:
+            self.done.set()
+
+
+async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchPolicy, samples: int, *,
+                        timeout_s: float | None) -> QueryCycle | None:
+    """Seconds per query of ``samples`` through the pipeline, issued one at a time from another thread as
+    LoadGen issues SingleStream and MultiStream queries (the quickest and the median); None if the engine
+    failed or stalled.
+
+    The engine's warm-up alone misses the harness's thread hops: for the null engine a query costs
+    about 0.1 ms end to end against 1 us in the engine, and LoadGen generates 2 x duration / expected
+    latency queries, all of which it issues before it ends, even after Ctrl-C. A handful of warm-up
+    calls is also a noisy estimate of a real engine (65 ms against a real p50 of 27 ms was seen).
+    """
+    loop = asyncio.get_running_loop()
+    completer = _PilotCompleter()
+    inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
+                  ring_at=policy.max_batch_size)
+    pipeline = Pipeline(execution, policy, completer, timeout_s=timeout_s, sleep_until=inbox.sleep_until)
+    indices = [i % arena.total for i in range(samples)]
+    arena.load(indices)
+    wait_s = timeout_s if timeout_s is not None else 60.0
+    stop = threading.Event()
+
+    def issue_one_at_a_time() -> list[float]:
+        cycles: list[float] = []
+        deadline = time.perf_counter() + PILOT_SECONDS
+        while len(cycles) < PILOT_QUERIES and (len(cycles) < PILOT_MIN_QUERIES or time.perf_counter() < deadline):
+            completer.pending = samples
+            completer.done.clear()
+            start = time.perf_counter()
+            inbox.put(list(range(samples)), indices)
+            if not completer.done.wait(wait_s) or stop.is_set() or pipeline.failure is not None:
+                return []
+            cycles.append(time.perf_counter() - start)
+        return cycles
+
+    run_task = asyncio.create_task(pipeline.run(), name="pilot")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pilot")
+    cycles: list[float] = []
+    try:
+        cycles = await loop.run_in_executor(pool, issue_one_at_a_time)
+    finally:
+        stop.set()
+        completer.done.set()
+        pool.shutdown(wait=True)
+        if not cycles:
+            pipeline.abort("the pilot query did not complete")
+        pipeline.close()
+        await run_task
+        arena.unload(indices)
+    if not cycles or pipeline.failure is not None:
+        return None
+    # The quickest query, not a median: on a shared 2-core machine the cycle moved between 45 and 130 us
+    # from one minute to the next, and LoadGen must generate enough queries for the run's fastest stretch.
+    return QueryCycle(min(cycles), statistics.median(cycles))
 
 
 async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
