@@ -201,3 +201,16 @@ def test_a_pilot_whose_engine_fails_gives_up_without_hanging(tmp_path: Path) -> 
     cycle = asyncio.run(asyncio.wait_for(
         measure_cycle(execution_for(engine, arena, 1), arena, BatchPolicy(1, 0), 1, timeout_s=5), 30))
     assert cycle is None  # the plan falls back on the engine's own latency
+
+
+@pytest.mark.parametrize("server", [True, False])
+def test_the_throughput_pilot_measures_the_pipeline_not_the_engine_alone(tmp_path: Path, server: bool) -> None:
+    from asyncbench.loadgen.sut import measure_throughput
+
+    # One modelled device: a batch of up to 16 every 2 ms, so at most 8,000 samples/s get through.
+    engine = NullEngine(max_batch_size=16, fixed_s=2e-3)
+    arena = _real_arena(tmp_path)
+    policy = BatchPolicy(16, 1_000_000 if server else 0)
+    rate = asyncio.run(measure_throughput(execution_for(engine, arena, 16), arena, policy, server=server,
+                                          timeout_s=5))
+    assert rate is not None and 1_000 < rate <= 8_000 * 1.05

@@ -5,7 +5,17 @@ from __future__ import annotations
 from asyncbench.config import BatchingConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
 from asyncbench.engines.base import batch_sizes_upto
 from asyncbench.engines.null import NullEngine
-from asyncbench.loadgen.plan import ABORT_QUERIES, QUERY_MARGIN, QueryCycle, plan_run
+from asyncbench.loadgen.plan import (
+    ABORT_QUERIES,
+    DEFAULT_MEMORY_BUDGET_MB,
+    OFFLINE_OVERESTIMATE,
+    OFFLINE_SLACK,
+    QUERY_MARGIN,
+    SERVER_LOAD,
+    QueryCycle,
+    loadgen_bytes,
+    plan_run,
+)
 from asyncbench.loadgen.report import format_histogram
 from asyncbench.runtime.sizing import batch_policy, engine_sizing, server_policy
 
@@ -124,6 +134,27 @@ def test_a_run_whose_query_count_sets_its_length_says_how_long_it_takes() -> Non
     assert "this run will take about 60 min (its minimum duration)" in long.notes
     fast = plan_run(RunConfig(Scenario.SINGLE_STREAM), 104, None, {}, cycle=QueryCycle(1 * MS, 1 * MS))
     assert not any(n.startswith("this run will take") for n in fast.notes)
+
+
+def test_derived_targets_come_from_what_the_pipeline_sustained() -> None:
+    # The null engine's warm-up claims billions of samples/s; the pipeline under LoadGen moved 311k.
+    server = plan_run(RunConfig(Scenario.SERVER), 104, 13.6e9, {}, capacity_qps=311_000)
+    assert server.options.target_qps == round(311_000 * SERVER_LOAD, 1)
+    assert server.sources["target_qps"] == f"pipeline's measured 311000/s x {SERVER_LOAD:g}"
+    slow = plan_run(RunConfig(Scenario.OFFLINE), 104, 500.0, {}, capacity_qps=130)
+    assert slow.options.target_qps == 130 * OFFLINE_OVERESTIMATE and slow.options.min_duration_s == 10
+
+
+def test_an_offline_target_beyond_the_memory_bound_shortens_the_quick_run_instead() -> None:
+    # A lower target than the SUT's rate makes LoadGen's one query finish early: INVALID by construction.
+    plan = plan_run(RunConfig(Scenario.OFFLINE), 104, None, {}, capacity_qps=2.5e6)
+    target, duration = plan.options.target_qps, plan.options.min_duration_s
+    assert target == 2.5e6 * OFFLINE_OVERESTIMATE and duration is not None and duration < 1
+    assert loadgen_bytes("Offline", OFFLINE_SLACK * target * duration) <= DEFAULT_MEMORY_BUDGET_MB * 1e6 * 1.01
+    assert plan.sources["min_duration_s"] == "quick run shortened so its queries fit LoadGen's memory"
+    # An explicit duration is kept: then the target is bounded, and said to be.
+    mine = plan_run(RunConfig(Scenario.OFFLINE, LoadGenConfig(min_duration_s=10)), 104, None, {}, capacity_qps=2.5e6)
+    assert mine.options.min_duration_s == 10 and mine.sources["target_qps"] == "memory bound"
 
 
 def test_quiet_gc_stops_the_collector_for_the_run_only() -> None:

@@ -40,10 +40,14 @@ SERVER_DEFAULT_TARGET_LATENCY_NS = 10_000_000
 QUERY_BYTES = 360
 SAMPLE_BYTES = 45
 OFFLINE_SAMPLE_BYTES = 470
-# Offline's derived expected QPS overestimates the peak the warm-up measured: LoadGen sizes its one
-# query from it, and a query the engine finishes before min_duration is INVALID (seen: GPU peak
-# measured 41,165, achieved 48,711), while extra samples only make the run longer.
-OFFLINE_OVERESTIMATE = 1.5
+# Offline's derived expected QPS overestimates what the pipeline sustained before the run: LoadGen
+# sizes its one query from it, and a query the SUT finishes before min_duration is INVALID (seen: GPU
+# peak measured 41,165, achieved 48,711; on the shared 2-core CPU the same pipeline did 121-134/s and
+# then 278/s a minute later), while extra samples only make the run longer.
+OFFLINE_OVERESTIMATE = 2.0
+# Server's derived target: this share of what the pipeline sustained under the Server policy (a
+# backlog of work), leaving the queueing headroom a p99 bound needs.
+SERVER_LOAD = 0.35
 OFFLINE_SLACK = 1.1  # LoadGen's Offline query holds 1.1 x duration x expected QPS samples
 DEFAULT_MEMORY_BUDGET_MB = 1024
 
@@ -86,6 +90,11 @@ def loadgen_bytes(scenario: str, queries: float, samples_per_query: float = 1) -
     return queries * (QUERY_BYTES + SAMPLE_BYTES * samples_per_query)
 
 
+def loadgen_fits_qps(memory_mb: float, duration_s: float) -> float:
+    """The highest Server rate whose queries for ``duration_s`` fit in ``memory_mb`` of LoadGen memory."""
+    return memory_mb * 1e6 / loadgen_bytes("Server", 1) / max(duration_s, 1e-3)
+
+
 @dataclass
 class RunPlan:
     """The options for LoadGen, where each came from, and the notes to print."""
@@ -120,11 +129,13 @@ def _conf_duration_s(cfg: RunConfig) -> float:
 
 
 def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
-             available: int | None = None, cycle: QueryCycle | None = None) -> RunPlan:
+             available: int | None = None, cycle: QueryCycle | None = None,
+             capacity_qps: float | None = None) -> RunPlan:
     """Resolve every value LoadGen gets for ``cfg``; ``latency_s`` maps batch size to measured seconds.
 
-    ``cycle``: the pipeline's measured seconds per SingleStream / MultiStream query (the engine's
-    latency alone is used without it).
+    ``cycle``: the pipeline's measured seconds per SingleStream / MultiStream query; ``capacity_qps``:
+    the samples/s the whole pipeline sustained under this scenario's batching (Server, Offline). The
+    engine's own latency and batched peak are used without them.
     """
     lgc = cfg.loadgen
     conf = read_conf(lgc.user_conf) if lgc.user_conf is not None else None
@@ -171,17 +182,30 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     min_queries = values.get("min_query_count") or 0
 
     if scenario in ("Server", "Offline"):
-        peak_target = None
-        if peak_qps:
-            peak_target = round(min(peak_qps, 500_000.0) * (OFFLINE_OVERESTIMATE if scenario == "Offline" else 0.5), 1)
-        choose("target_qps", lgc.target_qps, from_conf("target_qps", scenario), peak_target,
-               f"engine's measured peak x {OFFLINE_OVERESTIMATE:g}" if scenario == "Offline"
-               else "engine's measured peak / 2")
+        load = OFFLINE_OVERESTIMATE if scenario == "Offline" else SERVER_LOAD
+        derived_target = derived_source = None
+        if capacity_qps:
+            derived_target = round(capacity_qps * load, 1)
+            derived_source = f"pipeline's measured {capacity_qps:.0f}/s x {load:g}"
+        elif peak_qps:
+            derived_target = round(min(peak_qps, 500_000.0) * load, 1)
+            derived_source = f"engine's measured peak x {load:g}"
+        choose("target_qps", lgc.target_qps, from_conf("target_qps", scenario), derived_target, derived_source or "")
         target = values.get("target_qps")
         per_second = OFFLINE_SLACK if scenario == "Offline" else 1.0  # queries (Offline: samples) per QPS-second
         if target is not None:
             fits = budget / loadgen_bytes(scenario, per_second) / max(duration, 1e-3)
-            if plan.sources["target_qps"] not in ("command line", "user.conf") and target > fits:
+            derived = plan.sources["target_qps"] not in ("command line", "user.conf")
+            if derived and target > fits and scenario == "Offline" and \
+                    plan.sources["min_duration_s"] == "quick-run default":
+                # A lower target would make the SUT finish early (INVALID by construction): a shorter run instead.
+                shorter = round(budget / loadgen_bytes(scenario, per_second) / target, 2)
+                duration = values["min_duration_s"] = shorter
+                plan.sources["min_duration_s"] = "quick run shortened so its queries fit LoadGen's memory"
+                plan.notes.append(f"quick run of {shorter:g} s instead of {cfg.preset.quick_min_duration_s:g} s: "
+                                  f"{cfg.preset.quick_min_duration_s:g} s of queries at {target:g}/s would not fit "
+                                  f"in {memory_budget_mb:g} MB of LoadGen memory (--loadgen-memory-mb)")
+            elif derived and target > fits:
                 values["target_qps"] = round(fits, 1)
                 plan.sources["target_qps"] = "memory bound"
                 plan.notes.append(f"target QPS {values['target_qps']:g} instead of the measured {target:g}: "
