@@ -32,7 +32,7 @@ from asyncbench.loadgen.plan import (
 from asyncbench.loadgen.report import format_report
 from asyncbench.loadgen.result import build_result, write_result
 from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
-from asyncbench.loadgen.sut import drive, measure_cycle, measure_throughput
+from asyncbench.loadgen.sut import INTERRUPTED, drive, measure_cycle, measure_throughput
 from asyncbench.runtime.execution import execution_for
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.process import run_process
@@ -135,9 +135,12 @@ def pilot_throughput(cfg: RunConfig, engine: Engine, arena: SampleArena, target_
                                  server_max_async_queries=max(8, math.ceil(rate * PROBE_BACKLOG_S)))
         settings, _ = build_test_settings(options)
         with tempfile.TemporaryDirectory(prefix="asyncbench-probe-") as tmp:
-            _, counts = runner.run(drive(execution_for(engine, arena, policy.max_batch_size), arena, policy, settings,
-                                         make_log_settings(Path(tmp)), min(arena.total, 1024),
-                                         timeout_s=cfg.engine.timeout_s, audit_config=Path(tmp) / "no-audit.config"))
+            probe, counts = runner.run(drive(execution_for(engine, arena, policy.max_batch_size), arena, policy,
+                                             settings, make_log_settings(Path(tmp)), min(arena.total, 1024),
+                                             timeout_s=cfg.engine.timeout_s,
+                                             audit_config=Path(tmp) / "no-audit.config"))
+            if probe.failure is not None and str(probe.failure).startswith(INTERRUPTED):
+                raise KeyboardInterrupt  # Ctrl-C during the probe ends the command, not just the probe
             summary = parse_summary(Path(tmp) / "mlperf_log_summary.txt")
         if counts.failed or summary.metric_value is None:
             return None

@@ -77,6 +77,9 @@ class LoadGenCompleter:
         lg.QuerySamplesComplete(responses)
 
 
+INTERRUPTED = "interrupted by"  # how a run aborted by a signal names its failure
+
+
 class _Signals:
     """First Ctrl-C / SIGTERM aborts the run cleanly; a second one exits at once."""
 
@@ -96,7 +99,7 @@ class _Signals:
             os._exit(130)
         print(f"\n{name}: stopping: every outstanding sample is completed as failed and LoadGen is made to end "
               f"early, then its logs are written (press Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
-        self.on_abort(f"interrupted by {name}")
+        self.on_abort(f"{INTERRUPTED} {name}")
 
     def remove(self) -> None:
         for sig in self.installed:
