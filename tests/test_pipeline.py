@@ -193,14 +193,15 @@ def test_the_pilot_measures_a_query_through_the_whole_pipeline(tmp_path: Path) -
     assert 2e-3 <= cycle.fast_s <= cycle.median_s < 0.1  # the engine's 2 ms plus the harness's hops
 
 
-def test_a_pilot_whose_engine_fails_gives_up_without_hanging(tmp_path: Path) -> None:
+def test_a_pilot_whose_engine_fails_fails_the_run_without_hanging(tmp_path: Path) -> None:
+    from asyncbench.errors import RunFailure
     from asyncbench.loadgen.sut import measure_cycle
 
     engine = NullEngine(max_batch_size=1, fail_after_batches=2)
     arena = _real_arena(tmp_path, 1)
-    cycle = asyncio.run(asyncio.wait_for(
-        measure_cycle(execution_for(engine, arena, 1), arena, BatchPolicy(1, 0), 1, timeout_s=5), 30))
-    assert cycle is None  # the plan falls back on the engine's own latency
+    with pytest.raises(RunFailure, match="pilot before LoadGen: engine failed: EngineError: injected failure"):
+        asyncio.run(asyncio.wait_for(
+            measure_cycle(execution_for(engine, arena, 1), arena, BatchPolicy(1, 0), 1, timeout_s=5), 30))
 
 
 @pytest.mark.parametrize("server", [True, False])

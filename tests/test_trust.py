@@ -244,6 +244,15 @@ def test_warmup_faults_are_one_line_with_events_logged(calibrated: BuildPaths, t
     assert '"warmup_start"' in events and ('"warmup_failed"' in events or '"warmup_stalled"' in events)
 
 
+def test_an_engine_failing_in_the_pilot_is_one_line_before_loadgen(calibrated: BuildPaths, tmp_path: Path) -> None:
+    # Warm-up runs batches 0-4 at batch size 1; the pilot's queries come next.
+    done = _cli(calibrated, tmp_path, "--engine", "null", "--null", "fail_after=10", "--scenario", "SingleStream",
+                "--max-batch-size", "1")
+    assert done.returncode == 1
+    _one_error_line(done, "pilot before LoadGen: engine failed: EngineError: injected failure on batch 10")
+    assert not list(tmp_path.glob("*/mlperf_log_detail.txt"))
+
+
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
 def test_an_unwritable_log_dir_fails_before_any_work(calibrated: BuildPaths, tmp_path: Path, where: str) -> None:
     (tmp_path / "file").write_text("x")

@@ -152,6 +152,7 @@ class AbortGate:
             self._complete(held, None)
 
 
+PILOT_GAVE_UP = "the pilot was stopped"  # no engine fault: interrupted, or its samples never came back
 PILOT_QUERIES = 300  # at most this many queries ...
 PILOT_SECONDS = 0.5  # ... or this long, whichever ends first,
 PILOT_MIN_QUERIES = 5  # but never fewer than this
@@ -173,8 +174,8 @@ class _PilotCompleter:
 async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchPolicy, samples: int, *,
                         timeout_s: float | None) -> QueryCycle | None:
     """Seconds per query of ``samples`` through the pipeline, issued one at a time from another thread as
-    LoadGen issues SingleStream and MultiStream queries (the quickest and the median); None if the engine
-    failed or stalled.
+    LoadGen issues SingleStream and MultiStream queries (the quickest and the median); None if it was
+    stopped. An engine failure raises RunFailure.
 
     The engine's warm-up alone misses the harness's thread hops: for the null engine a query costs
     about 0.1 ms end to end against 1 us in the engine, and LoadGen generates 2 x duration / expected
@@ -214,11 +215,12 @@ async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchP
         completer.done.set()
         pool.shutdown(wait=True)
         if not cycles:
-            pipeline.abort("the pilot query did not complete")
+            pipeline.abort(PILOT_GAVE_UP)
         pipeline.close()
         await run_task
         arena.unload(indices)
-    if not cycles or pipeline.failure is not None:
+    _raise_engine_failure(pipeline)
+    if not cycles:
         return None
     # The quickest query, not a median: on a shared 2-core machine the cycle moved between 45 and 130 us
     # from one minute to the next, and LoadGen must generate enough queries for the run's fastest stretch.
@@ -245,7 +247,7 @@ class _WindowCompleter:
 
 async def measure_throughput(execution: Execution, arena: SampleArena, policy: BatchPolicy, *, server: bool,
                              timeout_s: float | None) -> float | None:
-    """Samples per second the whole pipeline sustains under ``policy``; None if the engine failed or stalled.
+    """Samples per second the whole pipeline sustains under ``policy``; None if it was stopped.
 
     Server: one sample per issue call from another thread, as LoadGen issues them, with a window of
     samples outstanding (enough to fill every slot's batches twice over), so the batcher forms the
@@ -310,11 +312,19 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
             completer.room.notify_all()
         pool.shutdown(wait=True)
         if not rate:
-            pipeline.abort("the pilot's samples did not complete")
+            pipeline.abort(PILOT_GAVE_UP)
         pipeline.close()
         await run_task
         arena.unload(indices)
-    return rate if rate and pipeline.failure is None else None
+    _raise_engine_failure(pipeline)
+    return rate or None
+
+
+def _raise_engine_failure(pipeline: Pipeline) -> None:
+    """A pilot's engine failure or stall fails the run before LoadGen starts, as a warm-up failure does."""
+    failure = pipeline.failure
+    if failure is not None and not str(failure).startswith(PILOT_GAVE_UP):
+        raise RunFailure.caused_by(f"pilot before LoadGen: {failure}", failure.__cause__)
 
 
 async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
