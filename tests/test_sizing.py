@@ -157,6 +157,13 @@ def test_an_offline_target_beyond_the_memory_bound_shortens_the_quick_run_instea
     assert mine.options.min_duration_s == 10 and mine.sources["target_qps"] == "memory bound"
 
 
+def test_a_server_target_beyond_the_engine_is_said_and_its_backlog_bounded() -> None:
+    plan = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=5000)), 104, 120.0, {})
+    assert plan.options.target_qps == 5000  # the user's rate is run as asked
+    assert plan.options.server_max_async_queries == 120  # one second of the engine's work, not of the schedule
+    assert any(n.startswith("target QPS 5000 is above the 120/s measured") for n in plan.notes)
+
+
 def test_quiet_gc_stops_the_collector_for_the_run_only() -> None:
     import gc
 

@@ -224,6 +224,13 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
             if conf_async is None:
                 hold = max(SERVER_HOLD_S, 20 * latency_limit)
                 rate = values.get("target_qps") or builtin_settings(MODEL, scenario).server_target_qps
+                engine_rate = capacity_qps or peak_qps
+                # What is outstanding when LoadGen gives up must still finish: at most ``hold`` of the SUT's work
+                # (at 5,000 QPS on a 60/s engine, a second of queries took 82 s to drain, without a word).
+                if engine_rate and rate > engine_rate:
+                    plan.notes.append(f"target QPS {rate:g} is above the {engine_rate:.0f}/s measured: LoadGen will "
+                                      f"end the run early (INVALID) once {hold:g} s of the SUT's work is outstanding")
+                    rate = engine_rate
                 values["server_max_async_queries"] = max(8, math.ceil(rate * hold))
                 plan.sources["server_max_async_queries"] = f"{hold:g} s of queries, so Ctrl-C stops LoadGen"
             elif conf_async == 0:
