@@ -132,6 +132,9 @@ def test_a_run_whose_query_count_sets_its_length_says_how_long_it_takes() -> Non
     assert any(n.startswith("this run will take about 102 s") for n in server.notes)
     long = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=10, min_duration_s=3600)), 104, None, {})
     assert "this run will take about 60 min (its minimum duration)" in long.notes
+    offline = plan_run(RunConfig(Scenario.OFFLINE), 104, None, {}, capacity_qps=150)
+    assert "this run will take about 22 s, not the 10 s minimum duration: LoadGen's one query of 3300 samples at " \
+           "the measured 150/s set its length" in offline.notes
     fast = plan_run(RunConfig(Scenario.SINGLE_STREAM), 104, None, {}, cycle=QueryCycle(1 * MS, 1 * MS))
     assert not any(n.startswith("this run will take") for n in fast.notes)
 

@@ -284,6 +284,10 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     if scenario == Scenario.SERVER and values.get("target_qps"):
         _announce_length(plan, duration, min_queries / values["target_qps"],
                          f"{min_queries:g} queries (min_query_count) at {values['target_qps']:g} QPS")
+    if scenario == Scenario.OFFLINE and values.get("target_qps") and (rate := capacity_qps or peak_qps):
+        samples = OFFLINE_SLACK * duration * values["target_qps"]
+        _announce_length(plan, duration, samples / rate, f"LoadGen's one query of {samples:.0f} samples at the "
+                         f"measured {rate:.0f}/s")
 
     if lgc.performance_sample_count is not None and lgc.performance_sample_count > total:
         raise ConfigError(f"--performance-sample-count {lgc.performance_sample_count} is more than the "
