@@ -118,6 +118,9 @@ class LoadGenConfig:
     target_qps: float | None = None  # Server target QPS / Offline expected QPS
     server_target_latency_ms: float | None = None  # Server's p99 bound (LoadGen's default: 10 ms)
     min_duration_s: float | None = None
+    # A quick run's length instead of the preset's (tune's trials): unlike min_duration_s, a quick run made
+    # shorter for an SUT too fast to stop quickly, or whose queries would not fit LoadGen's memory.
+    quick_duration_s: float | None = None
     min_query_count: int | None = None
     performance_sample_count: int | None = None
     user_conf: Path | None = None

@@ -165,8 +165,9 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         elif derived is not None:
             values[name], plan.sources[name] = derived, derived_source
 
+    quick_duration = lgc.quick_duration_s or cfg.preset.quick_min_duration_s
     choose("min_duration_s", lgc.min_duration_s, from_conf("min_duration"),
-           cfg.preset.quick_min_duration_s if quick else None, "quick-run default", 1e-3)
+           quick_duration if quick else None, "quick-run default", 1e-3)
     if "min_duration_s" in values:
         duration = values["min_duration_s"]
     else:
@@ -202,8 +203,8 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                 shorter = round(budget / loadgen_bytes(scenario, per_second) / target, 2)
                 duration = values["min_duration_s"] = shorter
                 plan.sources["min_duration_s"] = "quick run shortened so its queries fit LoadGen's memory"
-                plan.notes.append(f"quick run of {shorter:g} s instead of {cfg.preset.quick_min_duration_s:g} s: "
-                                  f"{cfg.preset.quick_min_duration_s:g} s of queries at {target:g}/s would not fit "
+                plan.notes.append(f"quick run of {shorter:g} s instead of {quick_duration:g} s: "
+                                  f"{quick_duration:g} s of queries at {target:g}/s would not fit "
                                   f"in {memory_budget_mb:g} MB of LoadGen memory (--loadgen-memory-mb)")
             elif derived and target > fits:
                 values["target_qps"] = round(fits, 1)
@@ -250,7 +251,7 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                 duration = values["min_duration_s"] = round(longest, 1)
                 plan.sources["min_duration_s"] = "quick run shortened so Ctrl-C stops it quickly"
                 plan.notes.append(
-                    f"quick run of {duration:g} s instead of {cfg.preset.quick_min_duration_s:g} s: a query takes "
+                    f"quick run of {duration:g} s instead of {quick_duration:g} s: a query takes "
                     f"{measured * 1e3:.3f} ms here, and LoadGen must issue all of its generated queries (at most "
                     f"{cap}) before it can stop after Ctrl-C; pass --min-duration to choose the length")
             elif duration > cap * measured:
