@@ -101,7 +101,8 @@ PRESETS: dict[Scenario, ScenarioPreset] = {
     # SingleStream: one sample per query, never wait.
     Scenario.SINGLE_STREAM: ScenarioPreset(1, 0, 10.0, 256),
     # MultiStream: a query's samples dispatch together at once (split only above the engine's best batch).
-    Scenario.MULTI_STREAM: ScenarioPreset(None, 0, 10.0, 256),
+    # 662 queries: fewer and LoadGen's early stopping cannot bound the p99 (the run is INVALID).
+    Scenario.MULTI_STREAM: ScenarioPreset(None, 0, 10.0, 662),
     # Server: Triton-style delay from the oldest pending sample, sized from the p99 target.
     Scenario.SERVER: ScenarioPreset(None, None, 10.0, 1024),
     # Offline: everything arrives at once: full batches, no delay.
@@ -117,6 +118,9 @@ class LoadGenConfig:
     target_qps: float | None = None  # Server target QPS / Offline expected QPS
     server_target_latency_ms: float | None = None  # Server's p99 bound (LoadGen's default: 10 ms)
     min_duration_s: float | None = None
+    # A quick run's length instead of the preset's (tune's trials): unlike min_duration_s, a quick run made
+    # shorter for an SUT too fast to stop quickly, or whose queries would not fit LoadGen's memory.
+    quick_duration_s: float | None = None
     min_query_count: int | None = None
     performance_sample_count: int | None = None
     user_conf: Path | None = None

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncbench.checksum import sha256_file
-from asyncbench.config import RunConfig, Scenario
+from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.data.dataset import Dataset
 from asyncbench.engines.base import Engine
 from asyncbench.errors import ConfigError, UserError
@@ -380,7 +380,11 @@ def new_tune_dir(root: Path, scenario: str) -> Path:
 
 def trial_config(base: RunConfig, setting: Setting, duration_s: float) -> RunConfig:
     """The RunConfig of one trial: the base with this trial's rate, batching and duration."""
-    loadgen = dataclasses.replace(base.loadgen, min_duration_s=duration_s,
+    # A quick run's length, so a trial of an SUT too fast to stop quickly is shortened instead of running out
+    # of LoadGen's bounded queries (INVALID); a submission-length tune keeps it as the minimum duration.
+    submission = base.loadgen.submission_length or base.loadgen.test_mode == TestMode.SUBMISSION_RUN
+    loadgen = dataclasses.replace(base.loadgen, min_duration_s=duration_s if submission else None,
+                                  quick_duration_s=duration_s,
                                   target_qps=setting.target_qps if base.scenario == Scenario.SERVER else None,
                                   sources=(("target_qps", "the trial's rate"), ("min_duration_s", "--trial-duration")))
     batching = dataclasses.replace(base.batching, max_batch_size=setting.max_batch_size or base.batching.max_batch_size,

@@ -238,3 +238,31 @@ def test_detail_rejects_a_bad_line_in_the_middle(tmp_path: Path) -> None:
 def _unmet(summary: RunSummary) -> list[str]:
     """The constraints LoadGen marked NO, e.g. ``["Min duration satisfied"]``."""
     return [name for name, met in summary.constraints.items() if not met]
+
+
+def test_an_invalid_result_is_given_loadgens_reasons(tmp_path: Path) -> None:
+    from asyncbench.loadgen.report import invalid_reasons
+
+    # A real MultiStream summary of 100 queries: early stopping fails, and LoadGen recommends nothing.
+    path = tmp_path / "mlperf_log_summary.txt"
+    path.write_text(SUMMARY.replace("Scenario : Server", "Scenario : MultiStream").replace(
+        "  Performance constraints satisfied : NO\n", "").replace("  Min queries satisfied : NO\n", "").replace(
+        """Recommendations:
+ * Reduce target QPS to improve latency.
+ * The test exited early, before enough queries were issued.
+   See the detailed log for why this may have occurred.
+Early Stopping Result:
+ * Run unsuccessful.
+ * Would need to run at least 401 more queries,
+ with the run being successful if every additional
+ query were under latency.""", """Recommendations:
+Early Stopping Result:
+ * Only processed 100 queries.
+ * Need to process at least 662 queries for early stopping."""))
+    assert invalid_reasons(parse_summary(path)) == [
+        "Early stopping satisfied: NO", "Only processed 100 queries.",
+        "Need to process at least 662 queries for early stopping."]
+    path.write_text(SUMMARY)
+    assert invalid_reasons(parse_summary(path))[:3] == [
+        "Performance constraints satisfied: NO", "Min queries satisfied: NO", "Early stopping satisfied: NO"]
+    assert invalid_reasons(parse_summary(path))[-2] == "Reduce target QPS to improve latency."

@@ -170,3 +170,48 @@ def test_an_idle_engine_gets_a_lone_sample_without_the_queue_delay(loop_kind: st
         await task
 
     _run(loop_kind, body)
+
+
+# -- the pilot that sizes SingleStream / MultiStream ------------------------------------------------------------------
+
+def _real_arena(folder: Path, n: int = 8) -> SampleArena:
+    """An arena over ``n`` all-zero samples on disk (the pilot loads what it issues, as LoadGen's QSL does)."""
+    from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
+
+    for i in range(n):
+        np.save(folder / f"s{i}.npy", np.zeros(SAMPLE_SHAPE, SAMPLE_DTYPE))
+    return SampleArena(folder, [f"s{i}" for i in range(n)])
+
+
+def test_the_pilot_measures_a_query_through_the_whole_pipeline(tmp_path: Path) -> None:
+    from asyncbench.loadgen.sut import measure_cycle
+
+    engine = NullEngine(max_batch_size=8, fixed_s=2e-3)
+    arena = _real_arena(tmp_path)
+    cycle = asyncio.run(measure_cycle(execution_for(engine, arena, 8), arena, BatchPolicy(8, 0), 8, timeout_s=5))
+    assert cycle is not None
+    assert 2e-3 <= cycle.fast_s <= cycle.median_s < 0.1  # the engine's 2 ms plus the harness's hops
+
+
+def test_a_pilot_whose_engine_fails_fails_the_run_without_hanging(tmp_path: Path) -> None:
+    from asyncbench.errors import RunFailure
+    from asyncbench.loadgen.sut import measure_cycle
+
+    engine = NullEngine(max_batch_size=1, fail_after_batches=2)
+    arena = _real_arena(tmp_path, 1)
+    with pytest.raises(RunFailure, match="pilot before LoadGen: engine failed: EngineError: injected failure"):
+        asyncio.run(asyncio.wait_for(
+            measure_cycle(execution_for(engine, arena, 1), arena, BatchPolicy(1, 0), 1, timeout_s=5), 30))
+
+
+@pytest.mark.parametrize("server", [True, False])
+def test_the_throughput_pilot_measures_the_pipeline_not_the_engine_alone(tmp_path: Path, server: bool) -> None:
+    from asyncbench.loadgen.sut import measure_throughput
+
+    # One modelled device: a batch of up to 16 every 2 ms, so at most 8,000 samples/s get through.
+    engine = NullEngine(max_batch_size=16, fixed_s=2e-3)
+    arena = _real_arena(tmp_path)
+    policy = BatchPolicy(16, 1_000_000 if server else 0)
+    rate = asyncio.run(measure_throughput(execution_for(engine, arena, 16), arena, policy, server=server,
+                                          timeout_s=5))
+    assert rate is not None and 1_000 < rate <= 8_000 * 1.05

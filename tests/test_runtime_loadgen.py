@@ -77,8 +77,10 @@ def test_accuracy_only_prints_the_accuracy_line(calibrated: BuildPaths, tmp_path
 
 
 def test_engine_failure_ends_the_run_with_one_line(calibrated: BuildPaths, tmp_path: Path) -> None:
+    # An explicit target: no pilot runs before LoadGen, so batch 15 is the run's first (warm-up ran 0-14).
     done = run_cli("--engine", "null", "--null", "fail_after=15", "--scenario", "Offline", "--max-batch-size", "4",
-                   "--min-duration", "0.3", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path))
+                   "--target-qps", "50000", "--min-duration", "0.3", "--build-dir", str(calibrated.root),
+                   "--log-dir", str(tmp_path))
     assert done.returncode == 1
     assert "Traceback" not in done.stderr + done.stdout
     assert "error: run failed: engine failed" in done.stdout + done.stderr

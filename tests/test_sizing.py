@@ -5,7 +5,17 @@ from __future__ import annotations
 from asyncbench.config import BatchingConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
 from asyncbench.engines.base import batch_sizes_upto
 from asyncbench.engines.null import NullEngine
-from asyncbench.loadgen.plan import plan_run
+from asyncbench.loadgen.plan import (
+    ABORT_QUERIES,
+    DEFAULT_MEMORY_BUDGET_MB,
+    OFFLINE_OVERESTIMATE,
+    OFFLINE_SLACK,
+    QUERY_MARGIN,
+    SERVER_LOAD,
+    QueryCycle,
+    loadgen_bytes,
+    plan_run,
+)
 from asyncbench.loadgen.report import format_histogram
 from asyncbench.runtime.sizing import batch_policy, engine_sizing, server_policy
 
@@ -86,6 +96,75 @@ def test_expected_latencies_come_from_the_engine_unless_a_user_conf_is_given(tmp
     mine = plan_run(RunConfig(Scenario.SINGLE_STREAM, LoadGenConfig(user_conf=conf)), 104, None, latency)
     assert mine.options.single_stream_expected_latency_ms is None
     assert mine.sources["single_stream_expected_latency_ms"] == "user.conf"
+
+
+def test_the_pipeline_cycle_sets_the_expected_latency_over_a_noisy_warm_up() -> None:
+    # Seen on a 2-core AVX2 machine: warm-up 64.9 ms against a real p50 of 26.8 ms ("ran out of generated queries").
+    plan = plan_run(RunConfig(Scenario.SINGLE_STREAM), 104, None, {1: 64.9 * MS}, cycle=QueryCycle(25 * MS, 26.8 * MS))
+    assert plan.options.single_stream_expected_latency_ms == 25.0 and plan.options.min_duration_s == 10
+    assert plan.sources["single_stream_expected_latency_ms"] == "measured per query through the pipeline"
+
+
+def test_a_fast_sut_gets_a_quick_run_that_stops_quickly_and_still_ends_naturally() -> None:
+    cycle = QueryCycle(45e-6, 100e-6)  # the null engine through the loop on 2 cores
+    for scenario, key in ((Scenario.SINGLE_STREAM, "single_stream"), (Scenario.MULTI_STREAM, "multistream")):
+        plan = plan_run(RunConfig(scenario), 104, None, {}, cycle=cycle)
+        duration = plan.options.min_duration_s
+        generated = 2 * duration / (getattr(plan.options, f"{key}_expected_latency_ms") / 1e3)
+        assert generated <= ABORT_QUERIES[scenario] * 1.001  # what LoadGen must issue after Ctrl-C
+        assert QUERY_MARGIN * duration / cycle.fast_s <= generated * 1.01  # even the fastest stretch ends naturally
+        assert duration < 10 and any(n.startswith(f"quick run of {duration:g} s instead of 10 s") for n in plan.notes)
+    # An explicit duration is the user's: kept, with the warning that the bounded queries run out first.
+    plan = plan_run(RunConfig(Scenario.SINGLE_STREAM, LoadGenConfig(min_duration_s=20)), 104, None, {}, cycle=cycle)
+    assert plan.options.min_duration_s == 20
+    assert any("LoadGen will run out of queries and the result will be INVALID" in n for n in plan.notes)
+
+
+def test_quick_runs_have_the_queries_early_stopping_needs() -> None:
+    assert plan_run(RunConfig(Scenario.MULTI_STREAM), 104, None, {8: 1 * MS}).options.min_query_count == 662
+
+
+def test_a_run_whose_query_count_sets_its_length_says_how_long_it_takes() -> None:
+    slow = plan_run(RunConfig(Scenario.MULTI_STREAM), 104, None, {}, cycle=QueryCycle(0.09, 0.1))
+    assert "this run will take about 66 s, not the 10 s minimum duration: 662 queries (min_query_count) at " \
+           "the measured 100.000 ms each set its length" in slow.notes
+    server = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=10)), 104, None, {})
+    assert any(n.startswith("this run will take about 102 s") for n in server.notes)
+    long = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=10, min_duration_s=3600)), 104, None, {})
+    assert "this run will take about 60 min (its minimum duration)" in long.notes
+    offline = plan_run(RunConfig(Scenario.OFFLINE), 104, None, {}, capacity_qps=150)
+    assert "this run will take about 22 s, not the 10 s minimum duration: LoadGen's one query of 3300 samples at " \
+           "the measured 150/s set its length" in offline.notes
+    fast = plan_run(RunConfig(Scenario.SINGLE_STREAM), 104, None, {}, cycle=QueryCycle(1 * MS, 1 * MS))
+    assert not any(n.startswith("this run will take") for n in fast.notes)
+
+
+def test_derived_targets_come_from_what_the_pipeline_sustained() -> None:
+    # The null engine's warm-up claims billions of samples/s; the pipeline under LoadGen moved 311k.
+    server = plan_run(RunConfig(Scenario.SERVER), 104, 13.6e9, {}, capacity_qps=311_000)
+    assert server.options.target_qps == round(311_000 * SERVER_LOAD, 1)
+    assert server.sources["target_qps"] == f"pipeline's measured 311000/s x {SERVER_LOAD:g}"
+    slow = plan_run(RunConfig(Scenario.OFFLINE), 104, 500.0, {}, capacity_qps=130)
+    assert slow.options.target_qps == 130 * OFFLINE_OVERESTIMATE and slow.options.min_duration_s == 10
+
+
+def test_an_offline_target_beyond_the_memory_bound_shortens_the_quick_run_instead() -> None:
+    # A lower target than the SUT's rate makes LoadGen's one query finish early: INVALID by construction.
+    plan = plan_run(RunConfig(Scenario.OFFLINE), 104, None, {}, capacity_qps=2.5e6)
+    target, duration = plan.options.target_qps, plan.options.min_duration_s
+    assert target == 2.5e6 * OFFLINE_OVERESTIMATE and duration is not None and duration < 1
+    assert loadgen_bytes("Offline", OFFLINE_SLACK * target * duration) <= DEFAULT_MEMORY_BUDGET_MB * 1e6 * 1.01
+    assert plan.sources["min_duration_s"] == "quick run shortened so its queries fit LoadGen's memory"
+    # An explicit duration is kept: then the target is bounded, and said to be.
+    mine = plan_run(RunConfig(Scenario.OFFLINE, LoadGenConfig(min_duration_s=10)), 104, None, {}, capacity_qps=2.5e6)
+    assert mine.options.min_duration_s == 10 and mine.sources["target_qps"] == "memory bound"
+
+
+def test_a_server_target_beyond_the_engine_is_said_and_its_backlog_bounded() -> None:
+    plan = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(target_qps=5000)), 104, 120.0, {})
+    assert plan.options.target_qps == 5000  # the user's rate is run as asked
+    assert plan.options.server_max_async_queries == 120  # one second of the engine's work, not of the schedule
+    assert any(n.startswith("target QPS 5000 is above the 120/s measured") for n in plan.notes)
 
 
 def test_quiet_gc_stops_the_collector_for_the_run_only() -> None:

@@ -130,7 +130,8 @@ def test_derived_values_keep_loadgens_queries_bounded() -> None:
         plan = plan_run(RunConfig(Scenario(scenario)), 104, None, fast)
         key = "single_stream" if scenario == "SingleStream" else "multistream"
         expected_s = getattr(plan.options, f"{key}_expected_latency_ms") / 1e3
-        assert 2 * 10.0 / expected_s <= ABORT_QUERIES[scenario] * 1.001  # what LoadGen generates for 10 s
+        duration = plan.options.min_duration_s
+        assert duration is not None and 2 * duration / expected_s <= ABORT_QUERIES[scenario] * 1.001  # generated
         assert "bounded" in plan.sources[f"{key}_expected_latency_ms"]
     server = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(memory_mb=100)), 104, 5e6, fast)
     assert server.sources["target_qps"] == "memory bound"
@@ -242,6 +243,15 @@ def test_warmup_faults_are_one_line_with_events_logged(calibrated: BuildPaths, t
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()]
     events = (folder / "asyncbench_events.jsonl").read_text()
     assert '"warmup_start"' in events and ('"warmup_failed"' in events or '"warmup_stalled"' in events)
+
+
+def test_an_engine_failing_in_the_pilot_is_one_line_before_loadgen(calibrated: BuildPaths, tmp_path: Path) -> None:
+    # Warm-up runs batches 0-4 at batch size 1; the pilot's queries come next.
+    done = _cli(calibrated, tmp_path, "--engine", "null", "--null", "fail_after=10", "--scenario", "SingleStream",
+                "--max-batch-size", "1")
+    assert done.returncode == 1
+    _one_error_line(done, "pilot before LoadGen: engine failed: EngineError: injected failure on batch 10")
+    assert not list(tmp_path.glob("*/mlperf_log_detail.txt"))
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])

@@ -12,10 +12,13 @@ Two bounds apply on top, because LoadGen generates every query of a test before 
   measured with ``benchmarks/loadgen_memory.py``). Derived values are bounded so they fit in
   ``--loadgen-memory-mb``; an explicit value that cannot fit in the memory available is refused.
 * stopping: LoadGen has no call to end a test early. After Ctrl-C, SingleStream and MultiStream
-  end when LoadGen runs out of generated queries (each is completed at once, about 3 us apiece),
-  so a quick run generates at most ``ABORT_QUERIES`` of them; Server ends when more than
-  ``server_max_async_queries`` are outstanding, so that limit is set to about one second of
-  queries (far above what a run that can meet its latency target ever holds).
+  end when LoadGen runs out of generated queries: it issues every one that is left (each completed at
+  once, 2-5 us apiece at LoadGen's own floor, 5-11 us measured in a run on 2 cores), so a quick run
+  generates at most ``ABORT_QUERIES`` of them. A quick run whose default duration would need more
+  (an SUT faster than about duration / ABORT_QUERIES per query, such as the null engine) is made
+  shorter instead; an explicit duration that needs more is kept, and the run is said to end early.
+  Server ends when more than ``server_max_async_queries`` are outstanding, so that limit is set to
+  about one second of queries (far above what a run that can meet its latency target ever holds).
 """
 
 from __future__ import annotations
@@ -38,16 +41,26 @@ SERVER_DEFAULT_TARGET_LATENCY_NS = 10_000_000
 QUERY_BYTES = 360
 SAMPLE_BYTES = 45
 OFFLINE_SAMPLE_BYTES = 470
-# Offline's derived expected QPS overestimates the peak the warm-up measured: LoadGen sizes its one
-# query from it, and a query the engine finishes before min_duration is INVALID (seen: GPU peak
-# measured 41,165, achieved 48,711), while extra samples only make the run longer.
-OFFLINE_OVERESTIMATE = 1.5
+# Offline's derived expected QPS overestimates what the pipeline sustained before the run: LoadGen
+# sizes its one query from it, and a query the SUT finishes before min_duration is INVALID (seen: GPU
+# peak measured 41,165, achieved 48,711; on the shared 2-core CPU the same pipeline did 121-134/s and
+# then 278/s a minute later), while extra samples only make the run longer.
+OFFLINE_OVERESTIMATE = 2.0
+# Server's derived target: this share of what the pipeline sustained under the Server policy (a
+# backlog of work), leaving the queueing headroom a p99 bound needs.
+SERVER_LOAD = 0.35
 OFFLINE_SLACK = 1.1  # LoadGen's Offline query holds 1.1 x duration x expected QPS samples
 DEFAULT_MEMORY_BUDGET_MB = 1024
 
-# Generated queries a quick run may leave for LoadGen to issue after an abort (completed inline at about
-# 330k/s for SingleStream and 120k/s for MultiStream on the 2-core machine): at most about 1.2 s either way.
-ABORT_QUERIES = {"SingleStream": 400_000, "MultiStream": 150_000}
+# Generated queries a quick run may leave for LoadGen to issue after an abort. The drain measured in a
+# SingleStream run on 2 cores: 357k queries in 1.7 s (4.8 us each) and then 0.3 s for LoadGen to process
+# their latencies; MultiStream 6-11 us per query. These bounds keep a stop under 1 s there, and under
+# 2 s on a CPU twice as slow.
+ABORT_QUERIES = {"SingleStream": 150_000, "MultiStream": 80_000}
+# A shortened quick run asks for at most 1 / QUERY_MARGIN of the generated queries, so a stretch up to
+# that much faster than the measured (fast-end) cycle still ends naturally instead of running out.
+QUERY_MARGIN = 1.5
+LONG_RUN_S = 600.0  # a run estimated longer than this is announced with its length
 BATCH_BUFFERS = 4  # batches of the largest size held at once: slots being gathered and run, plus warm-up's
 SERVER_HOLD_S = 1.0  # Server: seconds of queries LoadGen may have outstanding before it stops issuing
 
@@ -64,11 +77,24 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class QueryCycle:
+    """Seconds per SingleStream / MultiStream query through the whole pipeline, as a pilot measured them."""
+
+    fast_s: float  # the quickest query: what LoadGen's generated queries must cover
+    median_s: float  # the typical query: what the run's length is estimated from
+
+
 def loadgen_bytes(scenario: str, queries: float, samples_per_query: float = 1) -> float:
     """LoadGen's peak memory for a test that generates ``queries`` (Offline: samples) of that many samples."""
     if scenario == "Offline":
         return queries * OFFLINE_SAMPLE_BYTES
     return queries * (QUERY_BYTES + SAMPLE_BYTES * samples_per_query)
+
+
+def loadgen_fits_qps(memory_mb: float, duration_s: float) -> float:
+    """The highest Server rate whose queries for ``duration_s`` fit in ``memory_mb`` of LoadGen memory."""
+    return memory_mb * 1e6 / loadgen_bytes("Server", 1) / max(duration_s, 1e-3)
 
 
 @dataclass
@@ -112,8 +138,14 @@ def max_target_qps(scenario: str, duration_s: float, memory_mb: float) -> float:
 
 
 def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
-             available: int | None = None) -> RunPlan:
-    """Resolve every value LoadGen gets for ``cfg``; ``latency_s`` maps batch size to measured seconds."""
+             available: int | None = None, cycle: QueryCycle | None = None,
+             capacity_qps: float | None = None) -> RunPlan:
+    """Resolve every value LoadGen gets for ``cfg``; ``latency_s`` maps batch size to measured seconds.
+
+    ``cycle``: the pipeline's measured seconds per SingleStream / MultiStream query; ``capacity_qps``:
+    the samples/s the whole pipeline sustained under this scenario's batching (Server, Offline). The
+    engine's own latency and batched peak are used without them.
+    """
     lgc = cfg.loadgen
     conf = read_conf(lgc.user_conf) if lgc.user_conf is not None else None
     scenario = cfg.scenario
@@ -142,8 +174,9 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         elif derived is not None:
             values[name], plan.sources[name] = derived, derived_source
 
+    quick_duration = lgc.quick_duration_s or cfg.preset.quick_min_duration_s
     choose("min_duration_s", lgc.min_duration_s, from_conf("min_duration"),
-           cfg.preset.quick_min_duration_s if quick else None, "quick-run default", 1e-3)
+           quick_duration if quick else None, "quick-run default", 1e-3)
     if "min_duration_s" in values:
         duration = values["min_duration_s"]
     else:
@@ -160,17 +193,30 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     min_queries = values.get("min_query_count") or 0
 
     if scenario in ("Server", "Offline"):
-        peak_target = None
-        if peak_qps:
-            peak_target = round(min(peak_qps, 500_000.0) * (OFFLINE_OVERESTIMATE if scenario == "Offline" else 0.5), 1)
-        choose("target_qps", lgc.target_qps, from_conf("target_qps", scenario), peak_target,
-               f"engine's measured peak x {OFFLINE_OVERESTIMATE:g}" if scenario == "Offline"
-               else "engine's measured peak / 2")
+        load = OFFLINE_OVERESTIMATE if scenario == "Offline" else SERVER_LOAD
+        derived_target = derived_source = None
+        if capacity_qps:
+            derived_target = round(capacity_qps * load, 1)
+            derived_source = f"pipeline's measured {capacity_qps:.0f}/s x {load:g}"
+        elif peak_qps:
+            derived_target = round(min(peak_qps, 500_000.0) * load, 1)
+            derived_source = f"engine's measured peak x {load:g}"
+        choose("target_qps", lgc.target_qps, from_conf("target_qps", scenario), derived_target, derived_source or "")
         target = values.get("target_qps")
         per_second = OFFLINE_SLACK if scenario == "Offline" else 1.0  # queries (Offline: samples) per QPS-second
         if target is not None:
             fits = max_target_qps(scenario, duration, memory_budget_mb)
-            if plan.sources["target_qps"] != "user.conf" and lgc.target_qps is None and target > fits:
+            derived = plan.sources["target_qps"] != "user.conf" and lgc.target_qps is None
+            if derived and target > fits and scenario == "Offline" and \
+                    plan.sources["min_duration_s"] == "quick-run default":
+                # A lower target would make the SUT finish early (INVALID by construction): a shorter run instead.
+                shorter = round(budget / loadgen_bytes(scenario, per_second) / target, 2)
+                duration = values["min_duration_s"] = shorter
+                plan.sources["min_duration_s"] = "quick run shortened so its queries fit LoadGen's memory"
+                plan.notes.append(f"quick run of {shorter:g} s instead of {quick_duration:g} s: "
+                                  f"{quick_duration:g} s of queries at {target:g}/s would not fit "
+                                  f"in {memory_budget_mb:g} MB of LoadGen memory (--loadgen-memory-mb)")
+            elif derived and target > fits:
                 values["target_qps"] = round(fits, 1)
                 plan.sources["target_qps"] = "memory bound"
                 plan.notes.append(f"target QPS {values['target_qps']:g} instead of the measured {target:g}: "
@@ -178,9 +224,6 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                                   f"(--loadgen-memory-mb, or pass --target-qps)")
             _check_fits(plan, "target_qps", "target QPS", scenario, values["target_qps"] * duration * per_second,
                         min_queries, 1, available)
-            if scenario == Scenario.SERVER:
-                _note_query_count_sets_length(plan, min_queries, values["target_qps"] * duration,
-                                              min_queries / values["target_qps"])
         if scenario == Scenario.SERVER:
             # The p99 bound LoadGen will judge by: the command line, user.conf, --mlperf-conf, LoadGen's built-in file.
             target_ms = lgc.server_target_latency_ms or from_conf("target_latency") or \
@@ -192,6 +235,13 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
             if conf_async is None:
                 hold = max(SERVER_HOLD_S, 20 * latency_limit)
                 rate = values.get("target_qps") or builtin_settings(MODEL, scenario).server_target_qps
+                engine_rate = capacity_qps or peak_qps
+                # What is outstanding when LoadGen gives up must still finish: at most ``hold`` of the SUT's work
+                # (at 5,000 QPS on a 60/s engine, a second of queries took 82 s to drain, without a word).
+                if engine_rate and rate > engine_rate:
+                    plan.notes.append(f"target QPS {rate:g} is above the {engine_rate:.0f}/s measured: LoadGen will "
+                                      f"end the run early (INVALID) once {hold:g} s of the SUT's work is outstanding")
+                    rate = engine_rate
                 values["server_max_async_queries"] = max(8, math.ceil(rate * hold))
                 plan.sources["server_max_async_queries"] = f"{hold:g} s of queries, so Ctrl-C stops LoadGen"
             elif conf_async == 0:
@@ -201,7 +251,24 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
         samples = 1 if scenario == "SingleStream" else (
             from_conf("samples_per_query", "MultiStream") or MULTISTREAM_SAMPLES)
         key = "single_stream_expected_latency_ms" if scenario == "SingleStream" else "multistream_expected_latency_ms"
-        measured = latency_s.get(int(samples))
+        engine_s = latency_s.get(int(samples))
+        measured = cycle.fast_s if cycle is not None else engine_s
+        typical = cycle.median_s if cycle is not None else engine_s
+        if measured and quick:
+            cap = ABORT_QUERIES[scenario]
+            longest = cap * measured / QUERY_MARGIN  # seconds the bounded queries cover, with the margin
+            if duration > longest and plan.sources["min_duration_s"] == "quick-run default":
+                duration = values["min_duration_s"] = round(longest, 1)
+                plan.sources["min_duration_s"] = "quick run shortened so Ctrl-C stops it quickly"
+                plan.notes.append(
+                    f"quick run of {duration:g} s instead of {quick_duration:g} s: a query takes "
+                    f"{measured * 1e3:.3f} ms here, and LoadGen must issue all of its generated queries (at most "
+                    f"{cap}) before it can stop after Ctrl-C; pass --min-duration to choose the length")
+            elif duration > cap * measured:
+                plan.notes.append(
+                    f"{duration:g} s at {measured * 1e3:.3f} ms per query needs more than the {cap} queries a quick "
+                    f"run generates (so that Ctrl-C stops it quickly): LoadGen will run out of queries and the "
+                    f"result will be INVALID; pass --submission-length or a shorter --min-duration")
         derived_ms = None
         if measured:
             memory_floor = 2 * duration * loadgen_bytes(scenario, 1, samples) / budget
@@ -209,11 +276,12 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
             if quick:
                 floor = max(floor, 2 * duration / ABORT_QUERIES[scenario])
             derived_ms = max(measured, floor) * 1e3
-        choose(key, None, from_conf("target_latency", scenario), derived_ms, "engine's measured latency")
-        if plan.sources.get(key) == "engine's measured latency" and measured and derived_ms is not None \
+        source = "measured per query through the pipeline" if cycle is not None else "engine's measured latency"
+        choose(key, None, from_conf("target_latency", scenario), derived_ms, source)
+        if plan.sources.get(key) == source and measured and derived_ms is not None \
                 and derived_ms > measured * 1e3:
             plan.sources[key] = "bounded so LoadGen's generated queries stay small"
-            plan.notes.append(f"expected latency {derived_ms:.3f} ms instead of the engine's {measured * 1e3:.3f} ms: "
+            plan.notes.append(f"expected latency {derived_ms:.3f} ms instead of the measured {measured * 1e3:.3f} ms: "
                               f"LoadGen generates 2 x duration / expected latency queries up front, which must "
                               f"stay within memory and be quick to drain on Ctrl-C")
         expected_ms = values.get(key) or (builtin_settings(MODEL, scenario).single_stream_expected_latency_ns
@@ -221,8 +289,16 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
                                           builtin_settings(MODEL, scenario).multi_stream_expected_latency_ns) / 1e6
         _check_fits(plan, key, "expected latency", scenario, 2 * duration / (expected_ms / 1e3), min_queries,
                     samples, available)
-        if measured:
-            _note_query_count_sets_length(plan, min_queries, duration / measured, min_queries * measured)
+        if typical:
+            _announce_length(plan, duration, min_queries * typical, f"{min_queries:g} queries (min_query_count) at "
+                             f"the measured {typical * 1e3:.3f} ms each")
+    if scenario == Scenario.SERVER and values.get("target_qps"):
+        _announce_length(plan, duration, min_queries / values["target_qps"],
+                         f"{min_queries:g} queries (min_query_count) at {values['target_qps']:g} QPS")
+    if scenario == Scenario.OFFLINE and values.get("target_qps") and (rate := capacity_qps or peak_qps):
+        samples = OFFLINE_SLACK * duration * values["target_qps"]
+        _announce_length(plan, duration, samples / rate, f"LoadGen's one query of {samples:.0f} samples at the "
+                         f"measured {rate:.0f}/s")
 
     if lgc.performance_sample_count is not None and lgc.performance_sample_count > total:
         raise ConfigError(f"--performance-sample-count {lgc.performance_sample_count} is more than the "
@@ -242,14 +318,6 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     return plan
 
 
-def _note_query_count_sets_length(plan: RunPlan, min_queries: float, in_duration: float, seconds: float) -> None:
-    """Say so when an explicit --min-duration is not what ends the run: min_query_count needs more queries."""
-    if plan.sources.get("min_duration_s") == "command line" and min_queries > in_duration:
-        plan.notes.append(f"min_query_count {min_queries:g} ({plan.sources['min_query_count']}) sets this run's "
-                          f"length, not --min-duration {plan.duration_s:g} s (about {in_duration:.0f} queries): "
-                          f"about {seconds:.3g} s; pass --min-query-count to change it")
-
-
 def check_max_batch(max_batch: int | None, samples: int, available: int | None, what: str = "--max-batch-size"
                     ) -> None:
     """Refuse a batch cap above the samples LoadGen loads, or one whose input buffers cannot fit in memory.
@@ -266,6 +334,22 @@ def check_max_batch(max_batch: int | None, samples: int, available: int | None, 
     if available is not None and need > 0.5 * available:
         raise ConfigError(f"{what} {max_batch} needs ~{need / 1e9:.3g} GB of batch buffers, more than half the "
                           f"{available / 1e9:.3g} GB of memory available: use a smaller batch")
+
+
+def _announce_length(plan: RunPlan, duration: float, by_count_s: float, why: str) -> None:
+    """A note with the run's estimated wall time where the query count, not the duration, sets it, or it is long."""
+    if by_count_s > duration:
+        plan.notes.append(f"this run will take about {_seconds(by_count_s)}, not the {duration:g} s minimum duration: "
+                          f"{why} set its length")
+    elif duration > LONG_RUN_S:
+        plan.notes.append(f"this run will take about {_seconds(duration)} (its minimum duration)")
+
+
+def _seconds(s: float) -> str:
+    """A duration for a person: seconds, minutes or hours."""
+    if s < 120:
+        return f"{s:.0f} s"
+    return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def _explicit(values: dict[str, float], plan: RunPlan, key: str) -> float | None:

@@ -40,6 +40,16 @@ def format_histogram(hist: dict[int, int], max_items: int = 12) -> str:
     return ", ".join(f"{low}-{2 * low - 1}x{n}" if low > 1 else f"1x{n}" for low, n in sorted(buckets.items()))
 
 
+def invalid_reasons(summary: RunSummary) -> list[str]:
+    """Why LoadGen judged a run INVALID, in its words: each constraint not met, then its early-stopping verdict
+    where that failed, then its recommendations (an early-stopping failure comes with no recommendation)."""
+    reasons = [f"{name}: NO" for name, met in summary.constraints.items() if not met]
+    if not summary.constraints.get("Early stopping satisfied", True):
+        reasons += summary.early_stopping
+    reasons += summary.reasons
+    return reasons or ["LoadGen's summary names no reason: see mlperf_log_detail.txt"]
+
+
 def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, pipeline: Pipeline, log_dir: Path,
                   effective: dict[str, object], counts: SampleCounts) -> str:
     """One scenario's result: effective settings, validity, metric, latencies, batch sizes and stage times."""
@@ -54,7 +64,7 @@ def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, 
         lines.append(f"result: FAILED: {counts.failed} of {counts.issued} samples completed as failed{said}")
     elif summary is not None and summary.result is not None:
         lines.append(f"result: {summary.result}" + ("" if summary.result == "VALID" else
-                                                    "".join(f"\n  - {r}" for r in summary.reasons)))
+                                                    "".join(f"\n  - {r}" for r in invalid_reasons(summary))))
     if summary is not None and summary.result is not None:
         if summary.metric_name:
             lines.append(f"{summary.metric_name}: {summary.metric_value:g}")

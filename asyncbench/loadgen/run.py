@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import math
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,18 +14,25 @@ from typing import Any
 
 import structlog
 
-from asyncbench.config import RunConfig, TestMode
+from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import DeviceTracer, Engine
 from asyncbench.errors import RunFailure, UserError
 from asyncbench.loadgen.accuracy import AccuracyResult, compute_accuracy, load_accuracy_log
 from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
-from asyncbench.loadgen.plan import MULTISTREAM_SAMPLES, RunPlan, plan_run
+from asyncbench.loadgen.plan import (
+    MULTISTREAM_SAMPLES,
+    SERVER_DEFAULT_TARGET_LATENCY_NS,
+    QueryCycle,
+    RunPlan,
+    loadgen_fits_qps,
+    plan_run,
+)
 from asyncbench.loadgen.report import format_report
 from asyncbench.loadgen.result import build_result, write_result
-from asyncbench.loadgen.settings import build_test_settings, make_log_settings
-from asyncbench.loadgen.sut import drive
+from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
+from asyncbench.loadgen.sut import INTERRUPTED, drive, measure_cycle, measure_throughput
 from asyncbench.runtime.execution import execution_for
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.process import run_process
@@ -33,6 +41,8 @@ from asyncbench.runtime.timeline import Timeline
 
 EVENTS_FILE = "asyncbench_events.jsonl"
 TRACE_FILE = "mlperf_log_trace.json"
+PROBE_SECONDS = 0.5  # the Server probe: a LoadGen test this long at the rate the pipeline took
+PROBE_BACKLOG_S = 0.05  # it ends once this much of its schedule is outstanding (the pipeline fell behind)
 FAILED_MARKER = "asyncbench_FAILED.txt"  # written into a run's log folder when samples were completed as failed
 
 
@@ -96,10 +106,61 @@ def dataset_arena(dataset: Dataset, preprocessed: Path, engine: Engine) -> Sampl
     return engine.make_arena(folder, names)
 
 
-def plan_for(cfg: RunConfig, engine: Engine, total: int) -> RunPlan:
-    """The LoadGen plan for ``cfg`` from the engine's warm-up measurements."""
+def plan_for(cfg: RunConfig, engine: Engine, arena: SampleArena) -> RunPlan:
+    """The LoadGen plan for ``cfg`` from the engine's warm-up and the pilots through the pipeline."""
     latencies = {b: engine.latency(b) for b in (1, MULTISTREAM_SAMPLES) if b <= engine.capabilities.max_batch_size}
-    return plan_run(cfg, total, engine_peak_qps(engine), latencies)
+    first = plan_run(cfg, arena.total, engine_peak_qps(engine), latencies)
+    if cfg.scenario in (Scenario.SERVER, Scenario.OFFLINE) and first.sources.get("target_qps") not in (
+            "command line", "user.conf") and cfg.loadgen.test_mode != TestMode.ACCURACY_ONLY:
+        capacity = pilot_throughput(cfg, engine, arena, first.target_latency_ns)
+        return plan_run(cfg, arena.total, engine_peak_qps(engine), latencies, capacity_qps=capacity)
+    return plan_run(cfg, arena.total, engine_peak_qps(engine), latencies, cycle=pilot_cycle(cfg, engine, arena))
+
+
+def pilot_throughput(cfg: RunConfig, engine: Engine, arena: SampleArena, target_latency_ns: int) -> float | None:
+    """Server / Offline: the samples/s the pipeline sustains under the batching this run will use.
+
+    Server is then probed through LoadGen itself at that rate: LoadGen's issue thread and its logger
+    share the CPU with the pipeline (on 2 cores the null engine's pipeline took 480k/s from a Python
+    issuer and sustained 150k/s under LoadGen), and what it completes is what the run can sustain.
+    """
+    policy, _ = batch_policy(cfg, engine, target_latency_ns)
+    with run_process(cfg.process) as runner:
+        rate = runner.run(measure_throughput(execution_for(engine, arena, policy.max_batch_size), arena, policy,
+                                             server=cfg.scenario == Scenario.SERVER, timeout_s=cfg.engine.timeout_s))
+        if rate is None or cfg.scenario != Scenario.SERVER:
+            return rate
+        rate = min(rate, loadgen_fits_qps(cfg.loadgen.memory_mb, PROBE_SECONDS))
+        options = LoadGenOptions(scenario=Scenario.SERVER, target_qps=rate, min_duration_s=PROBE_SECONDS,
+                                 min_query_count=1, performance_sample_count=min(arena.total, 1024),
+                                 server_max_async_queries=max(8, math.ceil(rate * PROBE_BACKLOG_S)))
+        settings, _ = build_test_settings(options)
+        with tempfile.TemporaryDirectory(prefix="asyncbench-probe-") as tmp:
+            probe, counts = runner.run(drive(execution_for(engine, arena, policy.max_batch_size), arena, policy,
+                                             settings, make_log_settings(Path(tmp)), min(arena.total, 1024),
+                                             timeout_s=cfg.engine.timeout_s,
+                                             audit_config=Path(tmp) / "no-audit.config"))
+            if probe.failure is not None and str(probe.failure).startswith(INTERRUPTED):
+                raise KeyboardInterrupt  # Ctrl-C during the probe ends the command, not just the probe
+            summary = parse_summary(Path(tmp) / "mlperf_log_summary.txt")
+        if counts.failed or summary.metric_value is None:
+            return None
+        return min(rate, summary.metric_value)
+
+
+def pilot_cycle(cfg: RunConfig, engine: Engine, arena: SampleArena) -> QueryCycle | None:
+    """SingleStream / MultiStream through the loop: the pipeline's seconds per query, measured before LoadGen starts.
+
+    The inline path (a device engine) has no hops to measure: its engine latency is the query's.
+    """
+    if cfg.scenario not in (Scenario.SINGLE_STREAM, Scenario.MULTI_STREAM) or runs_inline(cfg, engine) \
+            or cfg.loadgen.test_mode == TestMode.ACCURACY_ONLY:
+        return None
+    policy, _ = batch_policy(cfg, engine, SERVER_DEFAULT_TARGET_LATENCY_NS)
+    samples = 1 if cfg.scenario == Scenario.SINGLE_STREAM else MULTISTREAM_SAMPLES
+    with run_process(cfg.process) as runner:  # the pipeline closes its execution when it ends
+        return runner.run(measure_cycle(execution_for(engine, arena, policy.max_batch_size), arena, policy, samples,
+                                        timeout_s=cfg.engine.timeout_s))
 
 
 def audit_config_path(cfg: RunConfig, log_dir: Path, say: Callable[[str], None]) -> Path:
@@ -125,7 +186,7 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
     """
     timeline = Timeline() if timeline_path is not None else None
     arena = dataset_arena(dataset, preprocessed, engine)
-    plan = plan_for(cfg, engine, arena.total)
+    plan = plan_for(cfg, engine, arena)
     settings, notes = build_test_settings(plan.options)
     with event_log(log_dir) as events:
         policy, policy_note = batch_policy(cfg, engine, plan.target_latency_ns, plan.values.get("target_qps"))

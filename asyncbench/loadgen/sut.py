@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import statistics
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +28,7 @@ import structlog
 
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import RunFailure
+from asyncbench.loadgen.plan import QueryCycle
 from asyncbench.loadgen.progress import report_progress
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import Execution
@@ -74,6 +77,9 @@ class LoadGenCompleter:
         lg.QuerySamplesComplete(responses)
 
 
+INTERRUPTED = "interrupted by"  # how a run aborted by a signal names its failure
+
+
 class _Signals:
     """First Ctrl-C / SIGTERM aborts the run cleanly; a second one exits at once."""
 
@@ -93,7 +99,7 @@ class _Signals:
             os._exit(130)
         print(f"\n{name}: stopping: every outstanding sample is completed as failed and LoadGen is made to end "
               f"early, then its logs are written (press Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
-        self.on_abort(f"interrupted by {name}")
+        self.on_abort(f"{INTERRUPTED} {name}")
 
     def remove(self) -> None:
         for sig in self.installed:
@@ -113,37 +119,212 @@ class AbortGate:
     """What LoadGen's issue thread does once the run is aborted (a failure or Ctrl-C): stop it quickly.
 
     LoadGen has no call that ends a test. SingleStream, MultiStream and Offline end once LoadGen runs
-    out of queries, so each later query is completed as failed right here on LoadGen's thread (about
-    3 us each) without a trip through the event loop. Server issues on a fixed schedule; it stops early
-    only when more than ``server_max_async_queries`` are outstanding, so with ``hold`` the later queries
-    are held uncompleted until LoadGen gives up and calls flush, and then completed as failed.
+    out of queries, so each later query is completed as failed right here on LoadGen's thread without
+    a trip through the event loop: that drain is what a stop costs (LoadGen's own floor is about 2 us
+    per SingleStream and 5 us per MultiStream query on a 2-core machine), which is why a quick run's
+    generated queries are bounded (plan.ABORT_QUERIES). Server issues on a fixed schedule; it stops
+    early only when more than ``server_max_async_queries`` are outstanding, so with ``hold`` the later
+    queries are held uncompleted until LoadGen gives up and calls flush, and then completed as failed.
+    issue and flush both run on LoadGen's thread, so nothing here needs a lock.
     """
 
     def __init__(self, complete: Completer, hold: bool) -> None:
         self._complete = complete
         self._hold = hold
         self._held: list[int] = []
-        self._lock = threading.Lock()
         self._flushed = False
         self.completed = 0
 
     def take(self, ids: list[int]) -> None:
         """A query issued after the abort: hold it (Server) or complete it as failed now."""
-        with self._lock:
-            if self._hold and not self._flushed:
-                self._held.extend(ids)
-                return
-            self.completed += len(ids)
+        if self._hold and not self._flushed:
+            self._held.extend(ids)
+            return
+        self.completed += len(ids)
         self._complete(ids, None)
 
     def flush(self) -> None:
         """LoadGen stopped issuing: complete everything held."""
-        with self._lock:
-            self._flushed = True
-            held, self._held = self._held, []
-            self.completed += len(held)
+        self._flushed = True
+        held, self._held = self._held, []
+        self.completed += len(held)
         if held:
             self._complete(held, None)
+
+
+PILOT_GAVE_UP = "the pilot was stopped"  # no engine fault: interrupted, or its samples never came back
+PILOT_QUERIES = 300  # at most this many queries ...
+PILOT_SECONDS = 0.5  # ... or this long, whichever ends first,
+PILOT_MIN_QUERIES = 5  # but never fewer than this
+
+
+class _PilotCompleter:
+    """Counts one pilot query's samples down and wakes the issuing thread when they are all complete."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.done = threading.Event()
+
+    def __call__(self, ids: Sequence[int], top1: np.ndarray | None) -> None:
+        self.pending -= len(ids)
+        if self.pending <= 0:
+            self.done.set()
+
+
+async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchPolicy, samples: int, *,
+                        timeout_s: float | None) -> QueryCycle | None:
+    """Seconds per query of ``samples`` through the pipeline, issued one at a time from another thread as
+    LoadGen issues SingleStream and MultiStream queries (the quickest and the median); None if it was
+    stopped. An engine failure raises RunFailure.
+
+    The engine's warm-up alone misses the harness's thread hops: for the null engine a query costs
+    about 0.1 ms end to end against 1 us in the engine, and LoadGen generates 2 x duration / expected
+    latency queries, all of which it issues before it ends, even after Ctrl-C. A handful of warm-up
+    calls is also a noisy estimate of a real engine (65 ms against a real p50 of 27 ms was seen).
+    """
+    loop = asyncio.get_running_loop()
+    completer = _PilotCompleter()
+    inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
+                  ring_at=policy.max_batch_size)
+    pipeline = Pipeline(execution, policy, completer, timeout_s=timeout_s, sleep_until=inbox.sleep_until)
+    indices = [i % arena.total for i in range(samples)]
+    arena.load(indices)
+    wait_s = timeout_s if timeout_s is not None else 60.0
+    stop = threading.Event()
+
+    def issue_one_at_a_time() -> list[float]:
+        cycles: list[float] = []
+        deadline = time.perf_counter() + PILOT_SECONDS
+        while len(cycles) < PILOT_QUERIES and (len(cycles) < PILOT_MIN_QUERIES or time.perf_counter() < deadline):
+            completer.pending = samples
+            completer.done.clear()
+            start = time.perf_counter()
+            inbox.put(list(range(samples)), indices)
+            if not completer.done.wait(wait_s) or stop.is_set() or pipeline.failure is not None:
+                return []
+            cycles.append(time.perf_counter() - start)
+        return cycles
+
+    run_task = asyncio.create_task(pipeline.run(), name="pilot")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pilot")
+    cycles: list[float] = []
+    try:
+        cycles = await loop.run_in_executor(pool, issue_one_at_a_time)
+    finally:
+        stop.set()
+        completer.done.set()
+        pool.shutdown(wait=True)
+        if not cycles:
+            pipeline.abort(PILOT_GAVE_UP)
+        pipeline.close()
+        await run_task
+        arena.unload(indices)
+    _raise_engine_failure(pipeline)
+    if not cycles:
+        return None
+    # The quickest query, not a median: on a shared 2-core machine the cycle moved between 45 and 130 us
+    # from one minute to the next, and LoadGen must generate enough queries for the run's fastest stretch.
+    return QueryCycle(min(cycles), statistics.median(cycles))
+
+
+THROUGHPUT_SECONDS = 0.4  # how long the throughput pilot keeps the pipeline busy
+
+
+class _WindowCompleter:
+    """Counts outstanding pilot samples down, waking the issuing thread as room opens in its window."""
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+        self.completed = 0
+        self.room = threading.Condition()
+
+    def __call__(self, ids: Sequence[int], top1: np.ndarray | None) -> None:
+        with self.room:
+            self.outstanding -= len(ids)
+            self.completed += len(ids)
+            self.room.notify()
+
+
+async def measure_throughput(execution: Execution, arena: SampleArena, policy: BatchPolicy, *, server: bool,
+                             timeout_s: float | None) -> float | None:
+    """Samples per second the whole pipeline sustains under ``policy``; None if it was stopped.
+
+    Server: one sample per issue call from another thread, as LoadGen issues them, with a window of
+    samples outstanding (enough to fill every slot's batches twice over), so the batcher forms the
+    batches its policy allows. Offline: everything arrives in one call, as LoadGen's single query
+    does. The engine's batched peak alone overstated what runs: the null engine's warm-up says
+    billions of samples/s where the harness moves about 2.5 M (Offline) and 150 k (Server) on 2 cores,
+    and a CPU engine limited to batch 1 by the p99 target sustains less than half its batched peak.
+    """
+    loop = asyncio.get_running_loop()
+    completer = _WindowCompleter()
+    inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
+                  ring_at=policy.max_batch_size)
+    pipeline = Pipeline(execution, policy, completer, timeout_s=timeout_s, sleep_until=inbox.sleep_until)
+    indices = list(range(arena.total))
+    arena.load(indices)
+    wait_s = timeout_s if timeout_s is not None else 60.0
+    window = 2 * policy.max_batch_size * execution.slots
+    stop = threading.Event()
+
+    def server_load() -> float:
+        start = time.perf_counter()
+        deadline = start + THROUGHPUT_SECONDS
+        issued = 0
+        while time.perf_counter() < deadline and not stop.is_set() and pipeline.failure is None:
+            with completer.room:
+                if completer.outstanding >= window and not completer.room.wait_for(
+                        lambda: completer.outstanding < window or stop.is_set(), wait_s):
+                    return 0.0
+                completer.outstanding += 1
+            inbox.put([issued], [issued % arena.total])
+            issued += 1
+        with completer.room:  # what is in flight finishes: only completed samples count
+            completer.room.wait_for(lambda: completer.outstanding <= 0 or stop.is_set(), wait_s)
+            return completer.completed / (time.perf_counter() - start)
+
+    def offline_load() -> float:
+        # Doubling rounds until one lasts THROUGHPUT_SECONDS; the best round counts.
+        n, best = window, 0.0
+        while not stop.is_set() and pipeline.failure is None:
+            with completer.room:
+                completer.outstanding += n
+            start = time.perf_counter()
+            inbox.put(list(range(n)), [i % arena.total for i in range(n)])
+            with completer.room:
+                if not completer.room.wait_for(lambda: completer.outstanding <= 0 or stop.is_set(), wait_s):
+                    return 0.0
+            took = time.perf_counter() - start
+            best = max(best, n / took)
+            if took >= THROUGHPUT_SECONDS:
+                return best
+            n *= 2
+        return 0.0
+
+    run_task = asyncio.create_task(pipeline.run(), name="pilot")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pilot")
+    rate = 0.0
+    try:
+        rate = await loop.run_in_executor(pool, server_load if server else offline_load)
+    finally:
+        stop.set()
+        with completer.room:
+            completer.room.notify_all()
+        pool.shutdown(wait=True)
+        if not rate:
+            pipeline.abort(PILOT_GAVE_UP)
+        pipeline.close()
+        await run_task
+        arena.unload(indices)
+    _raise_engine_failure(pipeline)
+    return rate or None
+
+
+def _raise_engine_failure(pipeline: Pipeline) -> None:
+    """A pilot's engine failure or stall fails the run before LoadGen starts, as a warm-up failure does."""
+    failure = pipeline.failure
+    if failure is not None and not str(failure).startswith(PILOT_GAVE_UP):
+        raise RunFailure.caused_by(f"pilot before LoadGen: {failure}", failure.__cause__)
 
 
 async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
