@@ -9,7 +9,9 @@ logged in its own folder under ``build/tune/<timestamp>_<scenario>/trials/``.
   and the rate reported must be VALID in ``--repeats`` (3) trials; a repeat that fails makes it the
   new upper bound and the search goes on below it. With ``--grid``, every batch cap x queue delay
   runs at that rate, the setting with the lowest p99 wins, and a second search with it starts
-  from that rate; the better of the two confirmed rates is kept.
+  from that rate; the better of the two confirmed rates is kept. Without ``--grid`` (and without
+  ``--max-queue-delay-us``) half and twice the queue delay the policy derived are each tried once
+  just above the rate found; a VALID one is searched upward from there.
 - MultiStream: every setting of the grid (default: batch caps 8, 4, 2, 1) runs once; the lowest
   VALID p99 wins and is repeated to confirm it.
 
@@ -49,6 +51,7 @@ from asyncbench.paths import BuildPaths
 from asyncbench.runtime.sizing import engine_peak_qps
 
 DEFAULT_MULTISTREAM_GRID: dict[str, tuple[int, ...]] = {"max_batch": (8, 4, 2, 1)}
+DEFAULT_SERVER_DELAYS_US = (500, 2000)  # the delays a Server tune tries when the policy derived none
 TRIAL_COLUMNS = ("trial", "phase", "scenario", "target_qps", "max_batch_size", "max_queue_delay_us", "validity",
                  "reasons", "metric", "p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "early_stopping_met",
                  "early_stopping", "batch_sizes", "seconds", "log_dir")
@@ -97,6 +100,19 @@ def parse_grid(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
             raise ConfigError(f"--grid {item!r}: give at least one value, max_batch >= 1, delay_us >= 0")
         grid[key] = numbers
     return grid
+
+
+def delay_grid(trials: Sequence[Trial], qps: float) -> dict[str, tuple[int, ...]]:
+    """Queue delays to try beside the rate found: half and twice what the policy derived there.
+
+    The policy's delay comes from a model of the engine and the harness; whether a shorter or a
+    longer wait carries more load is measured instead (the cap stays the policy's).
+    """
+    at_rate = [t for t in trials if t.setting.target_qps == qps and t.valid]
+    value = at_rate[-1].row["max_queue_delay_us"] if at_rate else None
+    derived = value if isinstance(value, int) else 0
+    delays = (derived // 2, derived * 2) if derived else DEFAULT_SERVER_DELAYS_US
+    return {"delay_us": tuple(sorted(set(delays) - {derived}))}
 
 
 def grid_settings(grid: dict[str, tuple[int, ...]], qps: float | None) -> list[Setting]:
@@ -482,7 +498,19 @@ def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, 
             say(f"note: {best_qps:,.1f} QPS is the highest rate whose {duration_s:g} s of queries fit in "
                 f"{base.loadgen.memory_mb:g} MB of LoadGen memory (--loadgen-memory-mb): the engine may sustain more")
         best_setting = dataclasses.replace(first, target_qps=best_qps)
-        if grid and best_qps:
+        if not grid and best_qps and first.max_queue_delay_us is None:
+            # Does another queue delay carry more? One trial of each just above the rate found; a VALID
+            # one is searched upward from there (most often neither is, at the cost of two trials).
+            above = round(best_qps * (1 + 4 * precision), 1)
+            probes = [run("delay", dataclasses.replace(first, target_qps=above, max_queue_delay_us=d))
+                      for d in delay_grid(trials, best_qps)["delay_us"]]
+            for probe in sorted((t for t in probes if t.valid), key=lambda t: t.p99_ms or 0.0)[:1]:
+                setting = dataclasses.replace(probe.setting, target_qps=None)
+                second = search.find(setting, round(above * (1 + 4 * precision), 1), lo=above,
+                                     phase="search-2", growth=1 + 4 * precision)
+                if second > best_qps:
+                    best_qps, best_setting = second, dataclasses.replace(setting, target_qps=second)
+        elif grid and best_qps:
             grid_trials = [run("grid", s) for s in grid_settings(grid, best_qps)]
             winner = best_of_grid(grid_trials)
             if winner is not None and winner.setting != best_setting:

@@ -25,6 +25,8 @@ from asyncbench.tune import (
     Trial,
     apply_tuned,
     best_of_grid,
+    delay_grid,
+    grid_settings,
     parse_grid,
     record_tuned,
     system_file,
@@ -179,6 +181,7 @@ def test_tune_finds_the_null_engines_capacity(calibrated, tmp_path: Path) -> Non
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == TRIAL_COLUMNS
     assert sum(r["validity"] == "VALID" and float(r["target_qps"]) == best for r in rows) >= 3
+    assert sum(r["phase"] == "delay" for r in rows) == 2  # half and twice the derived delay, just above the rate
     assert "mobilenet.Server.target_qps" in (folder / "best.user.conf").read_text()
     record = json.loads((Path(rows[0]["log_dir"]) / "result.json").read_text())
     for key in ("schema_version", "asyncbench", "config", "engine", "batching", "loadgen_effective", "result",
@@ -241,3 +244,16 @@ def test_trials_of_an_sut_too_fast_to_stop_quickly_are_shortened_not_invalid() -
     assert plan.options.min_query_count == 662  # what LoadGen's early stopping needs, whatever the seconds
     slow = plan_run(cfg, 104, None, {}, cycle=QueryCycle(0.02, 0.025))
     assert slow.options.min_duration_s == 10.0  # a trial's length where the SUT allows it
+
+
+def _trial_at(qps: float, delay_us: int | None, valid: bool = True) -> Trial:
+    return Trial(1, "search", Setting(qps, None, None), "VALID" if valid else "INVALID", 5.0,
+                 {"max_queue_delay_us": delay_us})
+
+
+def test_without_a_grid_server_tune_tries_half_and_twice_the_derived_delay() -> None:
+    trials = [_trial_at(2000.0, 900, valid=False), _trial_at(2033.0, 1967), _trial_at(2300.0, 1700, valid=False)]
+    assert delay_grid(trials, 2033.0) == {"delay_us": (983, 3934)}
+    assert delay_grid([_trial_at(500.0, 0)], 500.0) == {"delay_us": (500, 2000)}  # the policy derived no wait
+    assert grid_settings(delay_grid(trials, 2033.0), 2033.0) == [Setting(2033.0, None, 983),
+                                                                  Setting(2033.0, None, 3934)]
