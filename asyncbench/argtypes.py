@@ -36,6 +36,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def rate_qps(text: str) -> float:
+    """A query rate of at least 1 per second: below it a run of LoadGen's 1,024 queries takes hours and,
+    since Server stops early only once queries pile up, cannot be stopped promptly either."""
+    value = positive_float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} QPS is below 1: LoadGen's 1,024 queries would take "
+                                         f"{1024 / value / 3600:.3g} h; use at least 1")
+    return value
+
+
 def _parse(text: str, cast: Callable[[str], _N], what: str) -> _N:
     try:
         return cast(text)

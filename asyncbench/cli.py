@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from asyncbench.argtypes import non_negative_int, positive_float, positive_int
+from asyncbench.argtypes import non_negative_int, positive_float, positive_int, rate_qps
 from asyncbench.config import (
     BatchingConfig,
     Choice,
@@ -120,7 +120,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
                    help="SingleStream, MultiStream, Server, Offline, or a comma list run one after another")
     run_only("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
              default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
-    p.add_argument("--target-qps", type=positive_float,  # tune refuses it with a hint, so it stays, unlisted
+    p.add_argument("--target-qps", type=rate_qps,  # tune refuses it with a hint, so it stays, unlisted
                    help=argparse.SUPPRESS if for_tune else "Server target QPS / Offline expected QPS")
     p.add_argument("--p99-ms", type=positive_float, help="Server p99 latency target in ms (LoadGen's default 10)")
     run_only("--config", type=_file,
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial-duration", type=positive_float, default=10.0, help="seconds per trial (default 10)")
     p.add_argument("--grid", nargs="+", default=[], metavar="KEY=N,N",
                    help="batching settings to try: max_batch=32,64,128 delay_us=500,1000,2000")
-    p.add_argument("--start-qps", type=positive_float, help="Server: first rate tried (default: half the peak)")
+    p.add_argument("--start-qps", type=rate_qps, help="Server: first rate tried (default: half the peak)")
     p.add_argument("--repeats", type=positive_int, default=3, help="VALID trials the reported setting needs")
     p.add_argument("--search-precision", type=positive_float, default=0.02,
                    help="Server: stop bisecting when VALID and INVALID rates are this close (default 0.02)")

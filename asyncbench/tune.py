@@ -46,6 +46,7 @@ from asyncbench.host import cpu_model
 from asyncbench.loadgen.plan import max_target_qps
 from asyncbench.loadgen.result import gpus
 from asyncbench.loadgen.run import run_scenario
+from asyncbench.loadgen.sut import INTERRUPTED
 from asyncbench.model.profiles import source_model_path
 from asyncbench.paths import BuildPaths
 from asyncbench.runtime.sizing import engine_peak_qps
@@ -484,6 +485,8 @@ def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, 
         trials.append(trial)
         log.add(row)
         say(progress_line(trial, str(base.scenario)))
+        if result.failure is not None and str(result.failure).startswith(INTERRUPTED):
+            raise KeyboardInterrupt  # a signal ends the tune, not just this trial (which would bound the search)
         return trial
 
     if base.scenario == Scenario.SERVER:

@@ -209,6 +209,48 @@ def test_a_second_signal_exits_at_once(calibrated: BuildPaths, tmp_path: Path) -
     assert "SIGINT again: exiting now" in done.stderr
 
 
+def test_one_sigterm_delivered_twice_at_once_is_one_request(calibrated: BuildPaths, tmp_path: Path) -> None:
+    """GNU timeout signals the child and then its process group: the same SIGTERM arrives twice."""
+    cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--scenario", "Server", "--target-qps", "1000",
+           "--min-duration", "20", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("*/mlperf_log_detail.txt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "SIGTERM again" not in err, err
+    assert "interrupted by SIGTERM" in out and "result: FAILED" in out
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()]
+    assert (folder / "mlperf_log_summary.txt").is_file() and (folder / "result.json").is_file()
+
+
+def test_a_signal_ends_a_tune_not_just_its_trial(calibrated: BuildPaths, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "asyncbench", "tune", "--scenario", "Server", "--engine", "null", "--null",
+           "per_sample_us=50", "--trial-duration", "5", "--build-dir", str(calibrated.root),
+           "--tune-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("*/trials/*/mlperf_log_detail.txt")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert time.monotonic() - sent < 5.0
+    assert proc.returncode == 130 and "error: interrupted" in err and "Traceback" not in err, out + err
+    (trials,) = list(tmp_path.glob("*/trials.csv"))
+    assert len(trials.read_text().splitlines()) == 2  # the header and the interrupted trial, nothing after it
+
+
+def test_a_target_below_one_qps_is_one_line(calibrated: BuildPaths, tmp_path: Path) -> None:
+    for qps in ("0.02", "1e-9"):
+        done = _cli(calibrated, tmp_path, "--engine", "null", "--scenario", "Server", "--target-qps", qps)
+        assert done.returncode == 2 and "QPS is below 1" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_sigkill_leaves_the_build_usable(calibrated: BuildPaths, tmp_path: Path) -> None:
     done, _ = _interrupt(calibrated, tmp_path / "killed", signal.SIGKILL, 0.5, "--engine", "null", "--scenario",
                          "Server", "--target-qps", "1000", "--min-duration", "20")

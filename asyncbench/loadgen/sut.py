@@ -80,11 +80,20 @@ class LoadGenCompleter:
 INTERRUPTED = "interrupted by"  # how a run aborted by a signal names its failure
 
 
+SAME_SIGNAL_S = 0.05  # a repeat of the first signal this soon is the same request, delivered twice
+
+
 class _Signals:
-    """First Ctrl-C / SIGTERM aborts the run cleanly; a second one exits at once."""
+    """First Ctrl-C / SIGTERM aborts the run cleanly; a second one exits at once.
+
+    GNU ``timeout`` (and a shell killing a process group) delivers one SIGTERM to the process
+    twice, microseconds apart: a repeat of the same signal within ``SAME_SIGNAL_S`` is not a
+    second request, or ``timeout -k 5 N`` would leave no summary and no result.json.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_abort: Callable[[str], None]) -> None:
         self.loop, self.on_abort, self.count = loop, on_abort, 0
+        self._first: tuple[int, float] | None = None
         self.installed: list[int] = []
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,6 +101,10 @@ class _Signals:
                 self.installed.append(sig)
 
     def _handle(self, sig: int) -> None:
+        now = time.monotonic()
+        if self._first is not None and self._first[0] == sig and now - self._first[1] < SAME_SIGNAL_S:
+            return
+        self._first = self._first or (sig, now)
         self.count += 1
         name = signal.Signals(sig).name
         if self.count > 1:
