@@ -283,7 +283,7 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
 
 def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     from asyncbench.loadgen.plan import plan_run
-    from asyncbench.loadgen.run import event_log, new_log_dir, run_scenario
+    from asyncbench.loadgen.run import FAILED_MARKER, event_log, new_log_dir, run_scenario
     from asyncbench.runtime.sizing import open_engine
     from asyncbench.runtime.warmup import warm_up
     from asyncbench.tune import model_sha256, tuning_identity, with_tuned
@@ -299,7 +299,6 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
     plans = [plan_run(cfg, total, None, {}) for cfg in configs]
     log_root = args.log_dir or paths.logs
     first_log_dir = new_log_dir(log_root, configs[0].scenario)
-    dataset = _prepare_inputs(args, paths, val=True, cal=False)
     codes: set[int] = set()
     records: list[dict[str, Any]] = []
     nvtx = None
@@ -307,11 +306,23 @@ def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
         from asyncbench.runtime.nvtx_ranges import NvtxRanges
 
         nvtx = NvtxRanges()
-    # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
-    engine = open_engine(configs[0], paths)
+    engine = None
     try:
+        dataset = _prepare_inputs(args, paths, val=True, cal=False)
+        # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
+        engine = open_engine(configs[0], paths)
         with event_log(first_log_dir) as events:
             warm_up(engine, configs[0].engine.timeout_s, events)
+    except KeyboardInterrupt:
+        if engine is not None:
+            engine.close()
+        stage = "warm-up" if engine is not None else "preparing the inputs and the engine"
+        (first_log_dir / FAILED_MARKER).write_text(f"FAILED: interrupted during {stage}, before LoadGen started: "
+                                                   f"nothing was measured.\n")
+        print(f"error: interrupted during {stage}, before LoadGen started; nothing was measured "
+              f"({first_log_dir / FAILED_MARKER})", file=sys.stderr)
+        return EXIT_FAILED
+    try:
         weights = model_sha256(engine, paths)
         for position, (cfg, plan) in enumerate(zip(configs, plans, strict=True)):
             cfg, note = with_tuned(cfg, engine, paths.tune, args.config, tuning_identity(cfg, engine, weights),

@@ -9,6 +9,7 @@ Runs from a plain checkout (no install), and reports user errors as one ``error:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -19,14 +20,24 @@ from asyncbench.data.preprocess import add_arguments, run
 from asyncbench.errors import AsyncbenchError
 
 
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse the seed's options and preprocess; the return value is the process exit status."""
+    """Parse the seed's options and preprocess; the return value is the process exit status.
+
+    SIGTERM is taken like Ctrl-C, so the samples finished so far are recorded in their folders'
+    checksum manifests (the default SIGTERM action would kill the process first, and a rerun would
+    rewrite them all).
+    """
     parser = argparse.ArgumentParser(
         prog="preprocess_data.py",
         description="Preprocess the ImageNet (or embedded) images for the MobileNet benchmark.",
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return run(args)
     except AsyncbenchError as e:
@@ -36,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; finished outputs are kept and a rerun resumes where this one stopped",
               file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -405,3 +405,34 @@ def test_script_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     assert script.main(["--no-progress"]) == 130
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: interrupted")
+
+
+def test_script_sigterm_keeps_the_finished_samples_in_the_manifest(tmp_path: Path) -> None:
+    """SIGTERM (as `timeout` sends it) mid-run: every sample written so far is recorded, so a rerun keeps it."""
+    import signal
+    import time
+
+    from asyncbench.data.manifest import read_manifest
+
+    embedded = tmp_path / "data" / "embedded"
+    embedded.mkdir(parents=True)
+    buffer = io.BytesIO()
+    Image.effect_noise((1400, 1400), 60).convert("RGB").save(buffer, format="PNG")
+    names = [line.split()[0] for line in (DATA_MAPS / "embedded" / "val_map.txt").read_text().splitlines()]
+    for name in names:
+        (embedded / name).write_bytes(buffer.getvalue())
+    out = tmp_path / "out"
+    val_dir = out / "embedded" / "MobileNet" / VAL_LAYOUT
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "-d", str(tmp_path / "data"), "-o", str(out), "-b",
+                             "mobilenet", "--val_only", "-j", "2", "--no-progress"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(val_dir.glob("*.npy"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    written = {p.name.removesuffix(".npy") for p in val_dir.glob("*.npy")}
+    if proc.returncode == 0:
+        pytest.skip("preprocessing finished before the signal arrived")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert written and set(read_manifest(val_dir)) >= {f"{n}.npy" for n in written}

@@ -245,6 +245,24 @@ def test_a_signal_ends_a_tune_not_just_its_trial(calibrated: BuildPaths, tmp_pat
     assert len(trials.read_text().splitlines()) == 2  # the header and the interrupted trial, nothing after it
 
 
+def test_a_signal_during_warm_up_is_one_line_and_marks_the_folder(calibrated: BuildPaths, tmp_path: Path) -> None:
+    # A null engine whose warm-up batches take 0.5 s each: the signal lands in warm-up.
+    cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--null", "fixed_us=500000", "--max-batch-size",
+           "4", "--scenario", "Offline", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "latest").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, out + err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "before LoadGen started" in errors[0], err
+    marker = (tmp_path / "latest" / FAILED_MARKER).read_text()
+    assert "interrupted during" in marker and "nothing was measured" in marker
+
+
 def test_a_target_below_one_qps_is_one_line(calibrated: BuildPaths, tmp_path: Path) -> None:
     for qps in ("0.02", "1e-9"):
         done = _cli(calibrated, tmp_path, "--engine", "null", "--scenario", "Server", "--target-qps", qps)

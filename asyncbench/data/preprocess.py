@@ -266,9 +266,11 @@ def _process(task: _Task, force: bool) -> _Result:
 
 
 def _init_worker(stop: Event) -> None:
-    """Workers ignore Ctrl-C; the parent sets ``stop`` and lets them finish the file in hand."""
+    """Workers ignore Ctrl-C and SIGTERM (a process-group signal reaches them too); the parent sets
+    ``stop`` and lets them finish the file in hand, so the pool never loses a task to a dead worker."""
     global _STOP
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _STOP = stop
 
 
@@ -355,6 +357,7 @@ def preprocess(
     failures: list[tuple[_Task, str]] = []
     bar = _Progress(len(tasks), sys.stderr, progress)
     start = time.monotonic()
+    started_ns = time.time_ns()
     work = functools.partial(_process, force=force)
     workers = min(workers, len(tasks))
     try:
@@ -373,6 +376,9 @@ def preprocess(
                 finally:
                     pool.close()
                     pool.join()
+    except KeyboardInterrupt:
+        _record_unreported(keys, manifests, started_ns)
+        raise
     finally:
         bar.close()
         for folder, entries in manifests.items():
@@ -385,6 +391,21 @@ def preprocess(
     if failures:
         raise PreprocessError(_failure_message(failures, len(tasks), maps), summary)
     return summary
+
+
+def _record_unreported(keys: dict[Path, tuple[Path, str]], manifests: dict[Path, dict[str, Entry]],
+                       started_ns: int) -> None:
+    """After an interrupt: enter the samples this run wrote whose results the workers had not sent yet.
+
+    Workers report a chunk of images at a time, so an interrupt loses the entries of finished files;
+    every output is written atomically, so one that exists and is newer than this run's start is whole.
+    """
+    for path, (folder, key) in keys.items():
+        if key in manifests[folder]:
+            continue
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime_ns >= started_ns:
+                manifests[folder][key] = crc32_file(path)
 
 
 def _manifest_key(output: Path, out_dirs: list[Path]) -> tuple[Path, str]:
