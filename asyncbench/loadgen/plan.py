@@ -347,6 +347,8 @@ def _announce_length(plan: RunPlan, duration: float, by_count_s: float, why: str
 
 def _seconds(s: float) -> str:
     """A duration for a person: seconds, minutes or hours."""
+    if s < 10:
+        return f"{s:.1f} s"
     if s < 120:
         return f"{s:.0f} s"
     return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"

@@ -98,7 +98,8 @@ def server_policy(latency: Callable[[int], float | None], engine_max: int, targe
             f"(engine latency at batch {chosen}: {lat * 1e3:.3f} ms, {depth} batches deep; "
             f"p99 target {target_ns / 1e6:g} ms)")
     if 2 * (latency(1) or 0.0) > 0.6 * target_s:
-        note += "; the engine alone is too slow for this latency target, expect INVALID"
+        note += (f"; two batch-1 runs ({2 * (latency(1) or 0.0) * 1e3:.3f} ms) leave too little of the "
+                 f"{target_ns / 1e6:g} ms p99 target for queueing and the harness, expect INVALID")
     return BatchPolicy(chosen, delay_us * 1000), note
 
 
@@ -147,8 +148,9 @@ def rate_policy(service: Callable[[int], float | None], buckets: tuple[int, ...]
     if max_batch_size is not None:
         cap, cap_s = max(measured)
     rate = cap / cap_s
+    sustains = f"{rate:,.0f}/s" if rate < 1e9 else "any rate (the engine takes no time)"
     note = (f"Server batching for {target_qps:g} QPS: max batch {cap}, max queue delay {delay_us} us (batches of "
-            f"{small} fill in {fill_us} us at that rate; batch {cap} sustains {rate:,.0f}/s with {concurrency} "
+            f"{small} fill in {fill_us} us at that rate; batch {cap} sustains {sustains} with {concurrency} "
             f"at once; p99 target {target_ns / 1e6:g} ms)")
     if target_qps > HEADROOM * rate:
         note += (f"; {target_qps:g} QPS is above {HEADROOM:.0%} of the best rate within the latency target "
