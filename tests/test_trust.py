@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -164,21 +165,28 @@ def test_default_null_runs_stay_under_2_gb(calibrated: BuildPaths, tmp_path: Pat
 
 # -- stopping ------------------------------------------------------------------------------------------------------
 
-def _interrupt(build: BuildPaths, logs: Path, sig: int, after_s: float, *args: str,
-               second: bool = False) -> tuple[subprocess.CompletedProcess[str], float]:
-    cmd = [sys.executable, "-m", "asyncbench", *args, "--build-dir", str(build.root), "--log-dir", str(logs)]
+def _signal_when(cmd: list[str], started: Callable[[], bool], sig: int, after_s: float,
+                 again_after_s: float | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Start ``cmd``, wait until ``started()``, then ``after_s``, and signal it (twice with ``again_after_s``)."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(logs.glob("*/mlperf_log_detail.txt")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # LoadGen has started
+    while not started() and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(after_s)
     sent = time.monotonic()
     proc.send_signal(sig)
-    if second:
-        time.sleep(0.2)
+    if again_after_s is not None:
+        time.sleep(again_after_s)
         proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.monotonic() - sent
+
+
+def _interrupt(build: BuildPaths, logs: Path, sig: int, after_s: float, *args: str,
+               second: bool = False, again_after_s: float = 0.2) -> tuple[subprocess.CompletedProcess[str], float]:
+    cmd = [sys.executable, "-m", "asyncbench", *args, "--build-dir", str(build.root), "--log-dir", str(logs)]
+    return _signal_when(cmd, lambda: bool(list(logs.glob("*/mlperf_log_detail.txt"))), sig, after_s,
+                        again_after_s if second else None)
 
 
 @pytest.mark.parametrize("scenario, sig", [("Server", signal.SIGINT), ("SingleStream", signal.SIGTERM),
@@ -211,18 +219,10 @@ def test_a_second_signal_exits_at_once(calibrated: BuildPaths, tmp_path: Path) -
 
 def test_one_sigterm_delivered_twice_at_once_is_one_request(calibrated: BuildPaths, tmp_path: Path) -> None:
     """GNU timeout signals the child and then its process group: the same SIGTERM arrives twice."""
-    cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--scenario", "Server", "--target-qps", "1000",
-           "--min-duration", "20", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("*/mlperf_log_detail.txt")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "SIGTERM again" not in err, err
-    assert "interrupted by SIGTERM" in out and "result: FAILED" in out
+    done, _ = _interrupt(calibrated, tmp_path, signal.SIGTERM, 1.0, "--engine", "null", "--scenario", "Server",
+                         "--target-qps", "1000", "--min-duration", "20", second=True, again_after_s=0.0)
+    assert done.returncode == 1 and "SIGTERM again" not in done.stderr, done.stderr
+    assert "interrupted by SIGTERM" in done.stdout and "result: FAILED" in done.stdout
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()]
     assert (folder / "mlperf_log_summary.txt").is_file() and (folder / "result.json").is_file()
 
@@ -231,16 +231,10 @@ def test_a_signal_ends_a_tune_not_just_its_trial(calibrated: BuildPaths, tmp_pat
     cmd = [sys.executable, "-m", "asyncbench", "tune", "--scenario", "Server", "--engine", "null", "--null",
            "per_sample_us=50", "--trial-duration", "5", "--build-dir", str(calibrated.root),
            "--tune-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("*/trials/*/mlperf_log_detail.txt")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert time.monotonic() - sent < 5.0
-    assert proc.returncode == 130 and "error: interrupted" in err and "Traceback" not in err, out + err
+    done, took = _signal_when(cmd, lambda: bool(list(tmp_path.glob("*/trials/*/mlperf_log_detail.txt"))),
+                              signal.SIGTERM, 0.5)
+    assert took < 5.0
+    assert done.returncode == 130 and "error: interrupted" in done.stderr and "Traceback" not in done.stderr
     (trials,) = list(tmp_path.glob("*/trials.csv"))
     assert len(trials.read_text().splitlines()) == 2  # the header and the interrupted trial, nothing after it
 
@@ -249,16 +243,10 @@ def test_a_signal_during_warm_up_is_one_line_and_marks_the_folder(calibrated: Bu
     # A null engine whose warm-up batches take 0.5 s each: the signal lands in warm-up.
     cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--null", "fixed_us=500000", "--max-batch-size",
            "4", "--scenario", "Offline", "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "latest").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1 and "Traceback" not in err, out + err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "before LoadGen started" in errors[0], err
+    done, _ = _signal_when(cmd, lambda: (tmp_path / "latest").exists(), signal.SIGTERM, 1.5)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "before LoadGen started" in errors[0], done.stderr
     marker = (tmp_path / "latest" / FAILED_MARKER).read_text()
     assert "interrupted during" in marker and "nothing was measured" in marker
 
