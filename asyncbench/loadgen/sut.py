@@ -21,6 +21,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import mlperf_loadgen as lg
 import numpy as np
@@ -171,6 +172,21 @@ PILOT_SECONDS = 0.5  # ... or this long, whichever ends first,
 PILOT_MIN_QUERIES = 5  # but never fewer than this
 
 
+async def _end_pilot(pool: ThreadPoolExecutor, pipeline: Pipeline, run_task: asyncio.Future[Any],
+                     arena: SampleArena, indices: Sequence[int], measured: bool) -> None:
+    """Tear a pilot down: its issuing thread, its pipeline (aborted unless it measured something), the arena.
+
+    An engine failure seen during the pilot is raised here, after everything is released.
+    """
+    pool.shutdown(wait=True)
+    if not measured:
+        pipeline.abort(PILOT_GAVE_UP)
+    pipeline.close()
+    await run_task
+    arena.unload(indices)
+    _raise_engine_failure(pipeline)
+
+
 class _PilotCompleter:
     """Counts one pilot query's samples down and wakes the issuing thread when they are all complete."""
 
@@ -226,13 +242,7 @@ async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchP
     finally:
         stop.set()
         completer.done.set()
-        pool.shutdown(wait=True)
-        if not cycles:
-            pipeline.abort(PILOT_GAVE_UP)
-        pipeline.close()
-        await run_task
-        arena.unload(indices)
-    _raise_engine_failure(pipeline)
+        await _end_pilot(pool, pipeline, run_task, arena, indices, bool(cycles))
     if not cycles:
         return None
     # The quickest query, not a median: on a shared 2-core machine the cycle moved between 45 and 130 us
@@ -323,13 +333,7 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
         stop.set()
         with completer.room:
             completer.room.notify_all()
-        pool.shutdown(wait=True)
-        if not rate:
-            pipeline.abort(PILOT_GAVE_UP)
-        pipeline.close()
-        await run_task
-        arena.unload(indices)
-    _raise_engine_failure(pipeline)
+        await _end_pilot(pool, pipeline, run_task, arena, indices, bool(rate))
     return rate or None
 
 
