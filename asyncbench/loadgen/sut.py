@@ -174,17 +174,13 @@ PILOT_MIN_QUERIES = 5  # but never fewer than this
 
 async def _end_pilot(pool: ThreadPoolExecutor, pipeline: Pipeline, run_task: asyncio.Future[Any],
                      arena: SampleArena, indices: Sequence[int], measured: bool) -> None:
-    """Tear a pilot down: its issuing thread, its pipeline (aborted unless it measured something), the arena.
-
-    An engine failure seen during the pilot is raised here, after everything is released.
-    """
+    """Tear a pilot down: its issuing thread, its pipeline (aborted unless it measured something), the arena."""
     pool.shutdown(wait=True)
     if not measured:
         pipeline.abort(PILOT_GAVE_UP)
     pipeline.close()
     await run_task
     arena.unload(indices)
-    _raise_engine_failure(pipeline)
 
 
 class _PilotCompleter:
@@ -243,6 +239,7 @@ async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchP
         stop.set()
         completer.done.set()
         await _end_pilot(pool, pipeline, run_task, arena, indices, bool(cycles))
+    _raise_engine_failure(pipeline)
     if not cycles:
         return None
     # The quickest query, not a median: on a shared 2-core machine the cycle moved between 45 and 130 us
@@ -334,6 +331,7 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
         with completer.room:
             completer.room.notify_all()
         await _end_pilot(pool, pipeline, run_task, arena, indices, bool(rate))
+    _raise_engine_failure(pipeline)
     return rate or None
 
 
