@@ -1,4 +1,4 @@
-"""The fault catalogue in README ("What a run does when something goes wrong"): one test per row.
+"""The fault catalogue in docs/faults.md ("What a run does when something goes wrong"): one test per row.
 
 Each runs the CLI as a user would (a subprocess), so what is checked is what a user sees: the
 lines, the exit status and what is left in the log folder.
