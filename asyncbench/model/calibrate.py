@@ -7,7 +7,7 @@ from the cache alone (per-channel symmetric int8 weights, per-tensor symmetric i
 QDQ format), so runs use the cache, and a cache made for other weights is refused instead of
 silently mis-scaling new ones.
 
-Three choices keep MobileNet v1's accuracy (measured in benchmarks/RESULTS.md):
+Three choices keep MobileNet v1's accuracy (measured in docs/results/cpu.md):
 - a conv feeding a ReLU6 shares the activation's scale (TensorRT's fused conv+ReLU6 semantics),
 - the logits stay float up to the arg-max (8-bit logits flip near-tied classes),
 - bias correction: the mean output shift that weight rounding causes, (W_q - W) E[x], is
@@ -324,7 +324,7 @@ def _activation_ranges(model: onnx.ModelProto, scales: dict[str, float], unsigne
     round trip per layer. Measured on a 2-core AVX-512 VNNI CPU: 2.0-2.6x fp32, where signed
     symmetric activations (which keep a float Clip between the layers) gave 1.5x. With the 7-bit
     weights of CPUs without VNNI it cost accuracy (96% top-1 agreement with fp32 on the 100
-    ai-benchmark photos, against 99% signed), so those keep signed activations (benchmarks/RESULTS.md).
+    ai-benchmark photos, against 99% signed), so those keep signed activations (docs/results/cpu.md).
     """
     producers = {out: n for n in model.graph.node for out in n.output}
     ranges = {}

@@ -4,7 +4,7 @@ The wrapped graph slices the zero pad channel off the int8 NHW4 input before the
 convolution. Giving that convolution a fourth input channel with zero weights instead makes the
 slice unnecessary: the input is then already channels_last in memory (no relayout of the whole
 batch), and the pad channel's value cannot reach the result. Measured on an H200 with the torch
-engine: +16% images/s at batch 64, +18% at 256 (benchmarks/RESULTS.md).
+engine: +16% images/s at batch 64, +18% at 256 (docs/results/gpu.md).
 """
 
 from __future__ import annotations

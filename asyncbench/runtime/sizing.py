@@ -23,7 +23,7 @@ NULL_MAX_BATCH = 1024
 GPU_MAX_BATCH = 1024  # Offline peaks at the largest batch; Server and MultiStream pick smaller ones
 CPU_SLOTS = 2  # batches in a CPU engine at once: one computing, one being gathered
 GPU_EXTRA_SLOTS = 2  # batches in flight per GPU beyond one per inference stream: one copying in, one coming back
-GPU_STREAMS = 2  # inference streams per GPU: the best Server result on the H200 (benchmarks/RESULTS.md)
+GPU_STREAMS = 2  # inference streams per GPU: the best Server result on the H200 (docs/results/gpu.md)
 
 
 @dataclass(frozen=True)
