@@ -6,7 +6,7 @@ BUILD  ?= build
 RUN_ARGS ?=
 CACHE  := $(BUILD)/models/MobileNet/calibration.cache
 
-.PHONY: run evaluate calibrate prepare preprocess_data test lint
+.PHONY: run evaluate calibrate prepare preprocess_data test lint docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,7 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+# The documentation site (docs/, mkdocs.yml), built with --strict: a broken link or anchor fails (CI runs it).
+docs: $(VENV)/.installed
+	$(PY) -m mkdocs build --strict --site-dir $(BUILD)/site
