@@ -87,9 +87,11 @@ def test_stem_tilings(small: Int8Chain, block_m: int) -> None:
     assert np.array_equal(_host(y), ref.stem(small, x))
 
 
+@pytest.mark.parametrize("mac", [np.int32, np.float32])
 @pytest.mark.parametrize("block", [0, 1])
-def test_depthwise_is_exact(small: Int8Chain, kernels: Int8Kernels, block: int) -> None:
-    """Block 0 has stride 1 (pads 1, 1), block 1 stride 2 (pads 0, 0, TF SAME)."""
+def test_depthwise_is_exact(small: Int8Chain, kernels: Int8Kernels, block: int, mac: type) -> None:
+    """Block 0 has stride 1 (pads 1, 1), block 1 stride 2 (pads 0, 0, TF SAME); tiles that span two
+    images; products accumulated in int32 or float32 (the weights' type), the same bits."""
     b = small.chain.blocks[block]
     c = b.dw_weight.shape[1]
     x = _activations(np.random.default_rng(3), 2, 6, 6, c)
@@ -99,7 +101,7 @@ def test_depthwise_is_exact(small: Int8Chain, kernels: Int8Kernels, block: int) 
     for block_m, block_c in [(16, 32), (32, c)]:
         y = torch.empty((2, oh, oh, c), dtype=torch.int8, device=DEVICE)
         triton_int8.depthwise_kernel[(c // block_c * triton.cdiv(m, block_m),)](
-            _dev(x), _dev(dw.weight.astype(np.int32)), _dev(dw.bias), _dev(dw.multiplier), y, m, 6, 6, oh, oh, c,
+            _dev(x), _dev(dw.weight.astype(mac)), _dev(dw.bias), _dev(dw.multiplier), y, m, 6, 6, oh, oh, c,
             float(dw.low), float(dw.high), STRIDE=b.stride, PAD_T=b.pad_top, PAD_L=b.pad_left,
             BLOCK_M=block_m, BLOCK_C=block_c)
         assert np.array_equal(_host(y), ref.depthwise(small, block, x)), (block_m, block_c)
@@ -162,3 +164,13 @@ def test_real_model_body_matches_onnxruntime(calibrated: BuildPaths) -> None:
     got = _host(Int8Kernels(q, DEVICE).run(_dev(x), forms)).astype(np.int32)
     want = ref.signed_body(calibrated, q, x)
     assert np.array_equal(got, want), f"{(got != want).mean():.2%} of the outputs differ"
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (7, 7)])
+def test_pool_is_the_dequantized_mean(kernels: Int8Kernels, hw: tuple[int, int]) -> None:
+    """The tail's global average pool over the int8 map: int32 sums, times the map's scale over h * w."""
+    x = _activations(np.random.default_rng(8), 3, *hw, 128)
+    got = _host(kernels.pool(_dev(x)))
+    want = x.astype(np.int64).sum(axis=(1, 2)).astype(np.float32) * np.float32(kernels.out_scale / (hw[0] * hw[1]))
+    assert got.shape == (3, 128, 1, 1)
+    np.testing.assert_allclose(got[:, :, 0, 0], want, rtol=1e-6)

@@ -153,11 +153,15 @@ class TorchBackend:
         if why is not None or q is None:
             raise UserError(f"--precision int8 on the torch engine: {why}; use --precision fp16")
         body = self.body = Int8Kernels(q, self._dev)
-        # The tail's float weights come from the graph as it is (not bias-corrected: it is not quantized).
-        tail = GraphModule(folded, torch.float32, q.chain.tail, q.chain.output).to(self._dev).eval()
-        scale = body.out_scale
         self.path = (f"int8 Triton body ({len(q.blocks)} separable blocks, per-channel int8 weights, "
                      f"calibrated per-tensor activations), fp32 classifier")
+        # The tail's float weights come from the graph as it is (not bias-corrected: it is not quantized).
+        pool = q.chain.tail[0] if q.chain.tail else None
+        if pool is not None and pool.op_type == "GlobalAveragePool":  # pooled and dequantized in one kernel
+            rest = GraphModule(folded, torch.float32, q.chain.tail[1:], pool.output[0]).to(self._dev).eval()
+            return lambda x: rest(body.pool(body(x)))
+        tail = GraphModule(folded, torch.float32, q.chain.tail, q.chain.output).to(self._dev).eval()
+        scale = body.out_scale
         return lambda x: tail(body(x).to(torch.float32).mul_(scale).permute(0, 3, 1, 2))
 
     def buckets(self) -> tuple[int, ...]:
