@@ -53,32 +53,18 @@ def depthwise_mma_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, M, H, W, OH, OW, C, 
     pid_c = tl.program_id(0) % tiles_c
     pid_m = tl.program_id(0) // tiles_c
     start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    mask_m = start_m + tl.arange(0, BLOCK_M) < M
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    rest = offs_m // OW
-    ow = offs_m % OW
-    oh = rest % OH
-    first = start_m // (OH * OW)
-    x_img = x_ptr + first.to(tl.int64) * (H * W * C)
-    ih0 = oh * STRIDE - PAD_T
-    iw0 = ow * STRIDE - PAD_L
-    pix0 = ((rest // OH - first) * H + ih0) * W + iw0
+    x_img, pix0, ih0, iw0 = triton_int8.tap_origin(x_ptr, start_m, H, W, OH, OW, C, STRIDE, PAD_T, PAD_L, BLOCK_M)
     kk = tl.arange(0, BLOCK_C)
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.int32)
     for kh in tl.static_range(3):
-        ih = ih0 + kh
-        row_ok = mask_m & (ih >= 0) & (ih < H)
         for kw in tl.static_range(3):
-            iw = iw0 + kw
-            ok = row_ok & (iw >= 0) & (iw < W)
-            rows = (pix0 + (kh * W + kw)) * C
-            xv = tl.load(x_img + rows[:, None] + offs_c[None, :], mask=ok[:, None], other=0)
+            xv = triton_int8.tap_load(x_img, pix0, ih0, iw0, mask_m, offs_c, H, W, C, kh, kw)
             diag = tl.load(w_ptr + ((pid_c * 9 + kh * 3 + kw) * BLOCK_C + kk[:, None]) * BLOCK_C + kk[None, :])
             acc = tl.dot(xv, diag, acc, out_dtype=tl.int32)
     d = triton_int8._requant(acc, tl.load(b_ptr + offs_c), tl.load(m_ptr + offs_c), lo, hi)
-    y_tile = y_ptr + start_m.to(tl.int64) * C
-    tl.store(y_tile + (tl.arange(0, BLOCK_M) * C)[:, None] + offs_c[None, :], d, mask=mask_m[:, None])
+    triton_int8.store_tile(y_ptr, start_m, C, offs_c, d, mask_m, BLOCK_M)
 
 
 @triton.jit
@@ -108,17 +94,9 @@ def depthwise_mma8_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, M, H, W, OH, OW, C,
     pid_c = tl.program_id(0) % tiles_c
     pid_m = tl.program_id(0) // tiles_c
     start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    mask_m = start_m + tl.arange(0, BLOCK_M) < M
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    rest = offs_m // OW
-    ow = offs_m % OW
-    oh = rest % OH
-    first = start_m // (OH * OW)
-    x_img = x_ptr + first.to(tl.int64) * (H * W * C)
-    ih0 = oh * STRIDE - PAD_T
-    iw0 = ow * STRIDE - PAD_L
-    pix0 = ((rest // OH - first) * H + ih0) * W + iw0
+    x_img, pix0, ih0, iw0 = triton_int8.tap_origin(x_ptr, start_m, H, W, OH, OW, C, STRIDE, PAD_T, PAD_L, BLOCK_M)
     kk = tl.arange(0, 8 * BLOCK_C)
     nn = tl.arange(0, BLOCK_C)
     group = w_ptr + pid_c * (9 * BLOCK_C * BLOCK_C)
@@ -127,27 +105,16 @@ def depthwise_mma8_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, M, H, W, OH, OW, C,
     last = _taps_tile(x_img, pix0, mask_m, ih0, iw0, pid_c * BLOCK_C, H, W, C, 8, 1, BLOCK_C)
     acc = tl.dot(last, tl.load(group + (8 * BLOCK_C + nn[:, None]) * BLOCK_C + nn[None, :]), acc, out_dtype=tl.int32)
     d = triton_int8._requant(acc, tl.load(b_ptr + offs_c), tl.load(m_ptr + offs_c), lo, hi)
-    y_tile = y_ptr + start_m.to(tl.int64) * C
-    tl.store(y_tile + (tl.arange(0, BLOCK_M) * C)[:, None] + offs_c[None, :], d, mask=mask_m[:, None])
+    triton_int8.store_tile(y_ptr, start_m, C, offs_c, d, mask_m, BLOCK_M)
 
 
-_DW_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w)
-               for m, c, w in [(64, 32, 4), (128, 32, 4), (64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8)]]
-
-
-def _autotuned(kernel: Any) -> Any:
-    return triton.autotune(configs=_DW_CONFIGS, key=["M", "C", "STRIDE"], do_bench=triton_int8._quick_bench,
-                           prune_configs_by={"early_config_prune": triton_int8._prune_depthwise})(kernel)
-
-
-_mma = triton.autotune(configs=[triton.Config({"BLOCK_M": m, "BLOCK_C": 32}, num_warps=w)
-                                for m, w in [(64, 4), (128, 4), (256, 8)]],
-                       key=["M", "C", "STRIDE"], do_bench=triton_int8._quick_bench)(depthwise_mma_kernel)
-
-
-_mma8 = triton.autotune(configs=[triton.Config({"BLOCK_M": m, "BLOCK_C": 32}, num_warps=w, num_stages=1)
-                                 for m, w in [(64, 4), (128, 4), (128, 8), (256, 8)]],
-                        key=["M", "C", "STRIDE"], do_bench=triton_int8._quick_bench)(depthwise_mma8_kernel)
+_DW_KEY = ["M", "C", "STRIDE"]
+_mma = triton_int8.tuned([triton.Config({"BLOCK_M": m, "BLOCK_C": 32}, num_warps=w)
+                          for m, w in [(64, 4), (128, 4), (256, 8)]],
+                         _DW_KEY, triton_int8._prune_depthwise, depthwise_mma_kernel)
+_mma8 = triton_int8.tuned([triton.Config({"BLOCK_M": m, "BLOCK_C": 32}, num_warps=w, num_stages=1)
+                           for m, w in [(64, 4), (128, 4), (128, 8), (256, 8)]],
+                          _DW_KEY, triton_int8._prune_depthwise, depthwise_mma8_kernel)
 
 
 def load_baseline(path: Path) -> ModuleType:
@@ -203,10 +170,10 @@ class Layers:
             outs[name] = d
             return d
 
+        diag = torch.from_numpy(diagonals(dw.weight, 32)).to(act.device)
         candidates = {"dw int32": (layer_dw.weight, triton_int8._depthwise),
                       "dw fp32": (layer_dw.weight.float(), triton_int8._depthwise),
-                      "dw mma": (torch.from_numpy(diagonals(dw.weight, 32)).to(act.device), _mma),
-                      "dw mma8": (torch.from_numpy(diagonals(dw.weight, 32)).to(act.device), _mma8)}
+                      "dw mma": (diag, _mma), "dw mma8": (diag, _mma8)}
         if self.base_kernel is not None:
             candidates["dw baseline"] = (layer_dw.weight, self.base_kernel)
         dw_bytes = act.numel() + m * c
@@ -245,7 +212,8 @@ def main() -> None:
     assert q is not None
     dev = torch.device("cuda", 0)
     kernels = triton_int8.Int8Kernels(q, dev)
-    base_kernel = _autotuned(load_baseline(args.baseline).depthwise_kernel) if args.baseline else None
+    base_kernel = (triton_int8.tuned(triton_int8.DEPTHWISE_CONFIGS, _DW_KEY, triton_int8._prune_depthwise,
+                                     load_baseline(args.baseline).depthwise_kernel) if args.baseline else None)
     print(f"GPU: {torch.cuda.get_device_name(0)}; triton {triton.__version__}", flush=True)
     h, w = q.chain.input_hw
     for n in [int(b) for b in args.batches.split(",")]:

@@ -69,33 +69,54 @@ def _requant(acc, bias, mult, lo, hi):
 
 
 @triton.jit
+def tap_origin(x_ptr, start_m, H, W, OH, OW, C, STRIDE: tl.constexpr, PAD_T: tl.constexpr, PAD_L: tl.constexpr,
+               BLOCK_M: tl.constexpr):
+    """Where the 3x3 windows of output pixels ``start_m`` + [0, BLOCK_M) start, with hoisted 32-bit arithmetic:
+    (the 64-bit base of the first pixel's image, each window's tap (0, 0) input pixel as an int32 offset
+    from it, the window's first input row, its first input column).
+
+    So each tap (tap_load) costs one add and one masked load; a tile spans a few images at most, so
+    the offsets stay far inside int32."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    rest = offs_m // OW
+    first = start_m // (OH * OW)
+    ih0 = rest % OH * STRIDE - PAD_T
+    iw0 = offs_m % OW * STRIDE - PAD_L
+    pix0 = ((rest // OH - first) * H + ih0) * W + iw0
+    return x_ptr + first.to(tl.int64) * (H * W * C), pix0, ih0, iw0
+
+
+@triton.jit
+def tap_load(x_img, pix0, ih0, iw0, mask_m, offs_c, H, W, C, KH: tl.constexpr, KW: tl.constexpr):
+    """The (BLOCK_M, channels) int8 input under tap (KH, KW) of each window from tap_origin; zero in the pads."""
+    ih = ih0 + KH
+    iw = iw0 + KW
+    ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    rows = (pix0 + (KH * W + KW)) * C
+    return tl.load(x_img + rows[:, None] + offs_c[None, :], mask=ok[:, None], other=0)
+
+
+@triton.jit
+def store_tile(y_ptr, start_m, C, offs_c, y, mask_m, BLOCK_M: tl.constexpr):
+    """Store an int8 NHWC tile of output pixels ``start_m`` + [0, BLOCK_M): one 64-bit base, 32-bit offsets."""
+    tile = y_ptr + start_m.to(tl.int64) * C
+    tl.store(tile + (tl.arange(0, BLOCK_M) * C)[:, None] + offs_c[None, :], y, mask=mask_m[:, None])
+
+
+@triton.jit
 def _depthwise_tile(x_ptr, w_ptr, b_ptr, m_ptr, offs_c, start_m, mask_m, H, W, OH, OW, C, lo, hi,
                     STRIDE: tl.constexpr, PAD_T: tl.constexpr, PAD_L: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """The requantised int8 depthwise 3x3 of output pixels ``start_m`` + [0, BLOCK_M) and these channels.
 
-    The address arithmetic is hoisted and 32-bit: one 64-bit image base per program (its first
-    pixel's image), each tap's input pixel an int32 offset from it, so each of the nine taps
-    costs one add and one masked load. The products accumulate in the weights' type: int32, or
-    float32, which is exact here (|sum| <= 9 * 127 * 127 < 2**24) and runs on more lanes."""
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    rest = offs_m // OW
-    ow = offs_m % OW
-    oh = rest % OH
-    first = start_m // (OH * OW)
-    x_img = x_ptr + first.to(tl.int64) * (H * W * C)
-    ih0 = oh * STRIDE - PAD_T
-    iw0 = ow * STRIDE - PAD_L
-    pix0 = ((rest // OH - first) * H + ih0) * W + iw0  # tap (0, 0)'s input pixel, from image ``first``
+    The products accumulate in the weights' type: the engine's int32 weights, or float32, which is
+    exact here (|sum| <= 9 * 127 * 127 < 2**24) but measured slower on the H200 (the int8 -> float
+    conversions cost more than the wider lanes gain; benchmarks/int8_layers.py times both)."""
+    x_img, pix0, ih0, iw0 = tap_origin(x_ptr, start_m, H, W, OH, OW, C, STRIDE, PAD_T, PAD_L, BLOCK_M)
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=w_ptr.dtype.element_ty)
     for kh in tl.static_range(3):
-        ih = ih0 + kh
-        row_ok = mask_m & (ih >= 0) & (ih < H)
         for kw in tl.static_range(3):
-            iw = iw0 + kw
-            ok = row_ok & (iw >= 0) & (iw < W)
-            rows = (pix0 + (kh * W + kw)) * C
-            xv = tl.load(x_img + rows[:, None] + offs_c[None, :], mask=ok[:, None], other=0)
+            xv = tap_load(x_img, pix0, ih0, iw0, mask_m, offs_c, H, W, C, kh, kw)
             wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c)
             acc += xv.to(wv.dtype) * wv[None, :]
     return _requant(acc.to(tl.int32), tl.load(b_ptr + offs_c), tl.load(m_ptr + offs_c), lo, hi)
@@ -168,8 +189,7 @@ def depthwise_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, M, H, W, OH, OW, C, lo, 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     d = _depthwise_tile(x_ptr, w_ptr, b_ptr, m_ptr, offs_c, pid_m * BLOCK_M, mask_m, H, W, OH, OW, C, lo, hi,
                         STRIDE, PAD_T, PAD_L, BLOCK_M, BLOCK_C)
-    y_tile = y_ptr + (pid_m * BLOCK_M).to(tl.int64) * C
-    tl.store(y_tile + (tl.arange(0, BLOCK_M) * C)[:, None] + offs_c[None, :], d, mask=mask_m[:, None])
+    store_tile(y_ptr, pid_m * BLOCK_M, C, offs_c, d, mask_m, BLOCK_M)
 
 
 @triton.jit
@@ -212,17 +232,18 @@ def _quick_bench(fn: Any, quantiles: Any) -> Any:
 
 
 # The engine launches these autotuned wrappers; the plain kernels above take explicit block sizes.
-def _tuned(configs: list[triton.Config], key: list[str], prune: Any, kernel: Any) -> Any:
+def tuned(configs: list[triton.Config], key: list[str], prune: Any, kernel: Any) -> Any:
+    """``kernel`` autotuned over the ``configs`` that ``prune`` keeps, timed by _quick_bench, cached on disk."""
     return triton.autotune(configs=configs, key=key, cache_results=True, do_bench=_quick_bench,
                            prune_configs_by={"early_config_prune": prune})(kernel)
 
 
-_separable = _tuned(_FUSED_CONFIGS, ["M", "C", "COUT", "STRIDE"], _prune_gemm, separable_kernel)
-_pointwise = _tuned(_GEMM_CONFIGS, ["M", "C", "COUT"], _prune_gemm, pointwise_kernel)
-_depthwise = _tuned([triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w)
-                     for m, c, w in [(64, 32, 4), (128, 32, 4), (64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8)]],
-                    ["M", "C", "STRIDE"], _prune_depthwise, depthwise_kernel)
-_stem = _tuned([triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s)
+_separable = tuned(_FUSED_CONFIGS, ["M", "C", "COUT", "STRIDE"], _prune_gemm, separable_kernel)
+_pointwise = tuned(_GEMM_CONFIGS, ["M", "C", "COUT"], _prune_gemm, pointwise_kernel)
+DEPTHWISE_CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_C": c}, num_warps=w)
+                     for m, c, w in [(64, 32, 4), (128, 32, 4), (64, 64, 4), (32, 128, 4), (128, 64, 8), (64, 128, 8)]]
+_depthwise = tuned(DEPTHWISE_CONFIGS, ["M", "C", "STRIDE"], _prune_depthwise, depthwise_kernel)
+_stem = tuned([triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=s)
                 for m, w, s in [(128, 4, 2), (64, 4, 2), (256, 8, 2), (128, 8, 3)]],
                ["M"], _prune_stem, stem_kernel)
 
@@ -310,9 +331,8 @@ class Int8Kernels:
         """The fp32 (n, c, 1, 1) global average of the body's int8 NHWC output, dequantized."""
         n, h, w, c = x.shape
         y = torch.empty((n, c, 1, 1), device=x.device, dtype=torch.float32)
-        block_c = 64 if c % 64 == 0 else c
-        pool_kernel[(n, c // block_c)](x, y, h * w, c, self.out_scale / (h * w),
-                                       BLOCK_HW=triton.next_power_of_2(h * w), BLOCK_C=block_c)
+        pool_kernel[(n, c // 64)](x, y, h * w, c, self.out_scale / (h * w),  # c: a multiple of 64 (supported)
+                                  BLOCK_HW=triton.next_power_of_2(h * w), BLOCK_C=64)
         return y
 
     def run(self, x: torch.Tensor, forms: tuple[bool, ...]) -> torch.Tensor:
