@@ -157,8 +157,9 @@ class ServerSearch:
             trial = self._trial(phase, dataclasses.replace(base, target_qps=qps))
             if trial.valid:
                 lo = max(lo, qps)
-                if hi is not None and qps >= hi:  # the bound was a run that happened to miss: it goes
-                    hi = None
+                if hi is not None and qps >= hi:  # the bound was a run that happened to miss: the next
+                    hi = min((q for q in self._rates(base)  # INVALID rate above takes its place
+                              if q > qps and not all(self._outcomes(base, q))), default=None)
             else:
                 hi = qps if hi is None else min(hi, qps)
             if hi is None and self.ceiling is not None and qps >= self.ceiling:

@@ -257,3 +257,14 @@ def test_without_a_grid_server_tune_tries_half_and_twice_the_derived_delay() -> 
     assert delay_grid([_trial_at(500.0, 0)], 500.0) == {"delay_us": (500, 2000)}  # the policy derived no wait
     assert grid_settings(delay_grid(trials, 2033.0), 2033.0) == [Setting(2033.0, None, 983),
                                                                   Setting(2033.0, None, 3934)]
+
+
+def test_an_overturned_bound_gives_way_to_the_next_invalid_rate_not_to_doubling() -> None:
+    """A VALID repeat at the bound drops only that bound: the INVALID rates above it still hold,
+    so the search does not double past rates it has already seen fail."""
+    run, log = _scripted(21_000, flaky={20_625.0: 1})  # 40k ... 21.25k fail, then 20,625 misses once
+    best = ServerSearch(run).find(Setting(), 5_000)
+    assert 0.98 * 21_000 <= best <= 21_000
+    rates = [t.setting.target_qps or 0.0 for t in log]
+    overturned = next(i for i, t in enumerate(log) if t.setting.target_qps == 20_625.0 and t.valid)
+    assert max(rates[overturned:]) <= 21_250, rates  # at most a recheck of the next INVALID rate
