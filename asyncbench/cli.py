@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from asyncbench.argtypes import non_negative_int, positive_float, positive_int, rate_qps
 from asyncbench.config import (
@@ -29,20 +28,26 @@ from asyncbench.config import (
     TorchCompile,
 )
 from asyncbench.data import preprocess as preprocess_mod
-from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
-from asyncbench.errors import AsyncbenchError, ConfigError, UserError
-from asyncbench.fileio import check_writable, write_output
+from asyncbench.errors import AsyncbenchError, ConfigError
+from asyncbench.harness.commands import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Inputs,
+    RunOutputs,
+    TuneOptions,
+    calibrate_command,
+    evaluate_command,
+    plot_command,
+    prepare_command,
+    report_command,
+    run_command,
+    tune_command,
+)
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
 
 BENCHMARKS = ("mobilenet",)
-
-
-EXIT_FAILED = 1  # a run failed (samples completed as failed) or a problem the user can fix
-EXIT_USAGE = 2  # a bad command-line or configuration value (as argparse)
-EXIT_INVALID = 3  # --strict: a scenario's result is INVALID
-EXIT_ACCURACY = 4  # --strict: an AccuracyOnly run is below the accuracy target
-EXIT_INTERRUPTED = 130
 
 
 def exit_code(error: AsyncbenchError) -> int:
@@ -281,165 +286,44 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
     return [RunConfig(scenario, loadgen, batching, engine, gpu, process) for scenario in args.scenarios]
 
 
-def _run(args: argparse.Namespace, paths: BuildPaths) -> int:
-    from asyncbench.loadgen.plan import plan_run
-    from asyncbench.loadgen.run import FAILED_MARKER, event_log, new_log_dir, run_scenario
-    from asyncbench.runtime.sizing import open_engine
-    from asyncbench.runtime.warmup import warm_up
-    from asyncbench.tune import model_sha256, tuning_identity, with_tuned
-
-    configs = run_configs(args)
-    # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
-    # work, and the output files and the log folder are writable.
-    if args.timeline is not None:
-        check_writable(args.timeline, "--timeline")
-    if args.json_out not in (None, "-"):
-        check_writable(Path(args.json_out), "--json")
-    total = len(read_map(_dataset(args, paths).val_map))
-    plans = [plan_run(cfg, total, None, {}) for cfg in configs]
-    log_root = args.log_dir or paths.logs
-    first_log_dir = new_log_dir(log_root, configs[0].scenario)
-    codes: set[int] = set()
-    records: list[dict[str, Any]] = []
-    nvtx = None
-    if args.nvtx:
-        from asyncbench.runtime.nvtx_ranges import NvtxRanges
-
-        nvtx = NvtxRanges()
-    engine = None
-    try:
-        dataset = _prepare_inputs(args, paths, val=True, cal=False)
-        # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
-        engine = open_engine(configs[0], paths)
-        with event_log(first_log_dir) as events:
-            warm_up(engine, configs[0].engine.timeout_s, events)
-    except KeyboardInterrupt:
-        if engine is not None:
-            engine.close()
-        stage = "warm-up" if engine is not None else "preparing the inputs and the engine"
-        (first_log_dir / FAILED_MARKER).write_text(f"FAILED: interrupted during {stage}, before LoadGen started: "
-                                                   f"nothing was measured.\n")
-        print(f"error: interrupted during {stage}, before LoadGen started; nothing was measured "
-              f"({first_log_dir / FAILED_MARKER})", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        weights = model_sha256(engine, paths)
-        for position, (cfg, plan) in enumerate(zip(configs, plans, strict=True)):
-            cfg, note = with_tuned(cfg, engine, paths.tune, args.config, tuning_identity(cfg, engine, weights),
-                                   plan.duration_s)
-            if note:
-                print(f"note: {note}")
-            log_dir = first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario)
-            timeline = None if args.timeline is None else args.timeline if len(configs) == 1 else \
-                args.timeline.with_name(f"{args.timeline.stem}_{cfg.scenario}{args.timeline.suffix}")
-            result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir,
-                                  progress_every_s=_progress_every(args), timeline_path=timeline, nvtx=nvtx)
-            if timeline is not None:
-                print(f"timeline: {timeline} (open it in https://ui.perfetto.dev or chrome://tracing)")
-            records.append(result.record)
-            if args.json_out == "-":
-                print(json.dumps(result.record, default=str), flush=True)
-            codes.add(scenario_exit_code(result.record, args.strict))
-    finally:
-        engine.close()
-    if args.json_out not in (None, "-"):
-        write_output(Path(args.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode(), "--json")
-    return next((code for code in (EXIT_FAILED, EXIT_ACCURACY, EXIT_INVALID) if code in codes), 0)
-
-
-def _tune(args: argparse.Namespace, paths: BuildPaths) -> int:
-    """`tune`: one engine, many LoadGen tests; writes the tune folder and the per-system settings."""
-    import dataclasses
-
-    from asyncbench.loadgen.plan import available_memory_bytes, check_max_batch, plan_run
-    from asyncbench.loadgen.run import event_log, run_scenario
-    from asyncbench.runtime.sizing import open_engine
-    from asyncbench.runtime.warmup import warm_up
-    from asyncbench.tune import model_sha256, new_tune_dir, parse_grid, record_confirmed, tuning_identity, write_outputs
-    from asyncbench.tune import tune as search
-
-    if len(args.scenarios) != 1 or args.scenarios[0] not in (Scenario.SERVER, Scenario.MULTI_STREAM):
-        raise ConfigError("tune takes one --scenario: Server or MultiStream")
-    if args.target_qps is not None:
-        raise ConfigError("tune searches the target QPS itself: give --start-qps for its first trial")
-    grid = parse_grid(args.grid)
-    (cfg,) = run_configs(args)
-    total = len(read_map(_dataset(args, paths).val_map))
-    plan = plan_run(cfg, total, None, {})
-    for max_batch in grid.get("max_batch", ()):
-        check_max_batch(max_batch, int(plan.values["performance_sample_count"]), available_memory_bytes(),
-                        "--grid max_batch")
-    out = new_tune_dir(args.tune_dir or paths.tune, cfg.scenario)
-    dataset = _prepare_inputs(args, paths, val=True, cal=False)
-    engine = open_engine(cfg, paths)
-    try:
-        with event_log(out) as events:
-            warm_up(engine, cfg.engine.timeout_s, events)
-        one = engine.latency(1)
-        if cfg.scenario == Scenario.SERVER and one is not None and one * 1e9 >= plan.target_latency_ns:
-            raise ConfigError(f"the p99 target {plan.target_latency_ns / 1e6:g} ms is below the {engine.name} engine's "
-                              f"measured batch-1 latency {one * 1e3:.3f} ms: no rate can meet it; raise --p99-ms")
-        print(f"tuning {cfg.scenario} on {engine.name}: {args.trial_duration:g} s trials, folder {out}", flush=True)
-        best, trials = search(cfg, engine, dataset, paths.preprocessed, out, grid=grid, duration_s=args.trial_duration,
-                              precision=args.search_precision, repeats=args.repeats, start_qps=args.start_qps)
-        if best is None:
-            print(f"error: no VALID {cfg.scenario} setting found in {len(trials)} trials (see {out / 'trials.csv'})",
-                  file=sys.stderr)
-            return EXIT_INVALID
-        identity = tuning_identity(cfg, engine, model_sha256(engine, paths))
-        tune_root = args.tune_dir or paths.tune
-        for line in write_outputs(out, cfg, engine, best, trials, tune_root, identity, args.trial_duration, paths.tune):
-            print(line)
-        if args.confirm:
-            confirm = dataclasses.replace(cfg, loadgen=dataclasses.replace(
-                cfg.loadgen, submission_length=True,
-                target_qps=best.setting.target_qps if cfg.scenario == Scenario.SERVER else None),
-                batching=dataclasses.replace(cfg.batching, max_batch_size=int(str(best.row["max_batch_size"])),
-                                             max_queue_delay_us=int(str(best.row["max_queue_delay_us"]))))
-            (out / "confirm").mkdir()
-            result = run_scenario(confirm, engine, dataset, paths.preprocessed, out / "confirm",
-                                  progress_every_s=_progress_every(args))
-            code = scenario_exit_code(result.record, strict=True)
-            if code == 0:
-                record_confirmed(tune_root, engine, identity, str(cfg.scenario),
-                                 plan_run(confirm, total, None, {}).duration_s)
-            return code
-    finally:
-        engine.close()
-    return 0
+def _inputs(args: argparse.Namespace) -> Inputs:
+    return Inputs(BuildPaths(args.build_dir), args.data_dir, args.data_maps)
 
 
 def _progress_every(args: argparse.Namespace) -> float | None:
     """Seconds between progress lines, or None with --no-progress."""
-    from asyncbench.loadgen.progress import progress_interval
+    from asyncbench.harness.progress import progress_interval
 
     return None if args.no_progress else progress_interval(sys.stderr, args.progress_every)
 
 
-def scenario_exit_code(record: dict[str, Any], strict: bool) -> int:
-    """A scenario's exit status from its result record: failed 1; with --strict, accuracy 4 and INVALID 3."""
-    if record["result"]["validity"] == "FAILED":
-        return EXIT_FAILED
-    if strict and record["accuracy"] is not None and not record["accuracy"]["met"]:
-        return EXIT_ACCURACY
-    if strict and record["result"]["validity"] != "VALID":
-        return EXIT_INVALID
-    return 0
-
-
-def _dataset(args: argparse.Namespace, paths: BuildPaths) -> Dataset:
-    return resolve_dataset(paths, data_dir=args.data_dir, maps_dir=args.data_maps)
-
-
-def _prepare_inputs(args: argparse.Namespace, paths: BuildPaths, *, val: bool, cal: bool) -> Dataset:
-    """What every model-using command needs first: weights, photos, preprocessed samples (all cached)."""
-    from asyncbench.model.prepare import prepare
-
-    dataset = _dataset(args, paths)
-    prepare(paths, photos=dataset.name == "embedded")
-    summary = preprocess_mod.preprocess(dataset, paths.preprocessed, val=val, cal=cal, progress=sys.stderr.isatty())
-    print(summary.describe())
-    return dataset
+def _command(args: argparse.Namespace) -> int:
+    """The one harness function for the parsed subcommand."""
+    if args.command == "preprocess":
+        return preprocess_mod.run(args)
+    if args.command == "accuracy":
+        return accuracy_mod.run(args)
+    if args.command == "report":
+        return report_command(args.paths, args.csv)
+    if args.command == "plot":
+        return plot_command(args.path)
+    if args.command == "prepare":
+        return prepare_command(BuildPaths(args.build_dir))
+    if args.command == "calibrate":
+        return calibrate_command(_inputs(args), args.method)
+    if args.command == "evaluate":
+        return evaluate_command(_inputs(args), args.model, args.batch_size, args.threads)
+    if args.command == "tune":
+        if len(args.scenarios) != 1:
+            raise ConfigError("tune takes one --scenario: Server or MultiStream")
+        (cfg,) = run_configs(args)
+        return tune_command(cfg, _inputs(args), TuneOptions(
+            trial_duration_s=args.trial_duration, grid=tuple(args.grid), start_qps=args.start_qps,
+            repeats=args.repeats, precision=args.search_precision, confirm=args.confirm, tune_dir=args.tune_dir,
+            progress_every_s=_progress_every(args)))
+    return run_command(run_configs(args), _inputs(args), RunOutputs(
+        log_dir=args.log_dir, json_out=args.json_out, timeline=args.timeline, nvtx=args.nvtx,
+        progress_every_s=_progress_every(args), tuned_config=args.config, strict=args.strict))
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:
@@ -451,57 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # until a run installs its own clean abort
     try:
-        args = build_parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv))
-        if args.command == "preprocess":
-            return preprocess_mod.run(args)
-        if args.command == "accuracy":
-            return accuracy_mod.run(args)
-        if args.command == "report":
-            from asyncbench.loadgen.report import find_results, format_table, report_row, write_csv
-
-            if args.csv is not None:
-                check_writable(args.csv, "--csv")
-            rows = []
-            for path in find_results(args.paths):
-                try:
-                    rows.append(report_row(path))
-                except UserError as e:  # one bad record must not hide the others
-                    print(f"warning: skipped {e}", file=sys.stderr)
-            if not rows:
-                raise UserError("no result.json could be read: see the warnings above")
-            print(format_table(rows))
-            if args.csv is not None:
-                write_csv(args.csv, rows)
-            return 0
-        if args.command == "plot":
-            from asyncbench.plot import plot_path
-
-            for written in plot_path(args.path):
-                print(written)
-            return 0
-        paths = BuildPaths(args.build_dir)
-        if args.command == "prepare":
-            from asyncbench.model.prepare import prepare
-
-            prepare(paths)
-        elif args.command == "calibrate":
-            from asyncbench.model.calibrate import calibrate
-
-            calibrate(paths, _prepare_inputs(args, paths, val=False, cal=True), method=args.method)
-        elif args.command == "run":
-            return _run(args, paths)
-        elif args.command == "tune":
-            return _tune(args, paths)
-        elif args.command == "evaluate":
-            from asyncbench.evaluate import evaluate
-            from asyncbench.model.calibrate import ensure_engine_models
-
-            dataset = _prepare_inputs(args, paths, val=True, cal=False)
-            fp32, int8 = ensure_engine_models(paths)
-            models = {"int8": int8, "fp32": fp32}
-            chosen = models if args.model == "both" else {args.model: models[args.model]}
-            evaluate(dataset, paths.preprocessed, chosen, batch_size=args.batch_size, threads=args.threads)
-        return 0
+        return _command(build_parser().parse_args(_with_default_command(sys.argv[1:] if argv is None else argv)))
     except AsyncbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return exit_code(e)

@@ -65,8 +65,8 @@ def copy_costs(engine: GpuEngine, sizes: list[int], samples: int = 1024) -> list
 
 
 def make_engine(args: argparse.Namespace) -> GpuEngine:
+    from asyncbench.engines.sizing import open_engine
     from asyncbench.paths import BuildPaths
-    from asyncbench.runtime.sizing import open_engine
 
     cfg = RunConfig(batching=BatchingConfig(max_batch_size=args.max_batch, inflight=1),
                     engine=EngineConfig(EngineKind(args.engine), torch_compile=TorchCompile(args.torch_compile)),

@@ -42,10 +42,10 @@ from asyncbench.config import (  # noqa: E402
 )
 from asyncbench.cuda.api import device_name  # noqa: E402
 from asyncbench.data.dataset import resolve_dataset  # noqa: E402
+from asyncbench.engines.sizing import open_engine  # noqa: E402
+from asyncbench.harness.run import dataset_arena, new_log_dir, run_scenario  # noqa: E402
 from asyncbench.loadgen.logs import RunSummary  # noqa: E402
-from asyncbench.loadgen.run import dataset_arena, new_log_dir, run_scenario  # noqa: E402
 from asyncbench.paths import BuildPaths  # noqa: E402
-from asyncbench.runtime.sizing import open_engine  # noqa: E402
 
 
 def main() -> None:

@@ -39,9 +39,9 @@ from asyncbench.config import (  # noqa: E402
 from asyncbench.cuda.api import device_name, set_device  # noqa: E402
 from asyncbench.data.dataset import resolve_dataset  # noqa: E402
 from asyncbench.engines.gpu import GpuEngine  # noqa: E402
-from asyncbench.loadgen.run import new_log_dir, run_scenario  # noqa: E402
+from asyncbench.engines.sizing import open_engine  # noqa: E402
+from asyncbench.harness.run import new_log_dir, run_scenario  # noqa: E402
 from asyncbench.paths import BuildPaths  # noqa: E402
-from asyncbench.runtime.sizing import open_engine  # noqa: E402
 
 
 def concurrent_rate(engine: GpuEngine, bucket: int, seconds: float = 0.3) -> float:

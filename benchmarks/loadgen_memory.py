@@ -2,7 +2,7 @@
 
 LoadGen generates every query of a test before it issues the first, so its memory is set by
 what it is told (durations, target QPS, expected latencies); asyncbench bounds those values
-with the per-query figures measured here (``asyncbench/loadgen/plan.py``). The drain rate is
+with the per-query figures measured here (``asyncbench/harness/plan.py``). The drain rate is
 how fast a test ends after Ctrl-C in SingleStream and MultiStream, where each later query is
 completed as failed inside the issue callback.
 

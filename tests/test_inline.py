@@ -23,11 +23,11 @@ from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import ExecutionForm
 from asyncbench.engines.null import NullEngine, parse_null_spec
 from asyncbench.errors import ConfigError
+from asyncbench.harness.policy import runs_inline
 from asyncbench.paths import BuildPaths
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import execution_for
 from asyncbench.runtime.pipeline import Pipeline
-from asyncbench.runtime.sizing import runs_inline
 from asyncbench.runtime.timeline import Timeline
 
 LOOPS = ["asyncio", "uvloop"]

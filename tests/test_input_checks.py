@@ -16,7 +16,7 @@ from asyncbench.data.manifest import read_manifest
 from asyncbench.data.preprocess import load_image, preprocess
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import ConfigError, UserError
-from asyncbench.loadgen.plan import check_max_batch, plan_run
+from asyncbench.harness.plan import check_max_batch, plan_run
 from asyncbench.model.calibrate import CalibrationCache
 
 

@@ -5,8 +5,12 @@ still a dependency. The rules:
 
 - ``mlperf_loadgen`` is imported only in ``asyncbench/loadgen/`` (LoadGen glue depends on the runtime,
   not the other way round);
-- ``runtime/`` does not import ``loadgen/`` or ``cli``; ``engines/`` does not import ``runtime/``,
-  ``loadgen/`` or ``cli``;
+- ``runtime/`` (the hot path) does not import ``loadgen/``, ``harness/``, ``cli`` or the engine factory
+  (opening and sizing engines is the harness's business, through ``engines.sizing``);
+- ``engines/`` does not import ``runtime/``, ``loadgen/``, ``harness/`` or ``cli``;
+- ``loadgen/`` (the LoadGen adapter) does not import ``harness/`` or ``cli``;
+- ``harness/`` (one run end to end, the commands over runs) is imported only by ``cli`` inside the package
+  (benchmarks and tests use it from outside);
 - no cycle between modules.
 """
 
@@ -57,14 +61,26 @@ def test_loadgen_is_imported_only_by_the_loadgen_glue() -> None:
 
 def test_lower_layers_do_not_import_upper_ones() -> None:
     forbidden = {
-        "asyncbench.runtime": ("asyncbench.loadgen", "asyncbench.cli"),
-        "asyncbench.engines": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.cli"),
-        "asyncbench.cuda": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.engines", "asyncbench.cli"),
-        "asyncbench.data": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.engines", "asyncbench.cli"),
+        "asyncbench.runtime": ("asyncbench.loadgen", "asyncbench.harness", "asyncbench.cli",
+                               "asyncbench.engines.factory", "asyncbench.engines.sizing"),
+        "asyncbench.engines": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.harness", "asyncbench.cli"),
+        "asyncbench.loadgen": ("asyncbench.harness", "asyncbench.cli"),
+        "asyncbench.cuda": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.engines", "asyncbench.harness",
+                            "asyncbench.cli"),
+        "asyncbench.data": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.engines", "asyncbench.harness",
+                            "asyncbench.cli"),
+        "asyncbench.model": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.harness", "asyncbench.cli"),
     }
     wrong = [(m, d) for m, deps in import_graph().items() for layer, bad in forbidden.items() if _in(m, layer)
              for d in deps if any(_in(d, b) for b in bad)]
     assert not wrong, wrong
+
+
+def test_the_harness_is_entered_only_from_the_command_line() -> None:
+    users = sorted(m for m, deps in import_graph().items() if not _in(m, "asyncbench.harness") and m != "asyncbench.cli"
+                   and any(_in(d, "asyncbench.harness") for d in deps))
+    assert not users, users
+    assert any(_in(d, "asyncbench.harness") for d in import_graph()["asyncbench.cli"])
 
 
 def test_no_import_cycle() -> None:

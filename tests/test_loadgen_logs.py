@@ -241,7 +241,7 @@ def _unmet(summary: RunSummary) -> list[str]:
 
 
 def test_an_invalid_result_is_given_loadgens_reasons(tmp_path: Path) -> None:
-    from asyncbench.loadgen.report import invalid_reasons
+    from asyncbench.harness.report import invalid_reasons
 
     # A real MultiStream summary of 100 queries: early stopping fails, and LoadGen recommends nothing.
     path = tmp_path / "mlperf_log_summary.txt"

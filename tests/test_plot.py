@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from asyncbench.errors import UserError
-from asyncbench.plot import plot_path
+from asyncbench.harness.plot import plot_path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRIAL_COLUMNS = ("trial", "phase", "scenario", "target_qps", "max_batch_size", "max_queue_delay_us", "validity",
@@ -239,5 +239,5 @@ def test_without_matplotlib_says_what_to_install(tmp_path: Path, monkeypatch: py
 
 
 def test_importing_the_module_does_not_import_matplotlib() -> None:
-    code = "import sys, asyncbench.plot; assert 'matplotlib' not in sys.modules, 'imported at module load'"
+    code = "import sys, asyncbench.harness.plot; assert 'matplotlib' not in sys.modules, 'imported at module load'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -23,9 +23,9 @@ from asyncbench.config import (
     Scenario,
 )
 from asyncbench.data.dataset import resolve_dataset
-from asyncbench.loadgen.run import new_log_dir, run_scenario
+from asyncbench.engines.sizing import open_engine
+from asyncbench.harness.run import new_log_dir, run_scenario
 from asyncbench.paths import REPO_ROOT, BuildPaths
-from asyncbench.runtime.sizing import open_engine
 
 # Short runs sized by query count (LoadGen's early stopping needs enough queries, not seconds).
 QUICK = {

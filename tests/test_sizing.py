@@ -5,7 +5,8 @@ from __future__ import annotations
 from asyncbench.config import BatchingConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
 from asyncbench.engines.base import batch_sizes_upto
 from asyncbench.engines.null import NullEngine
-from asyncbench.loadgen.plan import (
+from asyncbench.engines.sizing import engine_sizing
+from asyncbench.harness.plan import (
     ABORT_QUERIES,
     DEFAULT_MEMORY_BUDGET_MB,
     OFFLINE_OVERESTIMATE,
@@ -16,8 +17,8 @@ from asyncbench.loadgen.plan import (
     loadgen_bytes,
     plan_run,
 )
-from asyncbench.loadgen.report import format_histogram
-from asyncbench.runtime.sizing import batch_policy, engine_sizing, server_policy
+from asyncbench.harness.policy import batch_policy, server_policy
+from asyncbench.harness.report import format_histogram
 
 MS = 1e-3
 
@@ -208,7 +209,7 @@ def _fixed_cost(fixed_ms: float, per_sample_ms: float):
 
 
 def test_rate_policy_waits_for_batches_that_carry_the_rate() -> None:
-    from asyncbench.runtime.sizing import rate_policy
+    from asyncbench.harness.policy import rate_policy
 
     # The null engine of the 200-QPS report: 2 ms + 0.1 ms per sample, one batch at a time, cap 16.
     policy, note = rate_policy(_fixed_cost(2.0, 0.1), batch_sizes_upto(16), 1000.0, 10_000_000, 1, None, None)
@@ -221,7 +222,7 @@ def test_rate_policy_waits_for_batches_that_carry_the_rate() -> None:
 
 
 def test_rate_policy_counts_concurrent_batches_and_respects_explicit_values() -> None:
-    from asyncbench.runtime.sizing import rate_policy
+    from asyncbench.harness.policy import rate_policy
 
     service = {1: 0.15 * MS, 2: 0.16 * MS, 4: 0.18 * MS, 8: 0.22 * MS, 16: 0.3 * MS, 32: 0.5 * MS,
                64: 0.86 * MS, 128: 1.6 * MS, 256: 3.06 * MS}.get
@@ -245,7 +246,7 @@ def test_server_batching_uses_the_rate_when_the_engine_knows_its_sustained_speed
 
 
 def test_rate_policy_takes_an_engine_that_costs_nothing() -> None:
-    from asyncbench.runtime.sizing import rate_policy
+    from asyncbench.harness.policy import rate_policy
 
     policy, note = rate_policy(lambda b: 0.0, batch_sizes_upto(64), 5000.0, 10_000_000, 1, None, None)
     assert policy.max_batch_size == 64 and policy.max_queue_delay_ns == 1_000_000 and "INVALID" not in note

@@ -23,9 +23,9 @@ from asyncbench.config import LoadGenConfig, RunConfig, Scenario
 from asyncbench.data.manifest import MANIFEST, read_manifest
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import ConfigError, UserError
+from asyncbench.harness.plan import ABORT_QUERIES, loadgen_bytes, plan_run
+from asyncbench.harness.run import FAILED_MARKER, read_results
 from asyncbench.loadgen.logs import detail_values, parse_detail, parse_summary
-from asyncbench.loadgen.plan import ABORT_QUERIES, loadgen_bytes, plan_run
-from asyncbench.loadgen.run import FAILED_MARKER, read_results
 from asyncbench.loadgen.settings import read_conf
 from asyncbench.paths import REPO_ROOT, BuildPaths
 

@@ -17,8 +17,8 @@ from conftest import run_cli
 from asyncbench.config import BatchingConfig, EngineConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
 from asyncbench.engines.null import NullEngine
 from asyncbench.errors import ConfigError
-from asyncbench.loadgen.plan import plan_run
-from asyncbench.tune import (
+from asyncbench.harness.plan import plan_run
+from asyncbench.harness.tune import (
     TRIAL_COLUMNS,
     ServerSearch,
     Setting,
@@ -233,7 +233,7 @@ def test_one_unlucky_invalid_run_does_not_cap_the_search() -> None:
 
 
 def test_trials_of_an_sut_too_fast_to_stop_quickly_are_shortened_not_invalid() -> None:
-    from asyncbench.loadgen.plan import ABORT_QUERIES, QueryCycle, plan_run
+    from asyncbench.harness.plan import ABORT_QUERIES, QueryCycle, plan_run
 
     base = RunConfig(Scenario.MULTI_STREAM)
     cfg = trial_config(base, Setting(max_batch_size=8), 10.0)

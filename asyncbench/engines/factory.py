@@ -1,6 +1,6 @@
 """Engine selection (`--engine`), kept apart from the engines so each stays importable alone.
 
-The batch sizes and slots an engine is built with come from the caller (asyncbench.runtime.sizing
+The batch sizes and slots an engine is built with come from the caller (asyncbench.harness.policy
 decides them); this module only turns a configuration into an engine.
 """
 

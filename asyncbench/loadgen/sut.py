@@ -15,7 +15,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -29,14 +29,20 @@ import structlog
 
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import RunFailure
-from asyncbench.loadgen.plan import QueryCycle
-from asyncbench.loadgen.progress import report_progress
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import Execution
 from asyncbench.runtime.inbox import Inbox
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.pipeline import Completer, Pipeline
 from asyncbench.runtime.timeline import Timeline
+
+
+@dataclass(frozen=True)
+class QueryCycle:
+    """Seconds per SingleStream / MultiStream query through the whole pipeline, as a pilot measured them."""
+
+    fast_s: float  # the quickest query: what LoadGen's generated queries must cover
+    median_s: float  # the typical query: what the run's length is estimated from
 
 
 class LoadGenCompleter:
@@ -346,12 +352,15 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
                 settings: lg.TestSettings, log_settings: lg.LogSettings, performance_count: int, *,
                 timeout_s: float | None, audit_config: Path, complete: Completer | None = None,
                 log: structlog.typing.FilteringBoundLogger | None = None,
-                progress_every_s: float | None = None, timeline: Timeline | None = None,
+                progress: Callable[[Pipeline, float], Coroutine[Any, Any, None]] | None = None,
+                timeline: Timeline | None = None,
                 nvtx: NvtxRanges | None = None, around_test: AbstractContextManager[object] | None = None,
                 inline: bool = False) -> tuple[Pipeline, SampleCounts]:
     """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the test's counts.
 
     ``inline``: each query runs on LoadGen's issue thread (Pipeline.run_inline) instead of going to the loop.
+    ``progress``: a reporter awaited beside the test with the pipeline and LoadGen's minimum duration (s),
+    cancelled when the test ends.
     """
     loop = asyncio.get_running_loop()
     inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
@@ -400,8 +409,8 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
     qsl = lg.ConstructQSL(arena.total, performance_count, load, unload)
     signals = _Signals(loop, pipeline.abort)
     run_task = asyncio.create_task(pipeline.run(), name="pipeline")
-    progress = None if progress_every_s is None else asyncio.create_task(
-        report_progress(pipeline, settings.min_duration_ms / 1000, progress_every_s), name="progress")
+    reporter = None if progress is None else asyncio.create_task(
+        progress(pipeline, settings.min_duration_ms / 1000), name="progress")
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="loadgen") as pool, around_test or nullcontext():
             await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, log_settings,
@@ -409,8 +418,8 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
         pipeline.close()
         await run_task
     finally:
-        if progress is not None:
-            progress.cancel()
+        if reporter is not None:
+            reporter.cancel()
         signals.remove()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)

@@ -37,10 +37,13 @@ class Inbox:
         self.rings = 0  # times the loop was woken (call_soon_threadsafe): the hand-off's cost driver
 
     def put(self, ids: list[int], indices: list[int]) -> None:
-        """Any thread: queue one issue call; ring the loop only when it must act now."""
-        arrival = self._clock()
+        """Any thread: queue one issue call; ring the loop only when it must act now.
+
+        The arrival is read under the lock, so calls queue in the order of their stamps (with two
+        issuing threads, a stamp read before the lock could land behind a newer one).
+        """
         with self._lock:
-            self._queue.append((ids, indices, arrival))
+            self._queue.append((ids, indices, self._clock()))
             self._count += len(ids)
             if self._scheduled or (self._quiet and self._count < self._ring_at):
                 return

@@ -24,9 +24,9 @@ from asyncbench.config import (
 from asyncbench.cuda.api import device_count
 from asyncbench.data.dataset import resolve_dataset
 from asyncbench.engines.gpu import GpuEngine
-from asyncbench.loadgen.run import new_log_dir, run_scenario
+from asyncbench.engines.sizing import open_engine
+from asyncbench.harness.run import new_log_dir, run_scenario
 from asyncbench.paths import BuildPaths
-from asyncbench.runtime.sizing import open_engine
 
 QUICK = {
     Scenario.SINGLE_STREAM: LoadGenConfig(min_duration_s=0.5, min_query_count=64),

@@ -22,9 +22,9 @@ from asyncbench.config import (
 )
 from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset
 from asyncbench.engines.gpu import GpuEngine
-from asyncbench.loadgen.run import new_log_dir, run_scenario
+from asyncbench.engines.sizing import open_engine
+from asyncbench.harness.run import new_log_dir, run_scenario
 from asyncbench.paths import BuildPaths
-from asyncbench.runtime.sizing import open_engine
 
 TORCH = EngineConfig(EngineKind.TORCH, torch_compile=TorchCompile.NONE)
 UP_TO_64 = BatchingConfig(max_batch_size=64)

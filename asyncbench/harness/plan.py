@@ -30,6 +30,7 @@ from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.contract import SAMPLE_BYTES as SAMPLE_INPUT_BYTES
 from asyncbench.errors import ConfigError
 from asyncbench.loadgen.settings import LoadGenOptions, builtin_settings, read_conf
+from asyncbench.loadgen.sut import QueryCycle
 
 MODEL = "mobilenet"
 MULTISTREAM_SAMPLES = 8  # mlperf.conf's samples per MultiStream query
@@ -75,14 +76,6 @@ def available_memory_bytes() -> int | None:
     except OSError:
         return None
     return None
-
-
-@dataclass(frozen=True)
-class QueryCycle:
-    """Seconds per SingleStream / MultiStream query through the whole pipeline, as a pilot measured them."""
-
-    fast_s: float  # the quickest query: what LoadGen's generated queries must cover
-    median_s: float  # the typical query: what the run's length is estimated from
 
 
 def loadgen_bytes(scenario: str, queries: float, samples_per_query: float = 1) -> float:

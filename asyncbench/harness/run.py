@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import math
 import shutil
 import tempfile
@@ -18,25 +19,26 @@ from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.data.qsl import SampleArena
 from asyncbench.engines.base import DeviceTracer, Engine
+from asyncbench.engines.sizing import engine_peak_qps
 from asyncbench.errors import RunFailure, UserError
-from asyncbench.loadgen.accuracy import AccuracyResult, compute_accuracy, load_accuracy_log
-from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
-from asyncbench.loadgen.plan import (
+from asyncbench.harness.plan import (
     MULTISTREAM_SAMPLES,
     SERVER_DEFAULT_TARGET_LATENCY_NS,
-    QueryCycle,
     RunPlan,
     loadgen_fits_qps,
     plan_run,
 )
-from asyncbench.loadgen.report import format_report
-from asyncbench.loadgen.result import build_result, write_result
+from asyncbench.harness.policy import batch_policy, runs_inline
+from asyncbench.harness.progress import report_progress
+from asyncbench.harness.report import format_report
+from asyncbench.harness.result import build_result, write_result
+from asyncbench.loadgen.accuracy import AccuracyResult, compute_accuracy, load_accuracy_log
+from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
 from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
-from asyncbench.loadgen.sut import INTERRUPTED, drive, measure_cycle, measure_throughput
+from asyncbench.loadgen.sut import INTERRUPTED, QueryCycle, drive, measure_cycle, measure_throughput
 from asyncbench.runtime.execution import execution_for
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
 from asyncbench.runtime.process import run_process
-from asyncbench.runtime.sizing import batch_policy, engine_peak_qps, runs_inline
 from asyncbench.runtime.timeline import Timeline
 
 EVENTS_FILE = "asyncbench_events.jsonl"
@@ -213,7 +215,8 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
                     execution, arena, policy, settings, make_log_settings(log_dir, cfg.loadgen.trace),
                     settings.performance_sample_count_override or min(arena.total, 1024),
                     timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events,
-                    progress_every_s=progress_every_s, timeline=timeline, nvtx=nvtx,
+                    progress=None if progress_every_s is None else functools.partial(
+                        report_progress, every_s=progress_every_s), timeline=timeline, nvtx=nvtx,
                     around_test=_profiler_range(engine.device), inline=inline))
         finally:
             if tracer is not None and timeline is not None:

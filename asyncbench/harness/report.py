@@ -11,8 +11,8 @@ from pathlib import Path
 from asyncbench.config import RunConfig
 from asyncbench.errors import UserError
 from asyncbench.fileio import write_output
+from asyncbench.harness.result import RESULT_FILE
 from asyncbench.loadgen.logs import RunSummary
-from asyncbench.loadgen.result import RESULT_FILE
 from asyncbench.loadgen.sut import SampleCounts
 from asyncbench.runtime.pipeline import Pipeline
 

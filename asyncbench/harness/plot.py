@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
-RESULT_FILE = "result.json"  # as asyncbench.loadgen.result writes it
-TRIALS_FILE = "trials.csv"  # as asyncbench.tune writes them
+RESULT_FILE = "result.json"  # as asyncbench.harness.result writes it
+TRIALS_FILE = "trials.csv"  # as asyncbench.harness.tune writes them
 TUNED_FILE = "tuned.json"
 LATENCY_CDF_PNG = "latency_cdf.png"
 BATCH_SIZES_PNG = "batch_sizes.png"

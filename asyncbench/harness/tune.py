@@ -40,16 +40,16 @@ from asyncbench.checksum import sha256_file
 from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.data.dataset import Dataset
 from asyncbench.engines.base import Engine
+from asyncbench.engines.sizing import engine_peak_qps
 from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import write_bytes_atomic
+from asyncbench.harness.plan import max_target_qps
+from asyncbench.harness.result import gpus
+from asyncbench.harness.run import run_scenario
 from asyncbench.host import cpu_model
-from asyncbench.loadgen.plan import max_target_qps
-from asyncbench.loadgen.result import gpus
-from asyncbench.loadgen.run import run_scenario
 from asyncbench.loadgen.sut import INTERRUPTED
 from asyncbench.model.profiles import source_model_path
 from asyncbench.paths import BuildPaths
-from asyncbench.runtime.sizing import engine_peak_qps
 
 DEFAULT_MULTISTREAM_GRID: dict[str, tuple[int, ...]] = {"max_batch": (8, 4, 2, 1)}
 DEFAULT_SERVER_DELAYS_US = (500, 2000)  # the delays a Server tune tries when the policy derived none

