@@ -13,12 +13,12 @@ from asyncbench.harness.plan import (
     OFFLINE_SLACK,
     QUERY_MARGIN,
     SERVER_LOAD,
-    QueryCycle,
     loadgen_bytes,
     plan_run,
 )
 from asyncbench.harness.policy import batch_policy, server_policy
 from asyncbench.harness.report import format_histogram
+from asyncbench.loadgen.sut import QueryCycle
 
 MS = 1e-3
 
@@ -154,7 +154,7 @@ def test_an_offline_target_beyond_the_memory_bound_shortens_the_quick_run_instea
     plan = plan_run(RunConfig(Scenario.OFFLINE), 104, None, {}, capacity_qps=2.5e6)
     target, duration = plan.options.target_qps, plan.options.min_duration_s
     assert target == 2.5e6 * OFFLINE_OVERESTIMATE and duration is not None and duration < 1
-    assert loadgen_bytes("Offline", OFFLINE_SLACK * target * duration) <= DEFAULT_MEMORY_BUDGET_MB * 1e6 * 1.01
+    assert loadgen_bytes(Scenario.OFFLINE, OFFLINE_SLACK * target * duration) <= DEFAULT_MEMORY_BUDGET_MB * 1e6 * 1.01
     assert plan.sources["min_duration_s"] == "quick run shortened so its queries fit LoadGen's memory"
     # An explicit duration is kept: then the target is bounded, and said to be.
     mine = plan_run(RunConfig(Scenario.OFFLINE, LoadGenConfig(min_duration_s=10)), 104, None, {}, capacity_qps=2.5e6)

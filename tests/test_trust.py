@@ -136,7 +136,7 @@ def test_derived_values_keep_loadgens_queries_bounded() -> None:
         assert "bounded" in plan.sources[f"{key}_expected_latency_ms"]
     server = plan_run(RunConfig(Scenario.SERVER, LoadGenConfig(memory_mb=100)), 104, 5e6, fast)
     assert server.sources["target_qps"] == "memory bound"
-    assert loadgen_bytes("Server", server.options.target_qps * 10) <= 100e6 * 1.001
+    assert loadgen_bytes(Scenario.SERVER, server.options.target_qps * 10) <= 100e6 * 1.001
     with pytest.raises(ConfigError, match="more than the .* GB of memory available"):
         plan_run(RunConfig(Scenario.OFFLINE, LoadGenConfig(target_qps=1e9)), 104, None, fast, available=8 << 30)
 

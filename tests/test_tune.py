@@ -233,14 +233,16 @@ def test_one_unlucky_invalid_run_does_not_cap_the_search() -> None:
 
 
 def test_trials_of_an_sut_too_fast_to_stop_quickly_are_shortened_not_invalid() -> None:
-    from asyncbench.harness.plan import ABORT_QUERIES, QueryCycle, plan_run
+    from asyncbench.harness.plan import ABORT_QUERIES, plan_run
+    from asyncbench.loadgen.sut import QueryCycle
 
     base = RunConfig(Scenario.MULTI_STREAM)
     cfg = trial_config(base, Setting(max_batch_size=8), 10.0)
     null_through_the_loop = QueryCycle(45e-6, 100e-6)
     plan = plan_run(cfg, 104, None, {}, cycle=null_through_the_loop)
     duration = plan.options.min_duration_s
-    assert duration is not None and duration * 1.5 / null_through_the_loop.fast_s <= ABORT_QUERIES["MultiStream"]
+    cap = ABORT_QUERIES[Scenario.MULTI_STREAM]
+    assert duration is not None and duration * 1.5 / null_through_the_loop.fast_s <= cap
     assert plan.options.min_query_count == 662  # what LoadGen's early stopping needs, whatever the seconds
     slow = plan_run(cfg, 104, None, {}, cycle=QueryCycle(0.02, 0.025))
     assert slow.options.min_duration_s == 10.0  # a trial's length where the SUT allows it

@@ -23,8 +23,11 @@ Two bounds apply on top, because LoadGen generates every query of a test before 
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.contract import SAMPLE_BYTES as SAMPLE_INPUT_BYTES
@@ -57,7 +60,7 @@ DEFAULT_MEMORY_BUDGET_MB = 1024
 # SingleStream run on 2 cores: 357k queries in 1.7 s (4.8 us each) and then 0.3 s for LoadGen to process
 # their latencies; MultiStream 6-11 us per query. These bounds keep a stop under 1 s there, and under
 # 2 s on a CPU twice as slow.
-ABORT_QUERIES = {"SingleStream": 150_000, "MultiStream": 80_000}
+ABORT_QUERIES = {Scenario.SINGLE_STREAM: 150_000, Scenario.MULTI_STREAM: 80_000}
 # A shortened quick run asks for at most 1 / QUERY_MARGIN of the generated queries, so a stretch up to
 # that much faster than the measured (fast-end) cycle still ends naturally instead of running out.
 QUERY_MARGIN = 1.5
@@ -78,34 +81,72 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def loadgen_bytes(scenario: str, queries: float, samples_per_query: float = 1) -> float:
+def loadgen_bytes(scenario: Scenario, queries: float, samples_per_query: float = 1) -> float:
     """LoadGen's peak memory for a test that generates ``queries`` (Offline: samples) of that many samples."""
-    if scenario == "Offline":
+    if scenario is Scenario.OFFLINE:
         return queries * OFFLINE_SAMPLE_BYTES
     return queries * (QUERY_BYTES + SAMPLE_BYTES * samples_per_query)
 
 
 def loadgen_fits_qps(memory_mb: float, duration_s: float) -> float:
     """The highest Server rate whose queries for ``duration_s`` fit in ``memory_mb`` of LoadGen memory."""
-    return memory_mb * 1e6 / loadgen_bytes("Server", 1) / max(duration_s, 1e-3)
+    return memory_mb * 1e6 / loadgen_bytes(Scenario.SERVER, 1) / max(duration_s, 1e-3)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Resolved:
+    """One setting's value and what set it ("command line", "user.conf", "quick-run default", ...)."""
+
+    value: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class BuiltinDefaults:
+    """The values of LoadGen's built-in mlperf.conf this harness falls back on, for one scenario."""
+
+    min_duration_s: float
+    server_target_latency_ns: int
+    server_target_qps: float
+    single_stream_expected_latency_ms: float
+    multistream_expected_latency_ms: float
+
+
+@functools.cache
+def builtin_defaults(scenario: Scenario) -> BuiltinDefaults:
+    """LoadGen's built-in values for ``scenario``, read once per process and scenario."""
+    settings = builtin_settings(MODEL, scenario)
+    return BuiltinDefaults(settings.min_duration_ms / 1000, settings.server_target_latency_ns,
+                           settings.server_target_qps, settings.single_stream_expected_latency_ns / 1e6,
+                           settings.multi_stream_expected_latency_ns / 1e6)
+
+
+@dataclass(frozen=True)
 class RunPlan:
-    """The options for LoadGen, where each came from, and the notes to print."""
+    """The resolved settings of one run: every value LoadGen gets with its source, the options passed, the notes."""
 
+    scenario: Scenario
+    settings: Mapping[str, Resolved]  # in the order they were decided
     options: LoadGenOptions
-    sources: dict[str, str] = field(default_factory=dict)  # setting -> "command line", "user.conf", ...
-    values: dict[str, float] = field(default_factory=dict)  # setting -> the value from that source
-    notes: list[str] = field(default_factory=list)
-    conf_problems: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+    conf_problems: tuple[str, ...] = ()
     target_latency_ns: int = SERVER_DEFAULT_TARGET_LATENCY_NS  # Server's p99 bound, for the batching policy
     duration_s: float = 0.0  # the minimum duration LoadGen runs for, from whichever source set it
 
+    @property
+    def values(self) -> dict[str, float]:
+        """Setting -> value, for the settings that have one here."""
+        return {k: r.value for k, r in self.settings.items() if r.value is not None}
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Setting -> what set it."""
+        return {k: r.source for k, r in self.settings.items()}
+
     def describe(self) -> str:
         """One line: every setting the harness decided, with its source."""
-        parts = [f"{key} {value:g} ({source})" if (value := self.values.get(key)) is not None else f"{key} ({source})"
-                 for key, source in self.sources.items()]
+        parts = [f"{key} {r.value:g} ({r.source})" if r.value is not None else f"{key} ({r.source})"
+                 for key, r in self.settings.items()]
         return "settings: " + (", ".join(parts) if parts else "LoadGen's own")
 
 
@@ -116,18 +157,105 @@ def _mlperf_conf_value(cfg: RunConfig, key: str) -> float | None:
     return read_conf(cfg.loadgen.mlperf_conf, "mlperf.conf").number(MODEL, cfg.scenario, key)
 
 
-def _conf_duration_s(cfg: RunConfig) -> float:
-    """The minimum duration from ``--mlperf-conf``, else LoadGen's built-in mlperf.conf (a submission-length run)."""
-    mine = _mlperf_conf_value(cfg, "min_duration")
-    if mine is not None:
-        return mine / 1000
-    return builtin_settings(MODEL, cfg.scenario).min_duration_ms / 1000
-
-
-def max_target_qps(scenario: str, duration_s: float, memory_mb: float) -> float:
+def max_target_qps(scenario: Scenario, duration_s: float, memory_mb: float) -> float:
     """The highest Server target / Offline expected QPS whose queries fit in ``memory_mb`` of LoadGen memory."""
-    per_second = OFFLINE_SLACK if scenario == "Offline" else 1.0  # queries (Offline: samples) per QPS-second
+    per_second = OFFLINE_SLACK if scenario is Scenario.OFFLINE else 1.0  # queries (Offline: samples) per QPS-second
     return memory_mb * 1e6 / loadgen_bytes(scenario, per_second) / max(duration_s, 1e-3)
+
+
+class _Resolution:
+    """The plan while it is being decided: values with their sources, notes, and what later steps need."""
+
+    def __init__(self, cfg: RunConfig, total: int, available: int | None) -> None:
+        lgc = cfg.loadgen
+        self.cfg, self.total, self.lgc, self.scenario = cfg, total, lgc, cfg.scenario
+        self.conf = read_conf(lgc.user_conf) if lgc.user_conf is not None else None
+        self.quick = not lgc.submission_length and lgc.test_mode != TestMode.SUBMISSION_RUN
+        self.quick_duration = lgc.quick_duration_s or cfg.preset.quick_min_duration_s
+        self.settings: dict[str, Resolved] = {}
+        self.notes: list[str] = []
+        self.conf_problems: list[str] = []
+        self.target_latency_ns = SERVER_DEFAULT_TARGET_LATENCY_NS
+        self.duration = 0.0
+        self.budget_mb = lgc.memory_mb
+        self.available = available_memory_bytes() if available is None else available
+
+    def from_conf(self, key: str, scenario: Scenario | None = None) -> float | None:
+        """``key`` from user.conf for this scenario (or ``scenario``); None without a user.conf or the key."""
+        return None if self.conf is None else self.conf.number(MODEL, scenario or self.scenario, key)
+
+    def value(self, name: str) -> float | None:
+        """The value decided for ``name`` (None: none here)."""
+        return self.settings[name].value if name in self.settings else None
+
+    def source(self, name: str) -> str | None:
+        """What set ``name`` (None: nothing yet)."""
+        return self.settings[name].source if name in self.settings else None
+
+    def set(self, name: str, value: float | None, source: str) -> None:
+        """Decide ``name``."""
+        self.settings[name] = Resolved(value, source)
+
+    def choose(self, name: str, explicit: float | None, conf_value: float | None, derived: float | None,
+               derived_source: str, scale: float = 1.0) -> None:
+        """Command line, then user.conf (left to LoadGen: it reads the file), then the derived value."""
+        if explicit is not None:
+            self.set(name, explicit, self.lgc.source_of(name))
+        elif conf_value is not None:
+            self.set(name, conf_value * scale, "user.conf")
+        elif derived is not None:
+            self.set(name, derived, derived_source)
+
+    def explicit(self, name: str) -> float | None:
+        """A value the harness passes itself: not one user.conf already sets (LoadGen reads that from the file)."""
+        return None if self.source(name) == "user.conf" else self.value(name)
+
+    def explicit_int(self, name: str) -> int | None:
+        """``explicit`` as an integer."""
+        value = self.explicit(name)
+        return None if value is None else int(value)
+
+    def announce_length(self, by_count_s: float, why: str) -> None:
+        """A note with the run's estimated wall time where the query count, not the duration, sets it, or it is long."""
+        if by_count_s > self.duration:
+            self.notes.append(f"this run will take about {_seconds(by_count_s)}, not the {self.duration:g} s minimum "
+                              f"duration: {why} set its length")
+        elif self.duration > LONG_RUN_S:
+            self.notes.append(f"this run will take about {_seconds(self.duration)} (its minimum duration)")
+
+    def check_fits(self, key: str, what: str, queries: float, samples: float) -> None:
+        """Refuse a value whose generated queries cannot fit in the memory this machine has free.
+
+        LoadGen generates max(min_query_count, what ``key`` implies) queries: the larger one is named.
+        """
+        min_queries = self.value("min_query_count") or 0
+        if min_queries > queries:
+            key, what, queries, advice = "min_query_count", "min_query_count", min_queries, "lower min_query_count"
+        else:
+            advice = "lower the target QPS or the duration, or raise the expected latency"
+        need = loadgen_bytes(self.scenario, queries, samples)
+        if self.available is not None and need > 0.8 * self.available:
+            raise ConfigError(
+                f"{what} from {self.source(key) or 'mlperf.conf'} would make LoadGen generate {queries:.3g} queries "
+                f"up front (~{need / 1e9:.3g} GB), more than the {self.available / 1e9:.3g} GB of memory available: "
+                f"{advice}")
+
+    def plan(self) -> RunPlan:
+        """The frozen record, with the options LoadGen gets."""
+        s, lgc = self.scenario, self.lgc
+        options = LoadGenOptions(
+            scenario=s, mode=lgc.test_mode,
+            min_duration_s=self.explicit("min_duration_s"), target_qps=self.explicit("target_qps"),
+            min_query_count=self.explicit_int("min_query_count"),
+            performance_sample_count=self.explicit_int("performance_sample_count"),
+            user_conf=lgc.user_conf, mlperf_conf=lgc.mlperf_conf,
+            single_stream_expected_latency_ms=self.explicit("single_stream_expected_latency_ms"),
+            multistream_expected_latency_ms=self.explicit("multistream_expected_latency_ms"),
+            server_max_async_queries=self.explicit_int("server_max_async_queries"),
+            server_target_latency_ms=lgc.server_target_latency_ms if s is Scenario.SERVER else None,
+        )
+        return RunPlan(s, MappingProxyType(dict(self.settings)), options, tuple(self.notes),
+                       tuple(self.conf_problems), self.target_latency_ns, self.duration)
 
 
 def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict[int, float | None], *,
@@ -139,176 +267,163 @@ def plan_run(cfg: RunConfig, total: int, peak_qps: float | None, latency_s: dict
     the samples/s the whole pipeline sustained under this scenario's batching (Server, Offline). The
     engine's own latency and batched peak are used without them.
     """
+    r = _Resolution(cfg, total, available)
+    _common(r)
+    if cfg.scenario in (Scenario.SERVER, Scenario.OFFLINE):
+        _throughput(r, peak_qps, capacity_qps)
+        if cfg.scenario is Scenario.SERVER:
+            _server_bounds(r, peak_qps, capacity_qps)
+        _announce_throughput(r, capacity_qps or peak_qps)
+    else:
+        _stream(r, latency_s, cycle)
     lgc = cfg.loadgen
-    conf = read_conf(lgc.user_conf) if lgc.user_conf is not None else None
-    scenario = cfg.scenario
-    quick = not lgc.submission_length and lgc.test_mode != TestMode.SUBMISSION_RUN
-    plan = RunPlan(LoadGenOptions(scenario=scenario, mode=lgc.test_mode))
-    if conf is not None:
-        plan.conf_problems = conf.problems(MODEL)
-        if plan.conf_problems and lgc.strict:
-            raise ConfigError(f"user.conf {lgc.user_conf}: LoadGen would ignore {'; '.join(plan.conf_problems)} "
-                              f"(--strict)")
-        if (mode := conf.lookup(MODEL, scenario, "mode")) is not None:
-            plan.notes.append(f"user.conf sets mode = {mode}: the run uses --test-mode {lgc.test_mode}")
-
-    def from_conf(key: str, scenario_key: str | None = None) -> float | None:
-        return None if conf is None else conf.number(MODEL, scenario_key or scenario, key)
-
-    values = plan.values
-
-    def choose(name: str, explicit: float | None, conf_value: float | None, derived: float | None,
-               derived_source: str, scale: float = 1.0) -> None:
-        """Command line, then user.conf (left to LoadGen: it reads the file), then the derived value."""
-        if explicit is not None:
-            values[name], plan.sources[name] = explicit, lgc.source_of(name)
-        elif conf_value is not None:
-            values[name], plan.sources[name] = conf_value * scale, "user.conf"
-        elif derived is not None:
-            values[name], plan.sources[name] = derived, derived_source
-
-    quick_duration = lgc.quick_duration_s or cfg.preset.quick_min_duration_s
-    choose("min_duration_s", lgc.min_duration_s, from_conf("min_duration"),
-           quick_duration if quick else None, "quick-run default", 1e-3)
-    if "min_duration_s" in values:
-        duration = values["min_duration_s"]
-    else:
-        duration, plan.sources["min_duration_s"] = _conf_duration_s(cfg), "mlperf.conf"
-    plan.duration_s = duration
-    choose("min_query_count", lgc.min_query_count, from_conf("min_query_count"),
-           cfg.preset.quick_min_query_count if quick else None, "quick-run default")
-    choose("performance_sample_count", lgc.performance_sample_count, from_conf("performance_sample_count_override"),
-           min(total, 1024), "dataset size")
-
-    memory_budget_mb = lgc.memory_mb
-    budget = memory_budget_mb * 1e6
-    available = available_memory_bytes() if available is None else available
-    min_queries = values.get("min_query_count") or 0
-
-    if scenario in ("Server", "Offline"):
-        load = OFFLINE_OVERESTIMATE if scenario == "Offline" else SERVER_LOAD
-        derived_target = derived_source = None
-        if capacity_qps:
-            derived_target = round(capacity_qps * load, 1)
-            derived_source = f"pipeline's measured {capacity_qps:.0f}/s x {load:g}"
-        elif peak_qps:
-            derived_target = round(min(peak_qps, 500_000.0) * load, 1)
-            derived_source = f"engine's measured peak x {load:g}"
-        choose("target_qps", lgc.target_qps, from_conf("target_qps", scenario), derived_target, derived_source or "")
-        target = values.get("target_qps")
-        per_second = OFFLINE_SLACK if scenario == "Offline" else 1.0  # queries (Offline: samples) per QPS-second
-        if target is not None:
-            fits = max_target_qps(scenario, duration, memory_budget_mb)
-            derived = plan.sources["target_qps"] != "user.conf" and lgc.target_qps is None
-            if derived and target > fits and scenario == "Offline" and \
-                    plan.sources["min_duration_s"] == "quick-run default":
-                # A lower target would make the SUT finish early (INVALID by construction): a shorter run instead.
-                shorter = round(budget / loadgen_bytes(scenario, per_second) / target, 2)
-                duration = values["min_duration_s"] = shorter
-                plan.sources["min_duration_s"] = "quick run shortened so its queries fit LoadGen's memory"
-                plan.notes.append(f"quick run of {shorter:g} s instead of {quick_duration:g} s: "
-                                  f"{quick_duration:g} s of queries at {target:g}/s would not fit "
-                                  f"in {memory_budget_mb:g} MB of LoadGen memory (--loadgen-memory-mb)")
-            elif derived and target > fits:
-                values["target_qps"] = round(fits, 1)
-                plan.sources["target_qps"] = "memory bound"
-                plan.notes.append(f"target QPS {values['target_qps']:g} instead of the measured {target:g}: "
-                                  f"{duration:g} s of queries must fit in {memory_budget_mb:g} MB of LoadGen memory "
-                                  f"(--loadgen-memory-mb, or pass --target-qps)")
-            _check_fits(plan, "target_qps", "target QPS", scenario, values["target_qps"] * duration * per_second,
-                        min_queries, 1, available)
-        if scenario == Scenario.SERVER:
-            # The p99 bound LoadGen will judge by: the command line, user.conf, --mlperf-conf, LoadGen's built-in file.
-            target_ms = lgc.server_target_latency_ms or from_conf("target_latency") or \
-                _mlperf_conf_value(cfg, "target_latency")
-            plan.target_latency_ns = round(target_ms * 1e6) if target_ms else \
-                builtin_settings(MODEL, scenario).server_target_latency_ns or SERVER_DEFAULT_TARGET_LATENCY_NS
-            latency_limit = plan.target_latency_ns / 1e9
-            conf_async = from_conf("max_async_queries", "Server")
-            if conf_async is None:
-                hold = max(SERVER_HOLD_S, 20 * latency_limit)
-                rate = values.get("target_qps") or builtin_settings(MODEL, scenario).server_target_qps
-                engine_rate = capacity_qps or peak_qps
-                # What is outstanding when LoadGen gives up must still finish: at most ``hold`` of the SUT's work
-                # (at 5,000 QPS on a 60/s engine, a second of queries took 82 s to drain, without a word).
-                if engine_rate and rate > engine_rate:
-                    plan.notes.append(f"target QPS {rate:g} is above the {engine_rate:.0f}/s measured: LoadGen will "
-                                      f"end the run early (INVALID) once {hold:g} s of the SUT's work is outstanding")
-                    rate = engine_rate
-                values["server_max_async_queries"] = max(8, math.ceil(rate * hold))
-                plan.sources["server_max_async_queries"] = f"{hold:g} s of queries, so Ctrl-C stops LoadGen"
-            elif conf_async == 0:
-                plan.notes.append("user.conf sets max_async_queries = 0: after Ctrl-C or a failure LoadGen "
-                                  "keeps issuing until its schedule ends")
-    else:
-        samples = 1 if scenario == "SingleStream" else (
-            from_conf("samples_per_query", "MultiStream") or MULTISTREAM_SAMPLES)
-        key = "single_stream_expected_latency_ms" if scenario == "SingleStream" else "multistream_expected_latency_ms"
-        engine_s = latency_s.get(int(samples))
-        measured = cycle.fast_s if cycle is not None else engine_s
-        typical = cycle.median_s if cycle is not None else engine_s
-        if measured and quick:
-            cap = ABORT_QUERIES[scenario]
-            longest = cap * measured / QUERY_MARGIN  # seconds the bounded queries cover, with the margin
-            if duration > longest and plan.sources["min_duration_s"] == "quick-run default":
-                duration = values["min_duration_s"] = round(longest, 1)
-                plan.sources["min_duration_s"] = "quick run shortened so Ctrl-C stops it quickly"
-                plan.notes.append(
-                    f"quick run of {duration:g} s instead of {quick_duration:g} s: a query takes "
-                    f"{measured * 1e3:.3f} ms here, and LoadGen must issue all of its generated queries (at most "
-                    f"{cap}) before it can stop after Ctrl-C; pass --min-duration to choose the length")
-            elif duration > cap * measured:
-                plan.notes.append(
-                    f"{duration:g} s at {measured * 1e3:.3f} ms per query needs more than the {cap} queries a quick "
-                    f"run generates (so that Ctrl-C stops it quickly): LoadGen will run out of queries and the "
-                    f"result will be INVALID; pass --submission-length or a shorter --min-duration")
-        derived_ms = None
-        if measured:
-            memory_floor = 2 * duration * loadgen_bytes(scenario, 1, samples) / budget
-            floor = memory_floor
-            if quick:
-                floor = max(floor, 2 * duration / ABORT_QUERIES[scenario])
-            derived_ms = max(measured, floor) * 1e3
-        source = "measured per query through the pipeline" if cycle is not None else "engine's measured latency"
-        choose(key, None, from_conf("target_latency", scenario), derived_ms, source)
-        if plan.sources.get(key) == source and measured and derived_ms is not None \
-                and derived_ms > measured * 1e3:
-            plan.sources[key] = "bounded so LoadGen's generated queries stay small"
-            plan.notes.append(f"expected latency {derived_ms:.3f} ms instead of the measured {measured * 1e3:.3f} ms: "
-                              f"LoadGen generates 2 x duration / expected latency queries up front, which must "
-                              f"stay within memory and be quick to drain on Ctrl-C")
-        expected_ms = values.get(key) or (builtin_settings(MODEL, scenario).single_stream_expected_latency_ns
-                                          if scenario == "SingleStream" else
-                                          builtin_settings(MODEL, scenario).multi_stream_expected_latency_ns) / 1e6
-        _check_fits(plan, key, "expected latency", scenario, 2 * duration / (expected_ms / 1e3), min_queries,
-                    samples, available)
-        if typical:
-            _announce_length(plan, duration, min_queries * typical, f"{min_queries:g} queries (min_query_count) at "
-                             f"the measured {typical * 1e3:.3f} ms each")
-    if scenario == Scenario.SERVER and values.get("target_qps"):
-        _announce_length(plan, duration, min_queries / values["target_qps"],
-                         f"{min_queries:g} queries (min_query_count) at {values['target_qps']:g} QPS")
-    if scenario == Scenario.OFFLINE and values.get("target_qps") and (rate := capacity_qps or peak_qps):
-        samples = OFFLINE_SLACK * duration * values["target_qps"]
-        _announce_length(plan, duration, samples / rate, f"LoadGen's one query of {samples:.0f} samples at the "
-                         f"measured {rate:.0f}/s")
-
     if lgc.performance_sample_count is not None and lgc.performance_sample_count > total:
         raise ConfigError(f"--performance-sample-count {lgc.performance_sample_count} is more than the "
                           f"{total} samples of this dataset: use at most {total}")
-    check_max_batch(cfg.batching.max_batch_size, int(values["performance_sample_count"]), available)
-    plan.options = LoadGenOptions(
-        scenario=scenario, mode=lgc.test_mode,
-        min_duration_s=_explicit(values, plan, "min_duration_s"), target_qps=_explicit(values, plan, "target_qps"),
-        min_query_count=_int(values, plan, "min_query_count"),
-        performance_sample_count=_int(values, plan, "performance_sample_count"),
-        user_conf=lgc.user_conf, mlperf_conf=lgc.mlperf_conf,
-        single_stream_expected_latency_ms=_explicit(values, plan, "single_stream_expected_latency_ms"),
-        multistream_expected_latency_ms=_explicit(values, plan, "multistream_expected_latency_ms"),
-        server_max_async_queries=_int(values, plan, "server_max_async_queries"),
-        server_target_latency_ms=lgc.server_target_latency_ms if scenario == Scenario.SERVER else None,
-    )
-    return plan
+    check_max_batch(cfg.batching.max_batch_size, int(r.value("performance_sample_count") or 0), r.available)
+    return r.plan()
+
+
+def _common(r: _Resolution) -> None:
+    """Every scenario: user.conf's problems, the duration, the query count, the performance sample count."""
+    lgc = r.lgc
+    if r.conf is not None:
+        r.conf_problems = r.conf.problems(MODEL)
+        if r.conf_problems and lgc.strict:
+            raise ConfigError(f"user.conf {lgc.user_conf}: LoadGen would ignore {'; '.join(r.conf_problems)} "
+                              f"(--strict)")
+        if (mode := r.conf.lookup(MODEL, r.scenario, "mode")) is not None:
+            r.notes.append(f"user.conf sets mode = {mode}: the run uses --test-mode {lgc.test_mode}")
+    r.choose("min_duration_s", lgc.min_duration_s, r.from_conf("min_duration"),
+             r.quick_duration if r.quick else None, "quick-run default", 1e-3)
+    duration = r.value("min_duration_s")
+    if duration is None:
+        mine = _mlperf_conf_value(r.cfg, "min_duration")
+        duration = mine / 1000 if mine is not None else builtin_defaults(r.scenario).min_duration_s
+        r.set("min_duration_s", None, "mlperf.conf")
+    r.duration = duration
+    r.choose("min_query_count", lgc.min_query_count, r.from_conf("min_query_count"),
+             r.cfg.preset.quick_min_query_count if r.quick else None, "quick-run default")
+    r.choose("performance_sample_count", lgc.performance_sample_count,
+             r.from_conf("performance_sample_count_override"), min(r.total, 1024), "dataset size")
+
+
+def _throughput(r: _Resolution, peak_qps: float | None, capacity_qps: float | None) -> None:
+    """Server and Offline: the target QPS (derived from what was measured), bounded by LoadGen's memory."""
+    offline = r.scenario is Scenario.OFFLINE
+    load = OFFLINE_OVERESTIMATE if offline else SERVER_LOAD
+    derived_target = derived_source = None
+    if capacity_qps:
+        derived_target = round(capacity_qps * load, 1)
+        derived_source = f"pipeline's measured {capacity_qps:.0f}/s x {load:g}"
+    elif peak_qps:
+        derived_target = round(min(peak_qps, 500_000.0) * load, 1)
+        derived_source = f"engine's measured peak x {load:g}"
+    r.choose("target_qps", r.lgc.target_qps, r.from_conf("target_qps"), derived_target, derived_source or "")
+    target = r.value("target_qps")
+    if target is not None:
+        per_second = OFFLINE_SLACK if offline else 1.0  # queries (Offline: samples) per QPS-second
+        fits = max_target_qps(r.scenario, r.duration, r.budget_mb)
+        derived = r.source("target_qps") != "user.conf" and r.lgc.target_qps is None
+        if derived and target > fits and offline and r.source("min_duration_s") == "quick-run default":
+            # A lower target would make the SUT finish early (INVALID by construction): a shorter run instead.
+            shorter = round(r.budget_mb * 1e6 / loadgen_bytes(r.scenario, per_second) / target, 2)
+            r.duration = shorter
+            r.set("min_duration_s", shorter, "quick run shortened so its queries fit LoadGen's memory")
+            r.notes.append(f"quick run of {shorter:g} s instead of {r.quick_duration:g} s: "
+                           f"{r.quick_duration:g} s of queries at {target:g}/s would not fit "
+                           f"in {r.budget_mb:g} MB of LoadGen memory (--loadgen-memory-mb)")
+        elif derived and target > fits:
+            r.set("target_qps", round(fits, 1), "memory bound")
+            r.notes.append(f"target QPS {round(fits, 1):g} instead of the measured {target:g}: "
+                           f"{r.duration:g} s of queries must fit in {r.budget_mb:g} MB of LoadGen memory "
+                           f"(--loadgen-memory-mb, or pass --target-qps)")
+        r.check_fits("target_qps", "target QPS", (r.value("target_qps") or target) * r.duration * per_second, 1)
+
+
+def _announce_throughput(r: _Resolution, rate: float | None) -> None:
+    """Server and Offline: the run's length where the query count or LoadGen's one Offline query sets it."""
+    target = r.value("target_qps")
+    if not target:
+        return
+    if r.scenario is Scenario.SERVER:
+        min_queries = r.value("min_query_count") or 0
+        r.announce_length(min_queries / target, f"{min_queries:g} queries (min_query_count) at {target:g} QPS")
+    elif rate:
+        samples = OFFLINE_SLACK * r.duration * target
+        r.announce_length(samples / rate, f"LoadGen's one query of {samples:.0f} samples at the measured {rate:.0f}/s")
+
+
+def _server_bounds(r: _Resolution, peak_qps: float | None, capacity_qps: float | None) -> None:
+    """Server: the p99 bound LoadGen judges by, and how much LoadGen may hold outstanding before it stops."""
+    lgc = r.lgc
+    # The command line, user.conf, --mlperf-conf, LoadGen's built-in file.
+    target_ms = lgc.server_target_latency_ms or r.from_conf("target_latency") or \
+        _mlperf_conf_value(r.cfg, "target_latency")
+    r.target_latency_ns = round(target_ms * 1e6) if target_ms else \
+        builtin_defaults(r.scenario).server_target_latency_ns or SERVER_DEFAULT_TARGET_LATENCY_NS
+    conf_async = r.from_conf("max_async_queries")
+    if conf_async is None:
+        hold = max(SERVER_HOLD_S, 20 * r.target_latency_ns / 1e9)
+        rate = r.value("target_qps") or builtin_defaults(r.scenario).server_target_qps
+        engine_rate = capacity_qps or peak_qps
+        # What is outstanding when LoadGen gives up must still finish: at most ``hold`` of the SUT's work
+        # (at 5,000 QPS on a 60/s engine, a second of queries took 82 s to drain, without a word).
+        if engine_rate and rate > engine_rate:
+            r.notes.append(f"target QPS {rate:g} is above the {engine_rate:.0f}/s measured: LoadGen will "
+                           f"end the run early (INVALID) once {hold:g} s of the SUT's work is outstanding")
+            rate = engine_rate
+        r.set("server_max_async_queries", max(8, math.ceil(rate * hold)),
+              f"{hold:g} s of queries, so Ctrl-C stops LoadGen")
+    elif conf_async == 0:
+        r.notes.append("user.conf sets max_async_queries = 0: after Ctrl-C or a failure LoadGen "
+                       "keeps issuing until its schedule ends")
+
+
+def _stream(r: _Resolution, latency_s: dict[int, float | None], cycle: QueryCycle | None) -> None:
+    """SingleStream and MultiStream: the expected latency, bounded so the generated queries stay few."""
+    single = r.scenario is Scenario.SINGLE_STREAM
+    samples = 1 if single else (r.from_conf("samples_per_query") or MULTISTREAM_SAMPLES)
+    key = "single_stream_expected_latency_ms" if single else "multistream_expected_latency_ms"
+    engine_s = latency_s.get(int(samples))
+    measured = cycle.fast_s if cycle is not None else engine_s
+    typical = cycle.median_s if cycle is not None else engine_s
+    cap = ABORT_QUERIES[r.scenario]
+    if measured and r.quick:
+        longest = cap * measured / QUERY_MARGIN  # seconds the bounded queries cover, with the margin
+        if r.duration > longest and r.source("min_duration_s") == "quick-run default":
+            r.duration = round(longest, 1)
+            r.set("min_duration_s", r.duration, "quick run shortened so Ctrl-C stops it quickly")
+            r.notes.append(
+                f"quick run of {r.duration:g} s instead of {r.quick_duration:g} s: a query takes "
+                f"{measured * 1e3:.3f} ms here, and LoadGen must issue all of its generated queries (at most "
+                f"{cap}) before it can stop after Ctrl-C; pass --min-duration to choose the length")
+        elif r.duration > cap * measured:
+            r.notes.append(
+                f"{r.duration:g} s at {measured * 1e3:.3f} ms per query needs more than the {cap} queries a quick "
+                f"run generates (so that Ctrl-C stops it quickly): LoadGen will run out of queries and the "
+                f"result will be INVALID; pass --submission-length or a shorter --min-duration")
+    derived_ms = None
+    if measured:
+        floor = 2 * r.duration * loadgen_bytes(r.scenario, 1, samples) / (r.budget_mb * 1e6)
+        if r.quick:
+            floor = max(floor, 2 * r.duration / cap)
+        derived_ms = max(measured, floor) * 1e3
+    source = "measured per query through the pipeline" if cycle is not None else "engine's measured latency"
+    r.choose(key, None, r.from_conf("target_latency"), derived_ms, source)
+    if r.source(key) == source and measured and derived_ms is not None and derived_ms > measured * 1e3:
+        r.set(key, derived_ms, "bounded so LoadGen's generated queries stay small")
+        r.notes.append(f"expected latency {derived_ms:.3f} ms instead of the measured {measured * 1e3:.3f} ms: "
+                       f"LoadGen generates 2 x duration / expected latency queries up front, which must "
+                       f"stay within memory and be quick to drain on Ctrl-C")
+    builtin = builtin_defaults(r.scenario)
+    expected_ms = r.value(key) or (builtin.single_stream_expected_latency_ms if single
+                                   else builtin.multistream_expected_latency_ms)
+    r.check_fits(key, "expected latency", 2 * r.duration / (expected_ms / 1e3), samples)
+    if typical:
+        min_queries = r.value("min_query_count") or 0
+        r.announce_length(min_queries * typical, f"{min_queries:g} queries (min_query_count) at the measured "
+                          f"{typical * 1e3:.3f} ms each")
 
 
 def check_max_batch(max_batch: int | None, samples: int, available: int | None, what: str = "--max-batch-size"
@@ -329,15 +444,6 @@ def check_max_batch(max_batch: int | None, samples: int, available: int | None, 
                           f"{available / 1e9:.3g} GB of memory available: use a smaller batch")
 
 
-def _announce_length(plan: RunPlan, duration: float, by_count_s: float, why: str) -> None:
-    """A note with the run's estimated wall time where the query count, not the duration, sets it, or it is long."""
-    if by_count_s > duration:
-        plan.notes.append(f"this run will take about {_seconds(by_count_s)}, not the {duration:g} s minimum duration: "
-                          f"{why} set its length")
-    elif duration > LONG_RUN_S:
-        plan.notes.append(f"this run will take about {_seconds(duration)} (its minimum duration)")
-
-
 def _seconds(s: float) -> str:
     """A duration for a person: seconds, minutes or hours."""
     if s < 10:
@@ -345,30 +451,3 @@ def _seconds(s: float) -> str:
     if s < 120:
         return f"{s:.0f} s"
     return f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
-
-
-def _explicit(values: dict[str, float], plan: RunPlan, key: str) -> float | None:
-    """A value the harness passes itself: not one user.conf already sets (LoadGen reads that from the file)."""
-    return None if plan.sources.get(key) == "user.conf" else values.get(key)
-
-
-def _int(values: dict[str, float], plan: RunPlan, key: str) -> int | None:
-    value = _explicit(values, plan, key)
-    return None if value is None else int(value)
-
-
-def _check_fits(plan: RunPlan, key: str, what: str, scenario: str, queries: float, min_queries: float,
-                samples: float, available: int | None) -> None:
-    """Refuse a value whose generated queries cannot fit in the memory this machine has free.
-
-    LoadGen generates max(min_query_count, what ``key`` implies) queries: the larger one is named.
-    """
-    if min_queries > queries:
-        key, what, queries, advice = "min_query_count", "min_query_count", min_queries, "lower min_query_count"
-    else:
-        advice = "lower the target QPS or the duration, or raise the expected latency"
-    need = loadgen_bytes(scenario, queries, samples)
-    if available is not None and need > 0.8 * available:
-        raise ConfigError(
-            f"{what} from {plan.sources.get(key, 'mlperf.conf')} would make LoadGen generate {queries:.3g} queries "
-            f"up front (~{need / 1e9:.3g} GB), more than the {available / 1e9:.3g} GB of memory available: {advice}")

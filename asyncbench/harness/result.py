@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncbench
-from asyncbench.config import RunConfig
+from asyncbench.config import RunConfig, Scenario
 from asyncbench.fileio import write_bytes_atomic
 from asyncbench.host import cpu_flags, cpu_model
 from asyncbench.loadgen.accuracy import AccuracyResult
@@ -59,16 +59,16 @@ def config_record(cfg: RunConfig) -> dict[str, Any]:
     return record
 
 
-def latency_percentiles(detail: dict[str, Any], scenario: str) -> dict[str, int]:
+def latency_percentiles(detail: dict[str, Any], scenario: Scenario | None) -> dict[str, int]:
     """``{"p50": ns, ..., "p99.9": ns}`` from the detail log (MultiStream: per query, as LoadGen judges it)."""
-    per_query = scenario == "MultiStream"
+    per_query = scenario == Scenario.MULTI_STREAM
     found: dict[str, int] = {}
     for key, value in detail.items():
         match = _PERCENTILE_KEY.match(key)
         if match and bool(match.group(2)) == per_query and match.group(1) in PERCENTILES:
             found[f"p{float(match.group(1)):g}"] = int(value)
     if not found and per_query:  # an older LoadGen logs MultiStream per sample only
-        return latency_percentiles(detail, "")
+        return latency_percentiles(detail, None)
     return found
 
 
@@ -139,7 +139,7 @@ def build_result(*, cfg: RunConfig, engine_name: str, device: str, policy: dict[
             "loadgen_errors": summary.errors if summary is not None else None,
         },
         "metric": {"name": summary.metric_name, "value": summary.metric_value} if summary is not None else None,
-        "latency_ns": latency_percentiles(detail, str(cfg.scenario)),
+        "latency_ns": latency_percentiles(detail, cfg.scenario),
         "samples": counts,
         "batch_sizes": {str(size): n for size, n in sorted(histogram.items())},
         "stage_seconds": stage_seconds,

@@ -304,9 +304,9 @@ def effective_notes(plan: RunPlan, effective: dict[str, object]) -> list[str]:
     """Where LoadGen ran with other values than the harness passed (an audit config, LoadGen's own rules)."""
     o = plan.options
     asked: dict[str, float | str | None] = {
-        "target_qps": o.target_qps if o.scenario in ("Server", "Offline") else None,
+        "target_qps": o.target_qps if o.scenario in (Scenario.SERVER, Scenario.OFFLINE) else None,
         "min_duration_ms": None if o.min_duration_s is None else round(o.min_duration_s * 1000),
-        "min_query_count": None if o.min_query_count is None or o.scenario == "Offline" else o.min_query_count,
+        "min_query_count": None if o.min_query_count is None or o.scenario is Scenario.OFFLINE else o.min_query_count,
         "performance_sample_count": o.performance_sample_count,
         "max_async_queries": o.server_max_async_queries,
         "test_mode": o.mode,

@@ -491,7 +491,7 @@ def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, 
         return trial
 
     if base.scenario == Scenario.SERVER:
-        search = ServerSearch(run, precision, repeats, ceiling=max_target_qps("Server", duration_s,
+        search = ServerSearch(run, precision, repeats, ceiling=max_target_qps(Scenario.SERVER, duration_s,
                                                                                base.loadgen.memory_mb))
         if start_qps is None:
             peak = engine_peak_qps(engine) or 1000.0
@@ -505,7 +505,7 @@ def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, 
         if not grid and best_qps and first.max_queue_delay_us is None:
             # Does another queue delay carry more? One trial of each just above the rate found; a VALID
             # one is searched upward from there (most often neither is, at the cost of two trials).
-            above = round(best_qps * (1 + 4 * precision), 1)
+            above = round(best_qps * (1 + 2 * precision), 1)
             probes = [run("delay", dataclasses.replace(first, target_qps=above, max_queue_delay_us=d))
                       for d in delay_grid(trials, best_qps)["delay_us"]]
             for probe in sorted((t for t in probes if t.valid), key=lambda t: t.p99_ms or 0.0)[:1]:

@@ -198,7 +198,7 @@ class LoadGenOptions:
         for name, value in not_negative.items():
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be 0 or more, got {value}")
-        if self.target_qps is not None and self.scenario not in ("Server", "Offline"):
+        if self.target_qps is not None and self.scenario not in (Scenario.SERVER, Scenario.OFFLINE):
             raise ConfigError(
                 f"target_qps applies to the Server and Offline scenarios, not {self.scenario}: "
                 "set the expected latency instead"
@@ -293,7 +293,7 @@ def build_test_settings(opts: LoadGenOptions, model: str = "mobilenet") -> tuple
     settings.scenario = lg_scenario(opts.scenario)
     settings.mode = lg_mode(opts.mode)
     if opts.target_qps is not None:
-        if opts.scenario == "Server":
+        if opts.scenario is Scenario.SERVER:
             settings.server_target_qps = opts.target_qps
         else:
             settings.offline_expected_qps = opts.target_qps
