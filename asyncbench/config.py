@@ -148,7 +148,7 @@ class BatchingConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     inflight: int | None = None  # batches in flight: CPU engines 2, GPU engines 3 per device
     idle_dispatch: bool = True  # Server: an idle engine takes what is pending at once (BatchPolicy.idle_gap_ns)
-    inline: bool = True  # SingleStream/MultiStream on a GPU: run each query on LoadGen's thread (Pipeline.run_inline)
+    inline: bool = True  # SingleStream/MultiStream on a GPU: run each query on LoadGen's thread (the inline driver)
 
 
 @dataclass(frozen=True)

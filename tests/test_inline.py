@@ -25,15 +25,15 @@ from asyncbench.engines.null import NullEngine, parse_null_spec
 from asyncbench.errors import ConfigError
 from asyncbench.harness.policy import runs_inline
 from asyncbench.paths import BuildPaths
-from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import execution_for
-from asyncbench.runtime.pipeline import Pipeline
+from asyncbench.runtime.inline import InlineDriver
+from asyncbench.runtime.ledger import Ledger
 from asyncbench.runtime.timeline import Timeline
 
 LOOPS = ["asyncio", "uvloop"]
 
 
-class Ledger:
+class Completions:
     """Every completion, with the thread it ran on."""
 
     def __init__(self) -> None:
@@ -48,25 +48,25 @@ class Ledger:
         return Counter(i for ids, _, _ in self.calls for i in ids)
 
 
-def _pipeline(engine: NullEngine, ledger: Ledger, max_batch: int, timeout_s: float | None = 10) -> Pipeline:
+def _driver(engine: NullEngine, done: Completions, max_batch: int, timeout_s: float | None = 10) -> InlineDriver:
     arena = SampleArena(Path("/nonexistent"), [f"s{i}" for i in range(64)])
-    return Pipeline(execution_for(engine, arena, max_batch), BatchPolicy(max_batch, 0), ledger, timeout_s=timeout_s,
-                    timeline=Timeline(), inline=True)
+    execution = execution_for(engine, arena, max_batch)
+    return InlineDriver(execution, max_batch, Ledger(done, execution.times, observer=Timeline()), timeout_s=timeout_s)
 
 
-def _drive_from_a_thread(loop_kind: str, pipeline: Pipeline, queries: list[list[int]]) -> None:
-    """The loop runs the (idle) pipeline while another thread plays LoadGen's issue thread."""
+def _drive_from_a_thread(loop_kind: str, driver: InlineDriver, queries: list[list[int]]) -> None:
+    """The loop waits on the driver while another thread plays LoadGen's issue thread."""
     factory = uvloop.new_event_loop if loop_kind == "uvloop" else None
 
     async def body() -> None:
-        task = asyncio.create_task(pipeline.run())
+        task = asyncio.create_task(driver.run())
 
         def issue_all() -> None:
             for ids in queries:
-                pipeline.run_inline(ids, [i % 64 for i in ids])
+                driver.issue(ids, [i % 64 for i in ids])
 
         await asyncio.to_thread(issue_all)
-        pipeline.close()
+        driver.close()
         await asyncio.wait_for(task, 30)
 
     with asyncio.Runner(loop_factory=factory) as runner:
@@ -75,51 +75,54 @@ def _drive_from_a_thread(loop_kind: str, pipeline: Pipeline, queries: list[list[
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_queries_complete_once_on_the_issuing_thread(loop_kind: str) -> None:
-    ledger = Ledger()
+    done = Completions()
     engine = NullEngine(max_batch_size=8, form=ExecutionForm.DEVICE, fixed_s=50e-6)
-    pipeline = _pipeline(engine, ledger, max_batch=4)
+    driver = _driver(engine, done, max_batch=4)
     queries = [list(range(k * 8, k * 8 + 8)) for k in range(5)]  # MultiStream-like: 8 samples a query
-    _drive_from_a_thread(loop_kind, pipeline, queries)
-    assert pipeline.failure is None
-    assert set(ledger.counts().values()) == {1} and len(ledger.counts()) == 40
-    assert all(ok for _, ok, _ in ledger.calls)
-    threads = {thread for _, _, thread in ledger.calls}
+    _drive_from_a_thread(loop_kind, driver, queries)
+    assert driver.ledger.failure is None
+    assert set(done.counts().values()) == {1} and len(done.counts()) == 40
+    assert all(ok for _, ok, _ in done.calls)
+    threads = {thread for _, _, thread in done.calls}
     assert len(threads) == 1 and threading.main_thread().name not in threads  # the issuing thread, never the loop
-    assert pipeline.histogram() == {4: 10}  # split at the max batch size
-    assert pipeline.issued == pipeline.completed == 40
-    assert pipeline.latency.samples == 40
-    assert pipeline.timeline is not None and len(pipeline.timeline.batches) == 10
-    assert all(b.completed >= b.executed >= b.started >= b.oldest_arrival for b in pipeline.timeline.batches)
+    assert driver.histogram() == {4: 10}  # split at the max batch size
+    assert driver.ledger.issued == driver.ledger.completed == 40
+    assert driver.ledger.latency.samples == 40
+    timeline = driver.ledger.observer
+    assert isinstance(timeline, Timeline) and len(timeline.batches) == 10
+    assert all(b.completed >= b.executed >= b.started >= b.oldest_arrival for b in timeline.batches)
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_a_failure_completes_the_rest_of_the_query_and_later_ones_as_failed(loop_kind: str) -> None:
-    ledger = Ledger()
+    done = Completions()
     engine = NullEngine(max_batch_size=4, form=ExecutionForm.DEVICE, fail_after_batches=3)
-    pipeline = _pipeline(engine, ledger, max_batch=2)
-    _drive_from_a_thread(loop_kind, pipeline, [list(range(k * 4, k * 4 + 4)) for k in range(4)])
-    assert pipeline.failure is not None and "injected failure" in str(pipeline.failure)
-    assert pipeline.failure.details()["failure_type"] == "EngineError"
-    counts = ledger.counts()
+    driver = _driver(engine, done, max_batch=2)
+    _drive_from_a_thread(loop_kind, driver, [list(range(k * 4, k * 4 + 4)) for k in range(4)])
+    failure = driver.ledger.failure
+    assert failure is not None and "injected failure" in str(failure)
+    assert failure.details()["failure_type"] == "EngineError"
+    counts = done.counts()
     assert set(counts) == set(range(16)) and set(counts.values()) == {1}
-    failed = {i for ids, ok, _ in ledger.calls if not ok for i in ids}
+    failed = {i for ids, ok, _ in done.calls if not ok for i in ids}
     assert failed == set(range(6, 16))  # batch 3 is the second half of query 1; everything after fails too
-    assert pipeline.completed == pipeline.issued == 16 and pipeline.failed_samples == 10
+    assert driver.ledger.completed == driver.ledger.issued == 16 and driver.ledger.failed_samples == 10
 
 
 def test_a_stall_fails_at_the_timeout_instead_of_hanging() -> None:
-    ledger = Ledger()
+    done = Completions()
     engine = NullEngine(max_batch_size=1, form=ExecutionForm.DEVICE, stall_after_batches=1, stall_s=60)
-    pipeline = _pipeline(engine, ledger, max_batch=1, timeout_s=0.2)
-    _drive_from_a_thread("uvloop", pipeline, [[k] for k in range(4)])
-    assert pipeline.failure is not None and "did not finish within 0.2 s" in str(pipeline.failure)
-    assert set(ledger.counts().values()) == {1} and len(ledger.counts()) == 4
+    driver = _driver(engine, done, max_batch=1, timeout_s=0.2)
+    _drive_from_a_thread("uvloop", driver, [[k] for k in range(4)])
+    assert driver.ledger.failure is not None and "did not finish within 0.2 s" in str(driver.ledger.failure)
+    assert set(done.counts().values()) == {1} and len(done.counts()) == 4
 
 
 def test_the_inline_path_needs_a_device_engine() -> None:
     arena = SampleArena(Path("/nonexistent"), ["s0"])
+    execution = execution_for(NullEngine(max_batch_size=1), arena, 1)
     with pytest.raises(TypeError, match="run_now"):
-        Pipeline(execution_for(NullEngine(max_batch_size=1), arena, 1), BatchPolicy(1, 0), Ledger(), inline=True)
+        InlineDriver(execution, 1, Ledger(Completions(), execution.times))
 
 
 @pytest.mark.parametrize(("scenario", "form", "inline", "expected"), [

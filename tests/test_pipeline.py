@@ -23,18 +23,20 @@ from asyncbench.engines.base import ExecutionForm
 from asyncbench.engines.null import NullEngine
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import execution_for
+from asyncbench.runtime.ledger import Ledger
 from asyncbench.runtime.pipeline import Pipeline
 
 LOOPS = ["asyncio", "uvloop"]
 FORMS = [ExecutionForm.LOOP, ExecutionForm.BLOCKING]  # the null engine awaited on the loop, or on worker threads
 
 
-def _pipeline(engine: NullEngine, ledger: Ledger, timeout_s: float | None = None) -> Pipeline:
+def _pipeline(engine: NullEngine, done: Completions, timeout_s: float | None = None) -> Pipeline:
     execution = execution_for(engine, _arena(), engine.max_batch_size)
-    return Pipeline(execution, BatchPolicy(engine.max_batch_size, 0), ledger, timeout_s=timeout_s)
+    return Pipeline(execution, BatchPolicy(engine.max_batch_size, 0), Ledger(done, execution.times),
+                    timeout_s=timeout_s)
 
 
-class Ledger:
+class Completions:
     """Records every completion so tests can check the exactly-once invariant."""
 
     def __init__(self) -> None:
@@ -89,32 +91,32 @@ def test_every_sample_completed_exactly_once(form: ExecutionForm, loop_kind: str
         chunks.append(list(range(next_id, next_id + size)))
         ids.extend(chunks[-1])
         next_id += size
-    ledger = Ledger()
+    ledger = Completions()
     engine = NullEngine(max_batch_size=max_batch, slots=inflight, form=form, fail_after_batches=fail_after)
     pipeline = _pipeline(engine, ledger, timeout_s=10)
     _run(loop_kind, lambda: _drive(pipeline, chunks, abort_at))
     counts = ledger.counts()
     assert set(counts) == set(ids) and all(c == 1 for c in counts.values())
-    assert pipeline.issued == pipeline.completed == len(ids)
-    if pipeline.failure is None:
+    assert pipeline.ledger.issued == pipeline.ledger.completed == len(ids)
+    if pipeline.ledger.failure is None:
         assert not ledger.failed()
     else:
-        assert "injected" in str(pipeline.failure) or str(pipeline.failure) == "test abort"
+        assert "injected" in str(pipeline.ledger.failure) or str(pipeline.ledger.failure) == "test abort"
     assert all(len(batch) <= max_batch for batch, _ in ledger.calls if _)
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_stalled_engine_fails_the_run_once(form: ExecutionForm, loop_kind: str) -> None:
-    ledger = Ledger()
+    ledger = Completions()
     engine = NullEngine(max_batch_size=4, form=form, stall_after_batches=1, stall_s=30)
     pipeline = _pipeline(engine, ledger, timeout_s=0.3)
     try:
         _run(loop_kind, lambda: _drive(pipeline, [list(range(k * 4, k * 4 + 4)) for k in range(6)]))
     finally:
         engine.close()  # releases the stalled worker thread
-    assert pipeline.failure is not None and "stalled" in str(pipeline.failure)
-    assert isinstance(pipeline.failure.__cause__, TimeoutError)  # the cause travels with the failure
+    assert pipeline.ledger.failure is not None and "stalled" in str(pipeline.ledger.failure)
+    assert isinstance(pipeline.ledger.failure.__cause__, TimeoutError)  # the cause travels with the failure
     counts = ledger.counts()
     assert set(counts) == set(range(24)) and set(counts.values()) == {1}
     assert ledger.failed()
@@ -122,22 +124,22 @@ def test_stalled_engine_fails_the_run_once(form: ExecutionForm, loop_kind: str) 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
 def test_batches_respect_policy_and_results_align(loop_kind: str) -> None:
-    ledger = Ledger()
+    ledger = Completions()
     pipeline = _pipeline(NullEngine(max_batch_size=8), ledger)
     _run(loop_kind, lambda: _drive(pipeline, [list(range(100))]))
-    assert pipeline.failure is None
+    assert pipeline.ledger.failure is None
     assert [len(ids) for ids, _ in ledger.calls] == [8] * 12 + [4]
     assert pipeline.batcher.histogram() == {8: 12, 4: 1}
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_an_engine_error_keeps_its_type_and_traceback(form: ExecutionForm) -> None:
-    ledger = Ledger()
+    ledger = Completions()
     engine = NullEngine(max_batch_size=4, form=form, fail_after_batches=0)
     pipeline = _pipeline(engine, ledger, timeout_s=10)
     _run("asyncio", lambda: _drive(pipeline, [[0, 1, 2]]))
-    assert pipeline.failure is not None
-    details = pipeline.failure.details()
+    assert pipeline.ledger.failure is not None
+    details = pipeline.ledger.failure.details()
     assert details["failure_type"] == "EngineError"
     assert "Traceback" in str(details["traceback"]) and "_begin" in str(details["traceback"])
 
@@ -160,12 +162,12 @@ def test_an_idle_engine_gets_a_lone_sample_without_the_queue_delay(loop_kind: st
     async def body() -> None:
         engine = NullEngine(max_batch_size=8)
         # An hour of queue delay: only the idle-engine rule can dispatch this sample before close().
-        pipeline = Pipeline(execution_for(engine, _arena(), 8), BatchPolicy(8, 3600 * 10**9, idle_gap_ns=0),
-                            complete)
+        execution = execution_for(engine, _arena(), 8)
+        pipeline = Pipeline(execution, BatchPolicy(8, 3600 * 10**9, idle_gap_ns=0), Ledger(complete, execution.times))
         task = asyncio.create_task(pipeline.run())
         pipeline.submit([7], [7])
         await asyncio.wait_for(completed.wait(), 30)  # a watchdog, not a timing: it fails only if nothing comes
-        assert pipeline.completed == 1 and pipeline.batcher.histogram() == {1: 1}
+        assert pipeline.ledger.completed == 1 and pipeline.batcher.histogram() == {1: 1}
         pipeline.close()
         await task
 

@@ -19,14 +19,17 @@ from asyncbench.engines.null import NullEngine
 from asyncbench.paths import REPO_ROOT
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import execution_for
+from asyncbench.runtime.ledger import Ledger
+from asyncbench.runtime.nvtx_ranges import NvtxRanges
+from asyncbench.runtime.observer import Observers
 from asyncbench.runtime.pipeline import Pipeline
 from asyncbench.runtime.timeline import Timeline
 
 
-class CountingRanges:
-    """Stands where NvtxRanges stands: counts marks and checks every range is ended once."""
+class CountingRanges(NvtxRanges):
+    """NvtxRanges' hooks over counting primitives (no nvtx package): counts marks, checks every range ends once."""
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # the nvtx domain is never made
         self.marks: Counter[str] = Counter()
         self.open: set[int] = set()
         self.started = 0
@@ -62,14 +65,16 @@ def test_ranges_are_per_batch_and_balanced() -> None:
     ranges = CountingRanges()
     engine = NullEngine(max_batch_size=8)
     arena = SampleArena(Path("/nonexistent"), [f"s{i}" for i in range(64)])
-    pipeline = Pipeline(execution_for(engine, arena, 8), BatchPolicy(8, 0), lambda ids, top1: None,
-                        nvtx=ranges, timeline=Timeline())  # type: ignore[arg-type]
+    execution = execution_for(engine, arena, 8)
+    timeline = Timeline()
+    pipeline = Pipeline(execution, BatchPolicy(8, 0),
+                        Ledger(lambda ids, top1: None, execution.times, observer=Observers([ranges, timeline])))
 
     _run_samples(pipeline, 40)
     batches = sum(pipeline.batcher.histogram().values())
     assert batches == 5 and not ranges.open
     assert ranges.marks["batch"] == batches and ranges.started == 2 * batches  # execute + complete per batch
-    assert pipeline.timeline is not None and len(pipeline.timeline.batches) == batches
+    assert len(timeline.batches) == batches
 
 
 def test_timeline_accounts_for_every_batch(calibrated, tmp_path: Path) -> None:
@@ -101,11 +106,11 @@ def test_a_failed_batch_closes_its_range() -> None:
     ranges = CountingRanges()
     engine = NullEngine(max_batch_size=8, fail_after_batches=1)
     arena = SampleArena(Path("/nonexistent"), [f"s{i}" for i in range(64)])
-    pipeline = Pipeline(execution_for(engine, arena, 8), BatchPolicy(8, 0), lambda ids, top1: None,
-                        nvtx=ranges)  # type: ignore[arg-type]
+    execution = execution_for(engine, arena, 8)
+    pipeline = Pipeline(execution, BatchPolicy(8, 0), Ledger(lambda ids, top1: None, execution.times, observer=ranges))
 
     _run_samples(pipeline, 24)
-    assert pipeline.failure is not None and ranges.started >= 2 and not ranges.open
+    assert pipeline.ledger.failure is not None and ranges.started >= 2 and not ranges.open
 
 
 def test_device_spans_get_a_copy_and_a_compute_track_per_gpu(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def batch_policy(cfg: RunConfig, engine: Engine, target_latency_ns: int,
 
 
 def runs_inline(cfg: RunConfig, engine: Engine) -> bool:
-    """Latency-bound scenarios on a device engine take the inline path (Pipeline.run_inline) unless turned off.
+    """Latency-bound scenarios on a device engine take the inline driver (asyncbench.runtime.inline) unless turned off.
 
     LoadGen holds one query outstanding in SingleStream and MultiStream, so there is nothing to
     batch across queries, and the hand-offs to the loop and back were most of the per-query time.

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TextIO
 
-from asyncbench.runtime.pipeline import Pipeline
+from asyncbench.runtime.observer import Counters, Observer
 
 TERMINAL_INTERVAL_S = 1.0
 LOG_INTERVAL_S = 60.0
@@ -25,23 +25,30 @@ def progress_interval(stream: TextIO, every_s: float | None) -> float:
     return TERMINAL_INTERVAL_S if stream.isatty() else LOG_INTERVAL_S
 
 
-async def report_progress(pipeline: Pipeline, min_duration_s: float, every_s: float,
-                          stream: TextIO = sys.stderr) -> None:
-    """Print a progress line every ``every_s`` until cancelled (the run's end), then end the line."""
-    in_place = stream.isatty()
-    start = last_time = time.monotonic()
-    last_done = 0
-    try:
-        while True:
-            await asyncio.sleep(every_s)
-            now, done = time.monotonic(), pipeline.completed
-            rate = (done - last_done) / max(now - last_time, 1e-9)
-            last_time, last_done = now, done
-            line = (f"progress: {now - start:5.0f} / {min_duration_s:g} s, {done:,} completed, {rate:,.0f} samples/s, "
-                    f"{pipeline.issued - pipeline.completed:,} in flight, {pipeline.failed_samples:,} failed")
-            stream.write(f"\r\x1b[K{line}" if in_place else f"{line}\n")
-            stream.flush()
-    finally:
-        if in_place and last_done:
-            stream.write("\n")
-            stream.flush()
+class Progress(Observer):
+    """The progress line as a run observer: it watches the ledger beside LoadGen's test."""
+
+    def __init__(self, every_s: float, stream: TextIO = sys.stderr) -> None:
+        self.every_s, self.stream = every_s, stream
+
+    async def watch(self, ledger: Counters, min_duration_s: float) -> None:
+        """Print a progress line every ``every_s`` until cancelled (the run's end), then end the line."""
+        stream, every_s = self.stream, self.every_s
+        in_place = stream.isatty()
+        start = last_time = time.monotonic()
+        last_done = 0
+        try:
+            while True:
+                await asyncio.sleep(every_s)
+                now, done = time.monotonic(), ledger.completed
+                rate = (done - last_done) / max(now - last_time, 1e-9)
+                last_time, last_done = now, done
+                line = (f"progress: {now - start:5.0f} / {min_duration_s:g} s, {done:,} completed, "
+                        f"{rate:,.0f} samples/s, {ledger.issued - ledger.completed:,} in flight, "
+                        f"{ledger.failed_samples:,} failed")
+                stream.write(f"\r\x1b[K{line}" if in_place else f"{line}\n")
+                stream.flush()
+        finally:
+            if in_place and last_done:
+                stream.write("\n")
+                stream.flush()

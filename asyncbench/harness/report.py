@@ -14,7 +14,7 @@ from asyncbench.fileio import write_output
 from asyncbench.harness.result import RESULT_FILE
 from asyncbench.loadgen.logs import RunSummary
 from asyncbench.loadgen.sut import SampleCounts
-from asyncbench.runtime.pipeline import Pipeline
+from asyncbench.runtime.ledger import Driver
 
 # LoadGen's effective_* keys the report shows, per scenario (after scenario and mode).
 EFFECTIVE_SHOWN = {
@@ -50,7 +50,7 @@ def invalid_reasons(summary: RunSummary) -> list[str]:
     return reasons or ["LoadGen's summary names no reason: see mlperf_log_detail.txt"]
 
 
-def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, pipeline: Pipeline, log_dir: Path,
+def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, driver: Driver, log_dir: Path,
                   effective: dict[str, object], counts: SampleCounts) -> str:
     """One scenario's result: effective settings, validity, metric, latencies, batch sizes and stage times."""
     scenario, mode = effective.get("scenario", cfg.scenario), effective.get("test_mode", cfg.loadgen.test_mode)
@@ -58,7 +58,7 @@ def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, 
     shown = [f"{k} {effective[k]}" for k in EFFECTIVE_SHOWN.get(str(scenario), ()) if k in effective]
     if shown:
         lines.append("effective: " + ", ".join(shown))
-    if pipeline.failure is not None:
+    if driver.ledger.failure is not None:
         said = f" (LoadGen's summary says {summary.result}, but it cannot see failed samples)" if (
             summary is not None and summary.result == "VALID") else ""
         lines.append(f"result: FAILED: {counts.failed} of {counts.issued} samples completed as failed{said}")
@@ -70,8 +70,8 @@ def format_report(cfg: RunConfig, engine_name: str, summary: RunSummary | None, 
             lines.append(f"{summary.metric_name}: {summary.metric_value:g}")
         pct = summary.latency_ns
         lines.append("latency: " + ", ".join(f"{k} {pct[k] / 1e6:.3f} ms" for k in ("p50", "p90", "p99") if k in pct))
-    lines.append("batch sizes: " + format_histogram(pipeline.histogram()))
-    t = pipeline.times
+    lines.append("batch sizes: " + format_histogram(driver.histogram()))
+    t = driver.ledger.times
     lines.append(f"stage time: gather {t.gather:.3f} s, execute {t.execute:.3f} s, complete {t.complete:.3f} s "
                  f"over {t.batches} batches / {t.samples} samples")
     lines.append(f"logs: {log_dir}")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-import functools
 import math
 import shutil
 import tempfile
@@ -29,15 +29,29 @@ from asyncbench.harness.plan import (
     plan_run,
 )
 from asyncbench.harness.policy import batch_policy, runs_inline
-from asyncbench.harness.progress import report_progress
+from asyncbench.harness.progress import Progress
 from asyncbench.harness.report import format_report
 from asyncbench.harness.result import build_result, write_result
 from asyncbench.loadgen.accuracy import AccuracyResult, compute_accuracy, load_accuracy_log
 from asyncbench.loadgen.logs import RunSummary, detail_errors, detail_values, parse_detail, parse_summary
 from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
-from asyncbench.loadgen.sut import INTERRUPTED, QueryCycle, drive, measure_cycle, measure_throughput
-from asyncbench.runtime.execution import execution_for
+from asyncbench.loadgen.sut import (
+    INTERRUPTED,
+    LoadGenCompleter,
+    LoadGenTest,
+    QueryCycle,
+    SampleCounts,
+    drive,
+    measure_cycle,
+    measure_throughput,
+)
+from asyncbench.runtime.batcher import BatchPolicy
+from asyncbench.runtime.execution import Execution, execution_for
+from asyncbench.runtime.inline import InlineDriver
+from asyncbench.runtime.ledger import Driver, Ledger
 from asyncbench.runtime.nvtx_ranges import NvtxRanges
+from asyncbench.runtime.observer import Observer, Observers
+from asyncbench.runtime.pipeline import Pipeline
 from asyncbench.runtime.process import run_process
 from asyncbench.runtime.timeline import Timeline
 
@@ -138,11 +152,14 @@ def pilot_throughput(cfg: RunConfig, engine: Engine, arena: SampleArena, target_
                                  server_max_async_queries=max(8, math.ceil(rate * PROBE_BACKLOG_S)))
         settings, _ = build_test_settings(options)
         with tempfile.TemporaryDirectory(prefix="asyncbench-probe-") as tmp:
-            probe, counts = runner.run(drive(execution_for(engine, arena, policy.max_batch_size), arena, policy,
-                                             settings, make_log_settings(Path(tmp)), min(arena.total, 1024),
-                                             timeout_s=cfg.engine.timeout_s,
-                                             audit_config=Path(tmp) / "no-audit.config"))
-            if probe.failure is not None and str(probe.failure).startswith(INTERRUPTED):
+            execution = execution_for(engine, arena, policy.max_batch_size)
+            test = LoadGenTest(settings, make_log_settings(Path(tmp)), min(arena.total, 1024),
+                               Path(tmp) / "no-audit.config")
+            probe, counts = runner.run(_test(
+                lambda ledger: _loop_driver(execution, policy, ledger, cfg.engine.timeout_s),
+                Ledger(LoadGenCompleter(), execution.times), arena, test, None))
+            failure = probe.ledger.failure
+            if failure is not None and str(failure).startswith(INTERRUPTED):
                 raise KeyboardInterrupt  # Ctrl-C during the probe ends the command, not just the probe
             summary = parse_summary(Path(tmp) / "mlperf_log_summary.txt")
         if counts.failed or summary.metric_value is None:
@@ -209,15 +226,20 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         tracer = engine if timeline is not None and isinstance(engine, DeviceTracer) else None
         if tracer is not None:
             tracer.trace_devices()
+        observers: list[Observer] = [EventLog(events)]
+        observers += [o for o in (timeline, nvtx) if o is not None]
+        if progress_every_s is not None:
+            observers.append(Progress(progress_every_s))
+        test = LoadGenTest(settings, make_log_settings(log_dir, cfg.loadgen.trace),
+                           settings.performance_sample_count_override or min(arena.total, 1024), audit)
         try:
             with run_process(cfg.process) as runner:
-                pipeline, counts = runner.run(drive(
-                    execution, arena, policy, settings, make_log_settings(log_dir, cfg.loadgen.trace),
-                    settings.performance_sample_count_override or min(arena.total, 1024),
-                    timeout_s=cfg.engine.timeout_s, audit_config=audit, log=events,
-                    progress=None if progress_every_s is None else functools.partial(
-                        report_progress, every_s=progress_every_s), timeline=timeline, nvtx=nvtx,
-                    around_test=_profiler_range(engine.device), inline=inline))
+                timeout_s = cfg.engine.timeout_s
+                pipeline, counts = runner.run(_test(
+                    lambda ledger: InlineDriver(execution, policy.max_batch_size, ledger, timeout_s=timeout_s)
+                    if inline else _loop_driver(execution, policy, ledger, timeout_s),
+                    Ledger(LoadGenCompleter(), execution.times, observer=Observers(observers)), arena, test,
+                    _profiler_range(engine.device)))
         finally:
             if tracer is not None and timeline is not None:
                 timeline.add_device_spans(*tracer.device_spans())
@@ -229,38 +251,61 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         logs = read_results(log_dir)
         summary, effective = logs.summary, logs.effective
         histogram = pipeline.histogram()
-        failure = pipeline.failure.details() if pipeline.failure else None
+        ledger = pipeline.ledger
+        failure = ledger.failure.details() if ledger.failure else None
         events.info("run_end", result=summary.result if summary is not None else None, failed=counts.failed,
-                    issued=counts.issued, histogram=histogram, stage_seconds=vars(pipeline.times),
+                    issued=counts.issued, histogram=histogram, stage_seconds=vars(ledger.times),
                     effective={k: v for k, v in effective.items() if not k.endswith("rng_seed")},
                     loadgen_errors=logs.errors, **(failure or {"failure": None}))
     accuracy = None
-    if cfg.loadgen.test_mode == TestMode.ACCURACY_ONLY and pipeline.failure is None:
+    if cfg.loadgen.test_mode == TestMode.ACCURACY_ONLY and ledger.failure is None:
         accuracy = compute_accuracy(load_accuracy_log(log_dir / "mlperf_log_accuracy.json"),
                                     [e.label for e in read_map(dataset.val_map)], source=str(log_dir))
     record = build_result(
         cfg=cfg, engine_name=engine.name, device=engine.device, summary=summary, effective=effective,
-        detail=logs.detail, failure=failure, histogram=histogram, stage_seconds=vars(pipeline.times),
+        detail=logs.detail, failure=failure, histogram=histogram, stage_seconds=vars(ledger.times),
         policy={"max_batch_size": policy.max_batch_size, "max_queue_delay_us": policy.max_queue_delay_ns // 1000,
                 "preferred_batch_sizes": list(policy.preferred_batch_sizes), "slots": execution.slots,
                 "idle_gap_us": None if policy.idle_gap_ns is None else policy.idle_gap_ns / 1000,
                 "inline": inline},
         counts={"issued": counts.issued, "completed": counts.completed, "failed": counts.failed},
-        latency_histogram=pipeline.latency.to_json(), accuracy=accuracy, log_dir=log_dir)
+        latency_histogram=ledger.latency.to_json(), accuracy=accuracy, log_dir=log_dir)
     write_result(log_dir, record)
     for note in [*effective_notes(plan, effective), *(f"LoadGen logged {e}" for e in logs.errors)]:
         say(f"note: {note}")
     say(format_report(cfg, engine.name, summary, pipeline, log_dir, effective, counts))
     if accuracy is not None:
         say(accuracy.line())
-    if pipeline.failure:
+    if ledger.failure:
         (log_dir / FAILED_MARKER).write_text(
-            f"FAILED: {pipeline.failure}\n{counts.failed} of {counts.issued} samples were completed as failed "
+            f"FAILED: {ledger.failure}\n{counts.failed} of {counts.issued} samples were completed as failed "
             f"(no data). LoadGen 6.0 has no error response, so mlperf_log_summary.txt cannot show this: "
             f"this run is not valid.\n")
-        say(f"error: run failed: {pipeline.failure} ({counts.failed} of {counts.issued} samples completed as failed; "
+        say(f"error: run failed: {ledger.failure} ({counts.failed} of {counts.issued} samples completed as failed; "
             f"LoadGen logs in {log_dir})")
-    return RunResult(log_dir, summary, pipeline.failure, histogram, effective, accuracy, record)
+    return RunResult(log_dir, summary, ledger.failure, histogram, effective, accuracy, record)
+
+
+class EventLog(Observer):
+    """The run's event log as an observer: the closing facts of the pipeline go in as one event."""
+
+    def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
+        self._log = log
+
+    def finished(self, **facts: object) -> None:
+        self._log.info("pipeline_done", **facts)
+
+
+def _loop_driver(execution: Execution, policy: BatchPolicy, ledger: Ledger, timeout_s: float | None) -> Driver:
+    """The loop pipeline on the running loop (its inbox needs the loop LoadGen's thread hands calls to)."""
+    return Pipeline(execution, policy, ledger, timeout_s=timeout_s, loop=asyncio.get_running_loop())
+
+
+async def _test(make_driver: Callable[[Ledger], Driver], ledger: Ledger, arena: SampleArena, test: LoadGenTest,
+                around_test: contextlib.AbstractContextManager[object] | None) -> tuple[Driver, SampleCounts]:
+    """One LoadGen test through the driver ``make_driver`` builds on the running loop; the driver and the counts."""
+    driver = make_driver(ledger)
+    return driver, await drive(driver, arena, test, around_test=around_test)
 
 
 def _remove_empty(path: Path) -> None:

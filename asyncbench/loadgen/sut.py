@@ -15,7 +15,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -25,16 +25,13 @@ from typing import Any
 
 import mlperf_loadgen as lg
 import numpy as np
-import structlog
 
 from asyncbench.data.qsl import SampleArena
 from asyncbench.errors import RunFailure
 from asyncbench.runtime.batcher import BatchPolicy
 from asyncbench.runtime.execution import Execution
-from asyncbench.runtime.inbox import Inbox
-from asyncbench.runtime.nvtx_ranges import NvtxRanges
-from asyncbench.runtime.pipeline import Completer, Pipeline
-from asyncbench.runtime.timeline import Timeline
+from asyncbench.runtime.ledger import Completer, Driver, Ledger
+from asyncbench.runtime.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -215,9 +212,7 @@ async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchP
     """
     loop = asyncio.get_running_loop()
     completer = _PilotCompleter()
-    inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
-                  ring_at=policy.max_batch_size)
-    pipeline = Pipeline(execution, policy, completer, timeout_s=timeout_s, sleep_until=inbox.sleep_until)
+    pipeline = Pipeline(execution, policy, Ledger(completer, execution.times), timeout_s=timeout_s, loop=loop)
     indices = [i % arena.total for i in range(samples)]
     arena.load(indices)
     wait_s = timeout_s if timeout_s is not None else 60.0
@@ -230,8 +225,8 @@ async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchP
             completer.pending = samples
             completer.done.clear()
             start = time.perf_counter()
-            inbox.put(list(range(samples)), indices)
-            if not completer.done.wait(wait_s) or stop.is_set() or pipeline.failure is not None:
+            pipeline.issue(list(range(samples)), indices)
+            if not completer.done.wait(wait_s) or stop.is_set() or pipeline.ledger.failure is not None:
                 return []
             cycles.append(time.perf_counter() - start)
         return cycles
@@ -284,9 +279,7 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
     """
     loop = asyncio.get_running_loop()
     completer = _WindowCompleter()
-    inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
-                  ring_at=policy.max_batch_size)
-    pipeline = Pipeline(execution, policy, completer, timeout_s=timeout_s, sleep_until=inbox.sleep_until)
+    pipeline = Pipeline(execution, policy, Ledger(completer, execution.times), timeout_s=timeout_s, loop=loop)
     indices = list(range(arena.total))
     arena.load(indices)
     wait_s = timeout_s if timeout_s is not None else 60.0
@@ -297,13 +290,13 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
         start = time.perf_counter()
         deadline = start + THROUGHPUT_SECONDS
         issued = 0
-        while time.perf_counter() < deadline and not stop.is_set() and pipeline.failure is None:
+        while time.perf_counter() < deadline and not stop.is_set() and pipeline.ledger.failure is None:
             with completer.room:
                 if completer.outstanding >= window and not completer.room.wait_for(
                         lambda: completer.outstanding < window or stop.is_set(), wait_s):
                     return 0.0
                 completer.outstanding += 1
-            inbox.put([issued], [issued % arena.total])
+            pipeline.issue([issued], [issued % arena.total])
             issued += 1
         with completer.room:  # what is in flight finishes: only completed samples count
             completer.room.wait_for(lambda: completer.outstanding <= 0 or stop.is_set(), wait_s)
@@ -312,11 +305,11 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
     def offline_load() -> float:
         # Doubling rounds until one lasts THROUGHPUT_SECONDS; the best round counts.
         n, best = window, 0.0
-        while not stop.is_set() and pipeline.failure is None:
+        while not stop.is_set() and pipeline.ledger.failure is None:
             with completer.room:
                 completer.outstanding += n
             start = time.perf_counter()
-            inbox.put(list(range(n)), [i % arena.total for i in range(n)])
+            pipeline.issue(list(range(n)), [i % arena.total for i in range(n)])
             with completer.room:
                 if not completer.room.wait_for(lambda: completer.outstanding <= 0 or stop.is_set(), wait_s):
                     return 0.0
@@ -343,45 +336,46 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
 
 def _raise_engine_failure(pipeline: Pipeline) -> None:
     """A pilot's engine failure or stall fails the run before LoadGen starts, as a warm-up failure does."""
-    failure = pipeline.failure
+    failure = pipeline.ledger.failure
     if failure is not None and not str(failure).startswith(PILOT_GAVE_UP):
         raise RunFailure.caused_by(f"pilot before LoadGen: {failure}", failure.__cause__)
 
 
-async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
-                settings: lg.TestSettings, log_settings: lg.LogSettings, performance_count: int, *,
-                timeout_s: float | None, audit_config: Path, complete: Completer | None = None,
-                log: structlog.typing.FilteringBoundLogger | None = None,
-                progress: Callable[[Pipeline, float], Coroutine[Any, Any, None]] | None = None,
-                timeline: Timeline | None = None,
-                nvtx: NvtxRanges | None = None, around_test: AbstractContextManager[object] | None = None,
-                inline: bool = False) -> tuple[Pipeline, SampleCounts]:
-    """Run LoadGen's test against the pipeline on the running loop; returns the pipeline and the test's counts.
+@dataclass(frozen=True)
+class LoadGenTest:
+    """One LoadGen test: its settings, where it logs, the samples it loads, and the audit file it reads."""
 
-    ``inline``: each query runs on LoadGen's issue thread (Pipeline.run_inline) instead of going to the loop.
-    ``progress``: a reporter awaited beside the test with the pipeline and LoadGen's minimum duration (s),
-    cancelled when the test ends.
+    settings: lg.TestSettings
+    log_settings: lg.LogSettings
+    performance_count: int
+    audit_config: Path  # passed explicitly, so LoadGen never reads ./audit.config
+
+
+async def drive(driver: Driver, arena: SampleArena, test: LoadGenTest, *, gate_complete: Completer | None = None,
+                around_test: AbstractContextManager[object] | None = None) -> SampleCounts:
+    """Run LoadGen's test against ``driver`` on the running loop; returns the test's counts.
+
+    The driver's ledger holds what the run came to, and its observer watches beside the test and
+    gets the closing facts. ``gate_complete``: how samples issued after an abort are completed
+    (default: a LoadGenCompleter of the gate's own, since it runs on LoadGen's thread).
     """
     loop = asyncio.get_running_loop()
-    inbox = Inbox(loop, lambda ids, indices, first, last: pipeline.submit(ids, indices, first, last),
-                  ring_at=policy.max_batch_size, nvtx=nvtx)
-    pipeline = Pipeline(execution, policy, complete or LoadGenCompleter(), timeout_s=timeout_s,
-                        sleep_until=inbox.sleep_until, timeline=timeline, nvtx=nvtx, inline=inline)
+    ledger, settings = driver.ledger, test.settings
+    observer = ledger.observer
     hold = settings.scenario == lg.TestScenario.Server and settings.server_max_async_queries > 0 \
         and settings.mode != lg.TestMode.AccuracyOnly
-    gate = AbortGate(complete or LoadGenCompleter(), hold)  # its own responses: it runs on LoadGen's thread
+    gate = AbortGate(gate_complete or LoadGenCompleter(), hold)
     callback_errors: list[RunFailure] = []
+    driver_issue = driver.issue
 
     def issue(ids: list[int], indices: list[int]) -> None:
         try:
-            if nvtx is not None:
-                nvtx.mark_issue(len(ids))
-            if pipeline.failure is not None:
+            if observer.active:
+                observer.issued(len(ids))
+            if ledger.failure is not None:
                 gate.take(ids)
-            elif inline:
-                pipeline.run_inline(ids, indices)
             else:
-                inbox.put(ids, indices)
+                driver_issue(ids, indices)
         except BaseException as e:  # noqa: BLE001 - an exception escaping a LoadGen callback kills the process
             callback_errors.append(RunFailure.caused_by(f"issue: {e!r}", e))
 
@@ -397,7 +391,7 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
         except BaseException as e:  # noqa: BLE001 - see issue(); the run fails instead, every sample completed
             failure = RunFailure.caused_by(f"loading samples failed: {e}", e)
             callback_errors.append(failure)
-            loop.call_soon_threadsafe(pipeline.abort, failure)
+            loop.call_soon_threadsafe(driver.abort, failure)
 
     def unload(indices: list[int]) -> None:
         try:
@@ -406,31 +400,28 @@ async def drive(execution: Execution, arena: SampleArena, policy: BatchPolicy,
             callback_errors.append(RunFailure.caused_by(f"unload_samples: {e!r}", e))
 
     sut = lg.ConstructFastSUT(issue, flush)
-    qsl = lg.ConstructQSL(arena.total, performance_count, load, unload)
-    signals = _Signals(loop, pipeline.abort)
-    run_task = asyncio.create_task(pipeline.run(), name="pipeline")
-    reporter = None if progress is None else asyncio.create_task(
-        progress(pipeline, settings.min_duration_ms / 1000), name="progress")
+    qsl = lg.ConstructQSL(arena.total, test.performance_count, load, unload)
+    signals = _Signals(loop, driver.abort)
+    run_task = asyncio.create_task(driver.run(), name="pipeline")
+    watcher = asyncio.create_task(observer.watch(ledger, settings.min_duration_ms / 1000), name="observer")
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="loadgen") as pool, around_test or nullcontext():
-            await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, log_settings,
-                                       str(audit_config))
-        pipeline.close()
+            await loop.run_in_executor(pool, lg.StartTestWithLogSettings, sut, qsl, settings, test.log_settings,
+                                       str(test.audit_config))
+        driver.close()
         await run_task
     finally:
-        if reporter is not None:
-            reporter.cancel()
+        watcher.cancel()
         signals.remove()
         lg.DestroyQSL(qsl)
         lg.DestroySUT(sut)
-    if callback_errors and pipeline.failure is None:
-        pipeline.failure = callback_errors[0] if len(callback_errors) == 1 else RunFailure.caused_by(
-            "; ".join(map(str, callback_errors)), callback_errors[0].__cause__)
-    # What the gate completed after an abort never reached the pipeline.
-    counts = SampleCounts(pipeline.issued + gate.completed, pipeline.completed + gate.completed,
-                          pipeline.failed_samples + gate.completed)
-    if log is not None:
-        log.info("pipeline_done", issued=counts.issued, completed=counts.completed, failed=counts.failed,
-                 histogram=pipeline.histogram(), loop_wakeups=inbox.rings, queues=pipeline.statistics(),
-                 **(pipeline.failure.details() if pipeline.failure else {"failure": None}))
-    return pipeline, counts
+    if callback_errors and ledger.failure is None:
+        ledger.fail(callback_errors[0] if len(callback_errors) == 1 else RunFailure.caused_by(
+            "; ".join(map(str, callback_errors)), callback_errors[0].__cause__))
+    # What the gate completed after an abort never reached the driver.
+    counts = SampleCounts(ledger.issued + gate.completed, ledger.completed + gate.completed,
+                          ledger.failed_samples + gate.completed)
+    observer.finished(issued=counts.issued, completed=counts.completed, failed=counts.failed,
+                      histogram=driver.histogram(), loop_wakeups=driver.wakeups, queues=driver.statistics(),
+                      **(ledger.failure.details() if ledger.failure else {"failure": None}))
+    return counts

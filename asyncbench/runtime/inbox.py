@@ -19,21 +19,21 @@ from collections.abc import Callable
 from itertools import chain
 
 from asyncbench.runtime.batcher import sleep_until
-from asyncbench.runtime.nvtx_ranges import NvtxRanges
+from asyncbench.runtime.observer import NO_OBSERVER, Observer
 
 
 class Inbox:
     """Thread-safe queue of issue calls with a doorbell; see the module docstring."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sink: Callable[[list[int], list[int], int, int], None],
-                 ring_at: int, clock: Callable[[], int] = time.monotonic_ns, nvtx: NvtxRanges | None = None) -> None:
+                 ring_at: int, clock: Callable[[], int] = time.monotonic_ns, observer: Observer = NO_OBSERVER) -> None:
         self._loop, self._sink, self._ring_at, self._clock = loop, sink, max(1, ring_at), clock
         self._queue: list[tuple[list[int], list[int], int]] = []
         self._count = 0
         self._lock = threading.Lock()
         self._scheduled = False  # a pull is already queued on the loop
         self._quiet = False  # the batcher sleeps towards a deadline and will pull then
-        self._nvtx = nvtx
+        self._observer = observer
         self.rings = 0  # times the loop was woken (call_soon_threadsafe): the hand-off's cost driver
 
     def put(self, ids: list[int], indices: list[int]) -> None:
@@ -63,7 +63,9 @@ class Inbox:
             queued, self._queue = self._queue, []
             self._count = 0
             self._scheduled = False
-        nvtx_range = None if self._nvtx is None or not queued else self._nvtx.start(f"inbox pull ({len(queued)} calls)")
+        observer = self._observer
+        observed = observer.active and bool(queued)
+        token = observer.pull_start(len(queued)) if observed else None
         if len(queued) == 1:
             ids, indices, arrival = queued[0]
             self._sink(ids, indices, arrival, arrival)
@@ -71,8 +73,8 @@ class Inbox:
             ids = list(chain.from_iterable(chunk[0] for chunk in queued))
             indices = list(chain.from_iterable(chunk[1] for chunk in queued))
             self._sink(ids, indices, queued[0][2], queued[-1][2])
-        if nvtx_range is not None and self._nvtx is not None:
-            self._nvtx.end(nvtx_range)
+        if observed:
+            observer.pull_end(token)
 
     def _set_quiet(self, quiet: bool) -> None:
         with self._lock:

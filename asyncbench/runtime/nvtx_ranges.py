@@ -14,12 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from asyncbench.errors import UserError
+from asyncbench.runtime.observer import Observer
 
 DOMAIN = "asyncbench"
 
 
-class NvtxRanges:
-    """Marks and start/end ranges in the asyncbench domain."""
+class NvtxRanges(Observer):
+    """Marks and start/end ranges in the asyncbench domain, at the run's observer hooks."""
+
+    active = True
 
     def __init__(self) -> None:
         try:
@@ -47,3 +50,25 @@ class NvtxRanges:
     def end(self, handle: Any) -> None:
         """Close a range opened by ``start``."""
         self._domain.end_range(handle)
+
+    def issued(self, samples: int) -> None:
+        self.mark_issue(samples)
+
+    def pull_start(self, calls: int) -> Any:
+        return self.start(f"inbox pull ({calls} calls)")
+
+    def pull_end(self, token: Any) -> None:
+        self.end(token)
+
+    def execute_start(self, seq: int, size: int, slot: int | None) -> Any:
+        self.mark(f"batch {seq} ({size}) " + ("inline" if slot is None else f"to slot {slot}"))
+        return self.start(f"execute batch {seq} ({size})")
+
+    def execute_end(self, token: Any) -> None:
+        self.end(token)
+
+    def complete_start(self, seq: int) -> Any:
+        return self.start(f"complete batch {seq}")
+
+    def complete_end(self, token: Any) -> None:
+        self.end(token)

@@ -12,42 +12,27 @@ batcher, batches in flight). Nothing is recorded without the flag; with it, one 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from asyncbench.engines.base import DeviceSpan
 from asyncbench.fileio import write_output
+from asyncbench.runtime.observer import BatchStamps, Observer
 
 _PID = 1
 _TID_BATCHER, _TID_COMPLETE, _TID_SLOT0, _TID_DEVICE0 = 1, 2, 10, 100
 
 
-@dataclass(frozen=True)
-class BatchStamps:
-    """Monotonic-clock nanoseconds of one batch's life."""
+class Timeline(Observer):
+    """The recorded batches (the run's ``batch_done`` hook); ``write`` turns them into trace events."""
 
-    seq: int
-    size: int
-    slot: int
-    oldest_arrival: int
-    formed: int
-    started: int
-    executed: int
-    completed: int
-    ok: bool
-    pending_after: int  # samples still waiting in the batcher when it was formed
-    in_flight: int  # batches executing when it started (itself included)
-
-
-class Timeline:
-    """The recorded batches; ``write`` turns them into trace events."""
+    active = True
 
     def __init__(self) -> None:
         self.batches: list[BatchStamps] = []
         self.device_spans: list[DeviceSpan] = []
         self.device_uncertainty_ns = 0
 
-    def add(self, stamps: BatchStamps) -> None:
+    def batch_done(self, stamps: BatchStamps) -> None:
         self.batches.append(stamps)
 
     def add_device_spans(self, spans: list[DeviceSpan], uncertainty_ns: int) -> None:
