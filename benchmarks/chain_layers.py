@@ -13,23 +13,20 @@ to back, and the form the engine picks at this batch size (it times both the sam
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import onnx
 
+from asyncbench.engines.torch_engine import use_cache_dir
+from asyncbench.model.calibrate import ensure_engine_models
+from asyncbench.model.convchain import match_chain
+from asyncbench.model.gpu_rewrite import fold_pad_channel
+from asyncbench.paths import BuildPaths
+
+from engine_variants import graph_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from engine_variants import graph_seconds  # noqa: E402
-
-from asyncbench.engines.torch_engine import use_cache_dir  # noqa: E402
-from asyncbench.model.calibrate import ensure_engine_models  # noqa: E402
-from asyncbench.model.convchain import match_chain  # noqa: E402
-from asyncbench.model.gpu_rewrite import fold_pad_channel  # noqa: E402
-from asyncbench.paths import BuildPaths  # noqa: E402
 
 
 def tf_pad(x: Any, stride: int, pad_top: int) -> Any:

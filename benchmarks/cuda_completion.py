@@ -13,17 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from asyncbench.cuda.api import call, device_name  # noqa: E402
-from asyncbench.cuda.memory import DeviceBuffer  # noqa: E402
-from asyncbench.cuda.stream import Event, Stream  # noqa: E402
-from asyncbench.engines.gpu import make_notifier  # noqa: E402
+from asyncbench.cuda.api import call, device_name
+from asyncbench.cuda.memory import DeviceBuffer
+from asyncbench.cuda.stream import Event, Stream
+from asyncbench.engines.gpu import make_notifier
 
 
 async def measure(kind: str, rounds: int, depth: int, stream: Stream, buf: DeviceBuffer) -> dict[str, float]:

@@ -21,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install
-
 from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.data.dataset import VAL_LAYOUT, resolve_dataset
 from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from asyncbench.config import BatchingConfig, EngineConfig, EngineKind, GpuConfig, RunConfig, TorchCompile
+from asyncbench.engines.base import batch_sizes_upto, warmup_batch
+from asyncbench.engines.gpu import GpuEngine, pinned_rows
 
-from asyncbench.config import BatchingConfig, EngineConfig, EngineKind, GpuConfig, RunConfig, TorchCompile  # noqa: E402
-from asyncbench.engines.base import batch_sizes_upto, warmup_batch  # noqa: E402
-from asyncbench.engines.gpu import GpuEngine, pinned_rows  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def engine_only(engine: GpuEngine, seconds: float = 0.5) -> dict[int, float]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,15 +32,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset
+from asyncbench.engines.gpu import GpuEngine
+from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
+from asyncbench.engines.torch_engine import TorchBackend, use_cache_dir
+from asyncbench.model.calibrate import ensure_engine_models
+from asyncbench.paths import BuildPaths
 
-from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset  # noqa: E402
-from asyncbench.engines.gpu import GpuEngine  # noqa: E402
-from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
-from asyncbench.engines.torch_engine import TorchBackend, use_cache_dir  # noqa: E402
-from asyncbench.model.calibrate import ensure_engine_models  # noqa: E402
-from asyncbench.paths import BuildPaths  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def plain_mobilenet(model: onnx.ModelProto) -> Any:

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from trial import run_trial
 
 CHILD = """
 import contextlib, sys
@@ -31,14 +27,10 @@ sys.exit(main(sys.argv[2:]))
 
 def trial(mode: str, qps: float, duration: float) -> tuple[str, float]:
     """(LoadGen's result, p99 ms) of one Server run."""
-    with tempfile.TemporaryDirectory() as logs:
-        done = subprocess.run(
-            [sys.executable, "-c", CHILD, mode, "--engine", "null", "--scenario", "Server", "--target-qps", str(qps),
-             "--min-duration", str(duration), "--log-dir", logs],
-            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    result = re.search(r"^result: (\w+)", done.stdout, re.M)
-    p99 = re.search(r"p99 ([\d.]+) ms", done.stdout)
-    return (result.group(1) if result else "failed"), (float(p99.group(1)) if p99 else float("nan"))
+    t = run_trial(["--engine", "null", "--scenario", "Server", "--target-qps", str(qps), "--min-duration",
+                   str(duration)], launcher=("-c", CHILD, mode), timeout=600)
+    p99 = t.p99_ms
+    return t.validity, float("nan") if p99 is None else p99
 
 
 def main() -> None:

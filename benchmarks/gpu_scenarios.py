@@ -17,20 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from engine_roofline import engine_only  # noqa: E402
-
-from asyncbench.config import (  # noqa: E402
+from asyncbench.config import (
     BatchingConfig,
     EngineConfig,
     EngineKind,
@@ -40,12 +33,16 @@ from asyncbench.config import (  # noqa: E402
     Scenario,
     TorchCompile,
 )
-from asyncbench.cuda.api import device_name  # noqa: E402
-from asyncbench.data.dataset import resolve_dataset  # noqa: E402
-from asyncbench.engines.sizing import open_engine  # noqa: E402
-from asyncbench.harness.run import dataset_arena, new_log_dir, run_scenario  # noqa: E402
-from asyncbench.loadgen.logs import RunSummary  # noqa: E402
-from asyncbench.paths import BuildPaths  # noqa: E402
+from asyncbench.cuda.api import device_name
+from asyncbench.data.dataset import resolve_dataset
+from asyncbench.engines.sizing import open_engine
+from asyncbench.harness.run import dataset_arena, new_log_dir, run_scenario
+from asyncbench.loadgen.logs import RunSummary
+from asyncbench.paths import BuildPaths
+
+from engine_roofline import engine_only
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:

@@ -15,18 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from engine_roofline import engine_only  # noqa: E402
-
-from asyncbench.config import (  # noqa: E402
+from asyncbench.config import (
     BatchingConfig,
     EngineConfig,
     EngineKind,
@@ -36,12 +29,16 @@ from asyncbench.config import (  # noqa: E402
     RunConfig,
     Scenario,
 )
-from asyncbench.cuda.api import device_name, set_device  # noqa: E402
-from asyncbench.data.dataset import resolve_dataset  # noqa: E402
-from asyncbench.engines.gpu import GpuEngine  # noqa: E402
-from asyncbench.engines.sizing import open_engine  # noqa: E402
-from asyncbench.harness.run import new_log_dir, run_scenario  # noqa: E402
-from asyncbench.paths import BuildPaths  # noqa: E402
+from asyncbench.cuda.api import device_name, set_device
+from asyncbench.data.dataset import resolve_dataset
+from asyncbench.engines.gpu import GpuEngine
+from asyncbench.engines.sizing import open_engine
+from asyncbench.harness.run import new_log_dir, run_scenario
+from asyncbench.paths import BuildPaths
+
+from engine_roofline import engine_only
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def concurrent_rate(engine: GpuEngine, bucket: int, seconds: float = 0.3) -> float:

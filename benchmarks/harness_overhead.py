@@ -11,6 +11,8 @@ same machine state. The search doubles the QPS until a trial is INVALID, then bi
 With ``--baseline-tree`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~1``)
 that tree's asyncbench is searched too, alternating with the other two: a refactor's cost is then
 a ratio measured in the same run.
+Each trial's validity and p99 come from its result.json; the inline SUT's from LoadGen's logs, read
+into the same keys (benchmarks/trial.py).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from trial import REPO, latency_ms, loadgen_record, run_trial, tree_env, validity
+
+ROOT = REPO
 
 
 def inline_trial(qps: float, duration: float, log_dir: Path) -> None:
@@ -33,9 +35,10 @@ def inline_trial(qps: float, duration: float, log_dir: Path) -> None:
     import mlperf_loadgen as lg
     import numpy as np
 
+    from asyncbench.config import Scenario
     from asyncbench.loadgen.settings import LoadGenOptions, build_test_settings, make_log_settings
 
-    settings, _ = build_test_settings(LoadGenOptions("Server", target_qps=qps, min_duration_s=duration,
+    settings, _ = build_test_settings(LoadGenOptions(Scenario.SERVER, target_qps=qps, min_duration_s=duration,
                                                      min_query_count=1024, performance_sample_count=104))
     top1 = np.zeros(1, np.int32)
     ptr = top1.ctypes.data
@@ -53,22 +56,16 @@ def inline_trial(qps: float, duration: float, log_dir: Path) -> None:
 def trial(kind: str, qps: float, duration: float, tree: Path = ROOT, extra: tuple[str, ...] = ()
           ) -> tuple[bool, float | None]:
     """(VALID?, p99 ms) of one run in a fresh process; asyncbench runs from ``tree`` with ``extra`` options."""
+    timeout = duration * 10 + 120
+    if kind != "inline":
+        t = run_trial(["--engine", "null", "--scenario", "Server", "--target-qps", str(qps), "--min-duration",
+                       str(duration), "--build-dir", str(ROOT / "build"), *extra], tree=tree, timeout=timeout)
+        return t.valid, t.p99_ms
     with tempfile.TemporaryDirectory() as tmp:
-        if kind == "inline":
-            cmd = [sys.executable, __file__, "--inline-trial", str(qps), "--duration", str(duration), "--log", tmp]
-        else:
-            cmd = [sys.executable, "-m", "asyncbench", "--engine", "null", "--scenario", "Server",
-                   "--target-qps", str(qps), "--min-duration", str(duration), "--log-dir", tmp,
-                   "--build-dir", str(ROOT / "build"), *extra]
-        subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=duration * 10 + 120,
-                       env={**os.environ, "PYTHONPATH": str(tree)})
-        summaries = list(Path(tmp).rglob("mlperf_log_summary.txt"))
-        if not summaries:
-            return False, None
-        text = summaries[0].read_text()
-    valid = "Result is : VALID" in text
-    m = re.search(r"99\.00 percentile latency \(ns\)\s*:\s*(\d+)", text)
-    return valid, int(m.group(1)) / 1e6 if m else None
+        subprocess.run([sys.executable, __file__, "--inline-trial", str(qps), "--duration", str(duration),
+                        "--log", tmp], cwd=tree, capture_output=True, text=True, timeout=timeout, env=tree_env(tree))
+        record = loadgen_record(Path(tmp))
+    return validity(record) == "VALID", latency_ms(record)
 
 
 def fixed_rates(kinds: tuple[str, ...], trees: dict[str, Path], extras: dict[str, tuple[str, ...]],

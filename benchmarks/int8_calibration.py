@@ -24,8 +24,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset
 from asyncbench.model.calibrate import METHODS, CalibrationCache, calibrate, quantize
 from asyncbench.paths import BuildPaths

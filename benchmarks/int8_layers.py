@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,17 +28,15 @@ import onnx
 import triton
 import triton.language as tl
 
+from asyncbench.engines import triton_int8
+from asyncbench.engines.torch_engine import use_cache_dir
+from asyncbench.model.calibrate import CalibrationCache, ensure_engine_models
+from asyncbench.model.int8chain import quantize_chain
+from asyncbench.paths import BuildPaths
+
+from engine_variants import graph_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from engine_variants import graph_seconds  # noqa: E402
-
-from asyncbench.engines import triton_int8  # noqa: E402
-from asyncbench.engines.torch_engine import use_cache_dir  # noqa: E402
-from asyncbench.model.calibrate import CalibrationCache, ensure_engine_models  # noqa: E402
-from asyncbench.model.int8chain import quantize_chain  # noqa: E402
-from asyncbench.paths import BuildPaths  # noqa: E402
 
 
 @triton.jit

@@ -13,37 +13,29 @@ null engine measures the harness alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout, no install
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from asyncbench.host import cpu_model
 
-from reference_cpu import dataset_folder, run_reference, summary_latencies  # noqa: E402
-
-from asyncbench.host import cpu_model  # noqa: E402
+from reference_cpu import dataset_folder, run_reference, summary_latencies
+from trial import run_trial
 
 VARIANTS = {"idle dispatch (default)": (), "--no-idle-dispatch": ("--no-idle-dispatch",)}
 
 
 def one_run(qps: float, duration: float, engine: str, extra: tuple[str, ...]) -> tuple[str, float, float]:
     """(validity, p50 ms, p99 ms) of one Server run."""
-    with tempfile.TemporaryDirectory() as logs:
-        subprocess.run([sys.executable, "-m", "asyncbench", "--engine", engine, "--scenario", "Server",
-                        "--target-qps", str(qps), "--min-duration", str(duration), "--log-dir", logs,
-                        "--no-progress", *extra],
-                       cwd=ROOT, capture_output=True, text=True, timeout=duration * 10 + 300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-        record = json.loads(next(Path(logs).glob("*/result.json")).read_text())
-    latency = record["latency_ns"]
-    return record["result"]["validity"], latency["p50"] / 1e6, latency["p99"] / 1e6
+    t = run_trial(["--engine", engine, "--scenario", "Server", "--target-qps", str(qps), "--min-duration",
+                   str(duration), "--no-progress", *extra], timeout=duration * 10 + 300, check=True)
+    p50, p99 = t.latency_ms("p50"), t.latency_ms("p99")
+    if p50 is None or p99 is None:
+        raise RuntimeError(f"the run wrote no p50/p99 (exit {t.returncode}): {t.stderr[-2000:]}")
+    return t.validity, p50, p99
 
 
 def main() -> int:

@@ -8,65 +8,61 @@ run unmodified with its onnxruntime backend, its defaults (batch 32, 2 threads) 
 MobileNet v1 ONNX (``--profile mobilenet-onnxruntime --data-format NHWC``); it needs ``opencv-python-headless``
 and ``pycocotools`` importable (``--reference-pythonpath`` adds a folder holding them). Both read the same
 104 embedded photos. asyncbench runs its defaults (the INT8 model built for this CPU). Each run is a fresh
-process; LoadGen's own summary gives every figure.
+process; asyncbench's figures come from its result.json, the reference's from LoadGen's logs read into the
+same keys (benchmarks/trial.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout, no install
+from asyncbench.host import cpu_flags, cpu_model
 
-from asyncbench.host import cpu_flags, cpu_model  # noqa: E402
+from trial import REPO, latency_ms, loadgen_record, metric_value, run_trial, validity
+
+ROOT = REPO
 
 REFERENCE_OFFLINE_QPS = 200  # the reference's expected QPS: above what it reaches, so its query lasts the duration
 
 
-def summary_figures(path: Path) -> tuple[str, float | None, float | None]:
-    """(VALID/INVALID, samples per second or completed samples per second, p99 ms) of a LoadGen summary."""
-    text = path.read_text()
-    result = re.search(r"Result is : (\w+)", text)
-    rate = re.search(r"(?:Samples per second|Completed samples per second)\s*:\s*([\d.]+)", text)
-    p99 = re.search(r"99\.00 percentile latency \(ns\)\s*:\s*(\d+)", text)
-    return (result.group(1) if result else "none", float(rate.group(1)) if rate else None,
-            int(p99.group(1)) / 1e6 if p99 else None)
+def _verdict(record: dict[str, Any] | None) -> str:
+    return "none" if record is None else validity(record)
 
 
-def summary_latencies(path: Path) -> tuple[str, float | None, float | None]:
-    """(VALID/INVALID, p50 ms, p99 ms) of a LoadGen summary."""
-    text = path.read_text()
-    result = re.search(r"Result is : (\w+)", text)
-    found = [re.search(rf"{q} percentile latency \(ns\)\s*:\s*(\d+)", text) for q in ("50\\.00", "99\\.00")]
-    p50, p99 = (int(m.group(1)) / 1e6 if m else None for m in found)
-    return result.group(1) if result else "none", p50, p99
+def summary_figures(record: dict[str, Any] | None) -> tuple[str, float | None, float | None]:
+    """(VALID/INVALID, samples per second or completed samples per second, p99 ms) of a result record."""
+    return _verdict(record), metric_value(record), latency_ms(record, "p99")
+
+
+def summary_latencies(record: dict[str, Any] | None) -> tuple[str, float | None, float | None]:
+    """(VALID/INVALID, p50 ms, p99 ms) of a result record."""
+    return _verdict(record), latency_ms(record, "p50"), latency_ms(record, "p99")
 
 
 def run_asyncbench(scenario: str, qps: float, duration: float) -> tuple[str, float | None, float | None]:
-    with tempfile.TemporaryDirectory() as logs:
-        extra = ["--target-qps", str(qps)] if scenario == "Server" else []
-        subprocess.run([sys.executable, "-m", "asyncbench", "--scenario", scenario, "--min-duration", str(duration),
-                        "--log-dir", logs, "--no-progress", *extra], cwd=ROOT, capture_output=True, text=True,
-                       timeout=duration * 10 + 300, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-        return summary_figures(next(Path(logs).glob("*/mlperf_log_summary.txt")))
+    extra = ["--target-qps", str(qps)] if scenario == "Server" else []
+    t = run_trial(["--scenario", scenario, "--min-duration", str(duration), "--no-progress", *extra],
+                  timeout=duration * 10 + 300, check=True)
+    return summary_figures(t.record)
 
 
 def run_reference(reference: Path, pythonpath: str, data: Path, scenario: str, qps: float,
                   duration: float, backend: str = "onnxruntime",
-                  read: Callable[[Path], tuple[str, float | None, float | None]] = summary_figures
+                  read: Callable[[dict[str, Any] | None], tuple[str, float | None, float | None]] = summary_figures
                   ) -> tuple[str, float | None, float | None]:
     """One run of the reference harness; ``backend="null"`` is its own do-nothing backend (harness cost only).
 
     With the null backend main.py fails after the test, in its own scoring of the (empty) results;
-    LoadGen's summary is written by then, so only the summary's presence is checked.
+    LoadGen's logs are written by then, so its exit status is not checked. The figures come from
+    LoadGen's logs in the output folder (``trial.loadgen_record``: result.json's keys).
     """
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, "main.py", "--profile", "mobilenet-onnxruntime", "--backend", backend,
@@ -77,7 +73,7 @@ def run_reference(reference: Path, pythonpath: str, data: Path, scenario: str, q
                         "--user_conf", str(data / "user.conf"), "--output", out, "--cache_dir", str(Path(out) / "c")],
                        cwd=reference, capture_output=True, text=True, timeout=duration * 10 + 300,
                        env={**os.environ, "PYTHONPATH": pythonpath}, check=backend != "null")
-        return read(Path(out) / "mlperf_log_summary.txt")
+        return read(loadgen_record(Path(out)))
 
 
 def dataset_folder(tmp: Path) -> Path:

@@ -4,7 +4,7 @@ One asyncbench process runs back-to-back Server tests (``--scenario Server,Serve
 measured is a long-lived harness: one engine, one event loop per test, LoadGen started and torn
 down again and again. Every minute the process's resident memory, open file descriptors and threads
 are read from /proc. At the end every test must be VALID with no failed and no lost sample
-(issued == completed in each test's event log).
+(issued == completed in each test's result.json, which gives every figure printed at the end).
 
     python benchmarks/soak.py --engine null --minutes 30                  # capacity found first
     python benchmarks/soak.py --engine torch --minutes 10 --capacity-qps 40000
@@ -13,30 +13,22 @@ are read from /proc. At the end every test must be VALID with no failed and no l
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(args: list[str], log_dir: Path) -> list[str]:
-    """The asyncbench command line for these arguments, logging under ``log_dir``."""
-    return [sys.executable, "-m", "asyncbench", *args, "--log-dir", str(log_dir)]
+from trial import REPO, asyncbench_command, latency_ms, metric_value, read_records, run_trial, validity
 
 
 def server_valid(engine_args: list[str], qps: float, seconds: float, repeats: int, log_dir: Path) -> bool:
     """Server tests at ``qps`` in one process: VALID only if every one of ``repeats`` is (p99 varies run to run)."""
-    done = subprocess.run(cli([*engine_args, "--scenario", ",".join(["Server"] * repeats), "--target-qps",
-                               f"{qps:.0f}", "--min-duration", str(seconds)], log_dir),
-                          cwd=REPO, capture_output=True, text=True)
-    results = re.findall(r"^result: (\w+)", done.stdout, re.M)
+    done = run_trial([*engine_args, "--scenario", ",".join(["Server"] * repeats), "--target-qps", f"{qps:.0f}",
+                      "--min-duration", str(seconds)], log_dir=log_dir)
+    results = [validity(r) for r in done.records]
     ok = done.returncode == 0 and len(results) == repeats and all(r == "VALID" for r in results)
     print(f"capacity search: {qps:.0f} QPS {'VALID' if ok else 'INVALID'} ({', '.join(results)})", flush=True)
     return ok
@@ -55,9 +47,9 @@ def find_capacity(engine_args: list[str], log_dir: Path, start: float, seconds: 
 
 def sample(pid: int) -> dict[str, int]:
     """Resident memory (kB), open file descriptors and threads of a running process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    rss = int(status["VmRSS"].split()[0])  # "  123456 kB"
+    threads = int(status["Threads"])
     return {"rss_mb": rss // 1024, "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": threads}
 
 
@@ -86,8 +78,8 @@ def main() -> int:
     print(f"soak: {runs} Server tests of {args.run_seconds:g} s at {qps:.0f} QPS "
           f"({args.fraction:g} x capacity {capacity:.0f})", flush=True)
     soak_dir = log_dir / "soak"
-    cmd = cli([*engine_args, "--scenario", ",".join(["Server"] * runs), "--target-qps", f"{qps:.0f}",
-               "--min-duration", f"{args.run_seconds:g}"], soak_dir)
+    cmd = asyncbench_command([*engine_args, "--scenario", ",".join(["Server"] * runs), "--target-qps", f"{qps:.0f}",
+                              "--min-duration", f"{args.run_seconds:g}"], soak_dir, log_dir / "soak.json")
     out = open(log_dir / "soak.out", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     start = time.monotonic()
@@ -107,22 +99,17 @@ def main() -> int:
                   flush=True)
     proc.wait()
     out.close()
-    text = (log_dir / "soak.out").read_text()
-    results = re.findall(r"^result: (\w+)", text, re.M)
-    lost = failed = tests = 0
-    for events in sorted(soak_dir.glob("*_Server/asyncbench_events.jsonl")):
-        for line in events.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("event") == "pipeline_done":
-                tests += 1
-                lost += record["issued"] - record["completed"]
-                failed += record["failed"]
-    qps_done = [float(v) for v in re.findall(r"^Completed samples per second: ([\d.e+]+)", text, re.M)]
-    p99 = [float(v) for v in re.findall(r"p99 ([\d.]+) ms", text)]
+    records = read_records(soak_dir, log_dir / "soak.json")
+    results = [validity(r) for r in records]
+    tests = len(records)
+    lost = sum(r["samples"]["issued"] - r["samples"]["completed"] for r in records)
+    failed = sum(r["samples"]["failed"] for r in records)
+    qps_done = [v for v in map(metric_value, records) if v is not None]
+    p99 = [v for v in (latency_ms(r) for r in records) if v is not None]
     steady = samples[1:] or samples
     print(f"exit {proc.returncode}; {results.count('VALID')}/{len(results)} VALID; {tests} tests, "
           f"{lost} lost and {failed} failed samples")
-    if qps_done:
+    if qps_done and p99:
         print(f"completed QPS {min(qps_done):.0f}-{max(qps_done):.0f}; p99 {min(p99):.3f}-{max(p99):.3f} ms")
     if steady:
         spans = {key: f"{min(s[key] for s in steady)}-{max(s[key] for s in steady)}" for key in ("rss_mb", "fds",

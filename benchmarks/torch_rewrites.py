@@ -9,17 +9,15 @@ timed with CUDA events on back-to-back graph replays (benchmarks/engine_roofline
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from asyncbench.cuda.api import device_name
+from asyncbench.engines.gpu import GpuEngine
+from asyncbench.engines.torch_engine import TorchBackend
+from asyncbench.model.calibrate import ensure_engine_models
+from asyncbench.paths import BuildPaths
 
-from asyncbench.cuda.api import device_name  # noqa: E402
-from asyncbench.engines.gpu import GpuEngine  # noqa: E402
-from asyncbench.engines.torch_engine import TorchBackend  # noqa: E402
-from asyncbench.model.calibrate import ensure_engine_models  # noqa: E402
-from asyncbench.paths import BuildPaths  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
