@@ -153,7 +153,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
     p.add_argument("--loop", type=_choice(Loop, "event loop"), default=Loop.UVLOOP, help="uvloop (default) or asyncio")
     p.add_argument("--inflight", type=positive_int,
                    help="batches in flight: CPU engines (default 2), or slots per GPU (default: inference "
-                        "streams + 2)")
+                        "streams + 2; the null engine's modelled device: 4)")
     p.add_argument("--gpus", type=positive_int, help="use the first N visible GPUs (default: all)")
     p.add_argument("--inference-streams", type=positive_int,
                    help="GPU engines: concurrent compute streams per GPU, each with its own slots and CUDA graphs; "

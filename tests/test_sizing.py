@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asyncbench.config import BatchingConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
+from asyncbench.config import BatchingConfig, EngineConfig, EngineKind, LoadGenConfig, RunConfig, Scenario
 from asyncbench.engines.base import batch_sizes_upto
 from asyncbench.engines.null import NullEngine
 from asyncbench.engines.sizing import engine_sizing
@@ -36,6 +36,9 @@ def test_engine_sizing_from_the_command_line_else_the_engine_kind() -> None:
     gpu = engine_sizing(default, EngineKind.TORCH)
     assert (gpu.buckets[-1], gpu.slots, gpu.buckets[:3]) == (1024, 4, (1, 2, 4))  # 2 inference streams + 2
     assert engine_sizing(default, EngineKind.NULL).max_batch_size == 1024
+    assert engine_sizing(default, EngineKind.NULL).slots == 4  # the null engine's loop form models a device
+    blocking = RunConfig(engine=EngineConfig(kind=EngineKind.NULL, null_spec="form=blocking"))
+    assert engine_sizing(blocking, EngineKind.NULL).slots == 2  # worker threads side by side, as a CPU engine
     mine = engine_sizing(RunConfig(batching=BatchingConfig(max_batch_size=48, inflight=5)), EngineKind.TORCH)
     assert (mine.buckets, mine.slots) == ((1, 2, 4, 8, 16, 32, 48), 5)
 

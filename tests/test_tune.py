@@ -74,6 +74,30 @@ def test_a_repeat_that_fails_moves_the_bound_below() -> None:
     assert all(t.valid for t in log if t.setting.target_qps == best)
 
 
+def test_a_search_that_cannot_beat_another_rate_gives_up_instead_of_searching_down() -> None:
+    run, log = _scripted(10_000)
+    # A second setting, probed VALID at 11,000 by a fluke, must beat 10,500: once its bound is at or below that,
+    # it stops (a full search from half the bound cost a noisy tune 40 trials).
+    assert ServerSearch(run).find(Setting(), 12_000, lo=11_000, beat=10_500) == 0.0
+    assert all((t.setting.target_qps or 0) > 10_500 for t in log) and len(log) <= 6
+
+
+def test_a_rate_known_valid_before_the_search_stays_its_floor_after_a_failed_repeat() -> None:
+    # 18,253.3 was VALID in a probe run outside this search; the third run of 18,983.4 fails. The search goes on
+    # between the two instead of forgetting the probe, halving the bound and giving up below the rate to beat.
+    outcomes = {19_713.6: [False], 18_983.4: [True, True, False], 19_348.5: [False, False]}
+    log: list[Trial] = []
+
+    def run(phase: str, setting: Setting) -> Trial:
+        qps = setting.target_qps or 0.0
+        valid = outcomes[qps].pop(0) if outcomes.get(qps) else qps <= 18_900
+        log.append(Trial(len(log) + 1, phase, setting, "VALID" if valid else "INVALID", 1.0, {}))
+        return log[-1]
+
+    best = ServerSearch(run).find(Setting(), 19_713.6, lo=18_253.3, growth=1.08, beat=17_895.4)
+    assert 18_253.3 < best <= 18_900 and all((t.setting.target_qps or 0) > 18_000 for t in log)
+
+
 def test_nothing_valid_reports_zero() -> None:
     run, _ = _scripted(0.5)
     assert ServerSearch(run).find(Setting(), 100) == 0.0

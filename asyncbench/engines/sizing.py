@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from asyncbench.config import EngineKind, RunConfig
-from asyncbench.engines.base import Engine, batch_sizes_upto
+from asyncbench.engines.base import Engine, ExecutionForm, batch_sizes_upto
 from asyncbench.engines.factory import create_engine, resolve_engine_kind
+from asyncbench.engines.null import parse_null_spec
 from asyncbench.errors import ConfigError
 from asyncbench.paths import BuildPaths
 
@@ -21,6 +22,10 @@ GPU_MAX_BATCH = 1024  # Offline peaks at the largest batch; Server and MultiStre
 CPU_SLOTS = 2  # batches in a CPU engine at once: one computing, one being gathered
 GPU_EXTRA_SLOTS = 2  # batches in flight per GPU beyond one per inference stream: one copying in, one coming back
 GPU_STREAMS = 2  # inference streams per GPU: the best Server result on the H200 (docs/results/gpu.md)
+# The null engine's loop and device forms model one device: it gets a GPU's slots. With a CPU engine's two, a
+# host hiccup of a few ms left the modelled device idle and the Server tail long: tune at 50 us per sample on a
+# 2-core CPU found 18.4-19.4k of the 20k QPS capacity with 2 slots, 19.4-19.6k with 4 (alternating runs).
+NULL_DEVICE_SLOTS = GPU_STREAMS + GPU_EXTRA_SLOTS
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,10 @@ def engine_sizing(cfg: RunConfig, kind: EngineKind) -> EngineSizing:
     default_max = GPU_MAX_BATCH if kind.on_gpu else NULL_MAX_BATCH if kind is EngineKind.NULL else CPU_MAX_BATCH
     max_batch = cfg.batching.max_batch_size or default_max
     if not kind.on_gpu:
-        return EngineSizing(batch_sizes_upto(max_batch), cfg.batching.inflight or CPU_SLOTS)
+        default_slots = CPU_SLOTS
+        if kind is EngineKind.NULL and parse_null_spec(cfg.engine.null_spec).get("form") is not ExecutionForm.BLOCKING:
+            default_slots = NULL_DEVICE_SLOTS
+        return EngineSizing(batch_sizes_upto(max_batch), cfg.batching.inflight or default_slots)
     asked = cfg.gpu.inference_streams
     streams = asked or (min(GPU_STREAMS, cfg.batching.inflight) if cfg.batching.inflight else GPU_STREAMS)
     slots = cfg.batching.inflight or streams + GPU_EXTRA_SLOTS

@@ -126,8 +126,9 @@ def plan_for(cfg: RunConfig, engine: Engine, arena: SampleArena) -> RunPlan:
     """The LoadGen plan for ``cfg`` from the engine's warm-up and the pilots through the pipeline."""
     latencies = {b: engine.latency(b) for b in (1, MULTISTREAM_SAMPLES) if b <= engine.capabilities.max_batch_size}
     first = plan_run(cfg, arena.total, engine_peak_qps(engine), latencies)
-    if cfg.scenario in (Scenario.SERVER, Scenario.OFFLINE) and first.sources.get("target_qps") not in (
-            "command line", "user.conf") and cfg.loadgen.test_mode != TestMode.ACCURACY_ONLY:
+    # The pilot sizes a derived target: a rate given on the command line, by a tune trial or in user.conf needs none.
+    if cfg.scenario in (Scenario.SERVER, Scenario.OFFLINE) and cfg.loadgen.target_qps is None \
+            and first.sources.get("target_qps") != "user.conf" and cfg.loadgen.test_mode != TestMode.ACCURACY_ONLY:
         capacity = pilot_throughput(cfg, engine, arena, first.target_latency_ns)
         return plan_run(cfg, arena.total, engine_peak_qps(engine), latencies, capacity_qps=capacity)
     return plan_run(cfg, arena.total, engine_peak_qps(engine), latencies, cycle=pilot_cycle(cfg, engine, arena))

@@ -11,7 +11,8 @@ logged in its own folder under ``build/tune/<timestamp>_<scenario>/trials/``.
   runs at that rate, the setting with the lowest p99 wins, and a second search with it starts
   from that rate; the better of the two confirmed rates is kept. Without ``--grid`` (and without
   ``--max-queue-delay-us``) half and twice the queue delay the policy derived are each tried once
-  just above the rate found; a VALID one is searched upward from there.
+  one precision step above the rate found; a VALID one is searched upward from there, and the
+  second search gives up once its bound falls to the rate already found.
 - MultiStream: every setting of the grid (default: batch caps 8, 4, 2, 1) runs once; the lowest
   VALID p99 wins and is repeated to confirm it.
 
@@ -145,15 +146,20 @@ class ServerSearch:
         return [t.valid for t in self.trials if t.setting == dataclasses.replace(base, target_qps=qps)]
 
     def find(self, base: Setting, start: float, lo: float = 0.0, phase: str = "search",
-             growth: float = 2.0) -> float:
+             growth: float = 2.0, beat: float = 0.0) -> float:
         """The highest rate VALID in ``repeats`` trials (0 if none), searching from ``start``.
 
         ``lo`` is a rate already known VALID with this setting (the search then only goes up).
+        ``beat``: a rate another setting already reached; once the bound falls to it, this setting
+        cannot do better and the search ends with 0 instead of searching further down.
         """
         hi: float | None = None
+        known = lo  # VALID before this search (a probe run outside it): a floor it keeps after a failed repeat
         rechecked: set[float] = set()
         qps = min(start, self.ceiling) if self.ceiling else start
         while True:
+            if qps <= beat:  # nothing this setting could still show would beat the other one
+                return 0.0
             trial = self._trial(phase, dataclasses.replace(base, target_qps=qps))
             if trial.valid:
                 lo = max(lo, qps)
@@ -188,7 +194,7 @@ class ServerSearch:
                 return lo
             hi = lo  # it failed a repeat: the bound moves below it
             lower = [q for q in self._rates(base) if q < hi and all(self._outcomes(base, q))]
-            lo = max(lower, default=0.0)
+            lo = max([*lower, *([known] if known < hi else [])], default=0.0)
             qps = round((lo + hi) / 2, 1) if lo else round(hi / 2, 1)
 
     def _rates(self, base: Setting) -> set[float]:
@@ -503,15 +509,15 @@ def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, 
                 f"{base.loadgen.memory_mb:g} MB of LoadGen memory (--loadgen-memory-mb): the engine may sustain more")
         best_setting = dataclasses.replace(first, target_qps=best_qps)
         if not grid and best_qps and first.max_queue_delay_us is None:
-            # Does another queue delay carry more? One trial of each just above the rate found; a VALID
-            # one is searched upward from there (most often neither is, at the cost of two trials).
-            above = round(best_qps * (1 + 2 * precision), 1)
+            # Does another queue delay carry more? One trial of each one precision step above the rate
+            # found; a VALID one is searched upward from there, and given up once it cannot beat the rate.
+            above = round(best_qps * (1 + precision), 1)
             probes = [run("delay", dataclasses.replace(first, target_qps=above, max_queue_delay_us=d))
                       for d in delay_grid(trials, best_qps)["delay_us"]]
             for probe in sorted((t for t in probes if t.valid), key=lambda t: t.p99_ms or 0.0)[:1]:
                 setting = dataclasses.replace(probe.setting, target_qps=None)
                 second = search.find(setting, round(above * (1 + 4 * precision), 1), lo=above,
-                                     phase="search-2", growth=1 + 4 * precision)
+                                     phase="search-2", growth=1 + 4 * precision, beat=best_qps)
                 if second > best_qps:
                     best_qps, best_setting = second, dataclasses.replace(setting, target_qps=second)
         elif grid and best_qps:
@@ -520,7 +526,7 @@ def tune(base: RunConfig, engine: Engine, dataset: Dataset, preprocessed: Path, 
             if winner is not None and winner.setting != best_setting:
                 second = search.find(dataclasses.replace(winner.setting, target_qps=None),
                                      round(best_qps * (1 + 4 * precision), 1), lo=best_qps, phase="search-2",
-                                     growth=1 + 4 * precision)
+                                     growth=1 + 4 * precision, beat=best_qps)
                 if second > best_qps:
                     best_qps, best_setting = second, dataclasses.replace(winner.setting, target_qps=second)
         confirmed = [t for t in trials if t.setting == best_setting and t.valid]
