@@ -15,7 +15,12 @@ from int8_reference import body, reduced_photos, signed_body
 from onnx import numpy_helper
 
 from asyncbench.errors import UserError
-from asyncbench.model.calibrate import CalibrationCache, ensure_engine_models, ensure_signed_int8_model
+from asyncbench.model.calibrate import (
+    CalibrationCache,
+    default_weight_bits,
+    ensure_engine_models,
+    ensure_signed_int8_model,
+)
 from asyncbench.model.int8chain import Int8Chain, quantize_chain
 from asyncbench.paths import BuildPaths
 
@@ -50,6 +55,9 @@ def test_weights_and_biases_are_the_signed_models(calibrated: BuildPaths, q: Int
 
 
 def test_integer_body_is_onnxruntimes(calibrated: BuildPaths, q: Int8Chain) -> None:
+    if default_weight_bits() < 8:
+        pytest.skip("onnxruntime is no exact int8 reference on this CPU: on x86 without VNNI its int8 convolutions "
+                    "add u8*s8 pairs in int16, which 8-bit weights overflow (why the CPU engine uses 7-bit ones)")
     x = reduced_photos(calibrated)
     want = signed_body(calibrated, q, x)
     got = body(q, x)

@@ -366,11 +366,11 @@ async def drive(driver: Driver, arena: SampleArena, test: LoadGenTest, *, gate_c
         and settings.mode != lg.TestMode.AccuracyOnly
     gate = AbortGate(gate_complete or LoadGenCompleter(), hold)
     callback_errors: list[RunFailure] = []
-    driver_issue = driver.issue
+    driver_issue, observing = driver.issue, observer.active
 
     def issue(ids: list[int], indices: list[int]) -> None:
         try:
-            if observer.active:
+            if observing:
                 observer.issued(len(ids))
             if ledger.failure is not None:
                 gate.take(ids)
