@@ -12,22 +12,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import os
-import platform
 import re
-import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import asyncbench
 from asyncbench.config import RunConfig, Scenario
 from asyncbench.fileio import write_bytes_atomic
-from asyncbench.host import cpu_flags, cpu_model
+from asyncbench.host import environment, git_commit
 from asyncbench.loadgen.accuracy import AccuracyResult
 from asyncbench.loadgen.logs import RunSummary
-from asyncbench.paths import REPO_ROOT
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
@@ -35,8 +29,6 @@ PERCENTILES = ("50.00", "90.00", "95.00", "99.00", "99.90")
 # MLPerf v0.5 MobileNet: 98% of the fp32 reference's 71.676% top-1.
 ACCURACY_TARGET_PERCENT = 0.98 * 71.676
 _PERCENTILE_KEY = re.compile(r"^result_(\d+\.\d+)_percentile_(per_query_)?latency_ns$")
-_PACKAGES = ("numpy", "onnxruntime", "onnx", "mlcommons-loadgen", "uvloop", "cuda-python", "torch", "triton",
-             "tensorrt")
 
 
 def _plain(value: object) -> object:
@@ -70,49 +62,6 @@ def latency_percentiles(detail: dict[str, Any], scenario: Scenario | None) -> di
     if not found and per_query:  # an older LoadGen logs MultiStream per sample only
         return latency_percentiles(detail, None)
     return found
-
-
-def git_commit() -> dict[str, object] | None:
-    """The checkout's commit and whether it has local changes (None outside a git checkout)."""
-    if not (REPO_ROOT / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": head, "dirty": bool(dirty)}
-
-
-def gpus() -> list[str] | None:
-    """Names of the visible GPUs, with the driver version (None where CUDA is not usable)."""
-    from asyncbench.cuda.api import CudaError, call, device_count, device_name
-
-    try:
-        names = [device_name(i) for i in range(device_count())]
-        driver = call("cudaDriverGetVersion")
-    except CudaError:
-        return None
-    return [f"{name} (driver API {driver // 1000}.{driver % 1000 // 10})" for name in names]
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Host, device and package versions; GPUs are queried only for a run on a GPU."""
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "flags": cpu_flags()},
-        "gpus": gpus() if device.startswith("cuda") else None,
-        "packages": versions,
-    }
 
 
 def build_result(*, cfg: RunConfig, engine_name: str, device: str, policy: dict[str, object],

@@ -45,9 +45,8 @@ from asyncbench.engines.sizing import engine_peak_qps
 from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import write_bytes_atomic
 from asyncbench.harness.plan import max_target_qps
-from asyncbench.harness.result import gpus
 from asyncbench.harness.run import run_scenario
-from asyncbench.host import cpu_model
+from asyncbench.host import cpu_model, gpus
 from asyncbench.loadgen.sut import INTERRUPTED
 from asyncbench.model.profiles import source_model_path
 from asyncbench.paths import BuildPaths
