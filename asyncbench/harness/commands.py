@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncbench.config import RunConfig, Scenario
 from asyncbench.data import preprocess as preprocess_mod
@@ -22,7 +22,11 @@ from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
 from asyncbench.engines.base import Engine
 from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import check_writable, write_output
-from asyncbench.paths import BuildPaths
+from asyncbench.paths import DATA_MAPS, BuildPaths
+
+if TYPE_CHECKING:
+    from asyncbench.harness.plan import RunPlan
+    from asyncbench.runtime.nvtx_ranges import NvtxRanges
 
 EXIT_FAILED = 1  # a run failed (samples completed as failed) or a problem the user can fix
 EXIT_USAGE = 2  # a bad command-line or configuration value (as argparse)
@@ -37,12 +41,10 @@ class Inputs:
 
     paths: BuildPaths
     data_dir: Path | None = None
-    maps_dir: Path | None = None
+    maps_dir: Path = DATA_MAPS
 
     def dataset(self) -> Dataset:
         """The dataset these inputs name (nothing is built)."""
-        if self.maps_dir is None:
-            return resolve_dataset(self.paths, data_dir=self.data_dir)
         return resolve_dataset(self.paths, data_dir=self.data_dir, maps_dir=self.maps_dir)
 
     def prepare(self, *, val: bool, cal: bool) -> Dataset:
@@ -117,6 +119,8 @@ def run_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOutputs) -
     """`run`: every scenario asked for, one after another on one warmed-up engine; the worst exit status."""
     from asyncbench.harness.plan import plan_run
     from asyncbench.harness.run import new_log_dir
+    from asyncbench.harness.tune import model_sha256
+    from asyncbench.runtime.nvtx_ranges import NvtxRanges
 
     paths = inputs.paths
     # Checks before any work: user.conf reads as LoadGen would read it (and --strict holds), explicit values can
@@ -136,7 +140,9 @@ def run_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOutputs) -
     try:
         # One engine serves every scenario: a GPU engine compiles and captures its graphs once.
         with warmed_engine(configs[0], paths, first_log_dir) as engine:
-            records = [_run_one(cfg, plan, engine, dataset, inputs, out,
+            weights = model_sha256(engine, paths)  # hashed once: the same files serve every scenario
+            nvtx = NvtxRanges() if out.nvtx else None
+            records = [_run_one(cfg, plan, engine, weights, nvtx, dataset, inputs, out,
                                 first_log_dir if position == 0 else new_log_dir(log_root, cfg.scenario),
                                 several=len(configs) > 1)
                        for position, (cfg, plan) in enumerate(zip(configs, plans, strict=True))]
@@ -159,22 +165,21 @@ def _interrupted_before(log_dir: Path, stage: str) -> int:
     return EXIT_FAILED
 
 
-def _run_one(cfg: RunConfig, plan: Any, engine: Engine, dataset: Dataset, inputs: Inputs, out: RunOutputs,
-             log_dir: Path, several: bool) -> dict[str, Any]:
+def _run_one(cfg: RunConfig, plan: RunPlan, engine: Engine, weights: str | None, nvtx: NvtxRanges | None,
+             dataset: Dataset, inputs: Inputs, out: RunOutputs, log_dir: Path, several: bool) -> dict[str, Any]:
     """One scenario of `run` (tuned settings applied where they hold); returns its result.json record."""
     from asyncbench.harness.run import run_scenario
-    from asyncbench.harness.tune import model_sha256, tuning_identity, with_tuned
-    from asyncbench.runtime.nvtx_ranges import NvtxRanges
+    from asyncbench.harness.tune import tuning_identity, with_tuned
 
     paths = inputs.paths
-    cfg, note = with_tuned(cfg, engine, paths.tune, out.tuned_config,
-                           tuning_identity(cfg, engine, model_sha256(engine, paths)), plan.duration_s)
+    cfg, note = with_tuned(cfg, engine, paths.tune, out.tuned_config, tuning_identity(cfg, engine, weights),
+                           plan.duration_s)
     if note:
         print(f"note: {note}")
     timeline = None if out.timeline is None else out.timeline if not several else \
         out.timeline.with_name(f"{out.timeline.stem}_{cfg.scenario}{out.timeline.suffix}")
     result = run_scenario(cfg, engine, dataset, paths.preprocessed, log_dir, progress_every_s=out.progress_every_s,
-                          timeline_path=timeline, nvtx=NvtxRanges() if out.nvtx else None)
+                          timeline_path=timeline, nvtx=nvtx)
     if timeline is not None:
         print(f"timeline: {timeline} (open it in https://ui.perfetto.dev or chrome://tracing)")
     if out.json_out == "-":
