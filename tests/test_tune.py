@@ -76,10 +76,11 @@ def test_a_repeat_that_fails_moves_the_bound_below() -> None:
 
 def test_a_search_that_cannot_beat_another_rate_gives_up_instead_of_searching_down() -> None:
     run, log = _scripted(10_000)
-    # A second setting, probed VALID at 11,000 by a fluke, must beat 10,500: once its bound is at or below that,
-    # it stops (a full search from half the bound cost a noisy tune 40 trials).
+    # A second setting, probed VALID at 11,000 by a fluke, must beat 10,500: it searches only the interval above
+    # that (bisection to the precision, then a recheck) and stops (a full search from half the bound cost a noisy
+    # tune 40 trials).
     assert ServerSearch(run).find(Setting(), 12_000, lo=11_000, beat=10_500) == 0.0
-    assert all((t.setting.target_qps or 0) > 10_500 for t in log) and len(log) <= 6
+    assert all((t.setting.target_qps or 0) > 10_500 for t in log) and len(log) <= 10
 
 
 def test_a_rate_known_valid_before_the_search_stays_its_floor_after_a_failed_repeat() -> None:
@@ -96,6 +97,22 @@ def test_a_rate_known_valid_before_the_search_stays_its_floor_after_a_failed_rep
 
     best = ServerSearch(run).find(Setting(), 19_713.6, lo=18_253.3, growth=1.08, beat=17_895.4)
     assert 18_253.3 < best <= 18_900 and all((t.setting.target_qps or 0) > 18_000 for t in log)
+
+
+def test_a_second_search_whose_probe_fails_a_repeat_searches_between_the_rate_to_beat_and_it() -> None:
+    # The probe's 19,363.5 fails its repeat and nothing VALID lies below it in this search: the rates between the
+    # first search's 18,983.8 and it are still worth a look (a search that gave up there left a tune 16 QPS short).
+    outcomes = {19_363.5: [False], 19_557.2: [False, False]}
+    log: list[Trial] = []
+
+    def run(phase: str, setting: Setting) -> Trial:
+        qps = setting.target_qps or 0.0
+        valid = outcomes[qps].pop(0) if outcomes.get(qps) else qps <= 19_300
+        log.append(Trial(len(log) + 1, phase, setting, "VALID" if valid else "INVALID", 1.0, {}))
+        return log[-1]
+
+    best = ServerSearch(run).find(Setting(), 19_557.2, lo=19_363.5, growth=1.08, beat=18_983.8)
+    assert 18_983.8 < best <= 19_300 and all((t.setting.target_qps or 0) > 18_983.8 for t in log)
 
 
 def test_nothing_valid_reports_zero() -> None:

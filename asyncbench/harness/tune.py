@@ -188,12 +188,15 @@ class ServerSearch:
                 rechecked.add(hi)
                 qps = hi
                 continue
+            if lo <= beat:  # the interval left holds nothing above the rate to beat
+                return 0.0
             confirmed = self._confirm(base, lo, phase)
             if confirmed:
                 return lo
             hi = lo  # it failed a repeat: the bound moves below it
             lower = [q for q in self._rates(base) if q < hi and all(self._outcomes(base, q))]
-            lo = max([*lower, *([known] if known < hi else [])], default=0.0)
+            # The rate to beat is a floor too: below it this setting cannot win, so the search stays above it.
+            lo = max([*lower, *([known] if known < hi else []), beat], default=0.0)
             qps = round((lo + hi) / 2, 1) if lo else round(hi / 2, 1)
 
     def _rates(self, base: Setting) -> set[float]:
