@@ -240,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batching settings to try: max_batch=32,64,128 delay_us=500,1000,2000")
     p.add_argument("--start-qps", type=rate_qps, help="Server: first rate tried (default: half the peak)")
     p.add_argument("--repeats", type=positive_int, default=3, help="VALID trials the reported setting needs")
-    p.add_argument("--search-precision", type=positive_float, default=0.02,
-                   help="Server: stop bisecting when VALID and INVALID rates are this close (default 0.02)")
+    p.add_argument("--search-precision", type=positive_float, default=0.01,
+                   help="Server: stop bisecting when VALID and INVALID rates are this close (default 0.01)")
     p.add_argument("--confirm", action="store_true", help="finish with one submission-length run at the best")
     p.add_argument("--tune-dir", type=Path, help="root of tuning folders (default <build>/tune)")
     p = sub.add_parser("report", help="tabulate result.json of run folders (or tune folders)")

@@ -195,7 +195,7 @@ class TuneOptions:
     grid: tuple[str, ...] = ()
     start_qps: float | None = None
     repeats: int = 3
-    precision: float = 0.02
+    precision: float = 0.01
     confirm: bool = False
     tune_dir: Path | None = None
     progress_every_s: float | None = None
