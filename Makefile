@@ -6,7 +6,7 @@ BUILD  ?= build
 RUN_ARGS ?=
 CACHE  := $(BUILD)/models/MobileNet/calibration.cache
 
-.PHONY: run evaluate calibrate prepare preprocess_data test lint docs
+.PHONY: run audit evaluate calibrate prepare preprocess_data test lint docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ $(CACHE): | $(VENV)/.installed
 # A LoadGen run (default: a quick Offline run of the INT8 model on the CPU, embedded photos).
 run: $(VENV)/.installed $(CACHE)
 	$(PY) -m asyncbench run --build-dir $(BUILD) $(RUN_ARGS)
+
+# A compliance test against this system's own runs, like the seed's run_audit_test01/04/05:
+# make audit TEST=TEST01 RUN_ARGS="--scenario Server"
+TEST ?= TEST01
+audit: $(VENV)/.installed $(CACHE)
+	$(PY) -m asyncbench audit $(TEST) --build-dir $(BUILD) $(RUN_ARGS)
 
 # Accuracy of both engine models fed directly (no LoadGen), with INT8/fp32 agreement.
 evaluate: $(VENV)/.installed $(CACHE)

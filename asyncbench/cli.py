@@ -36,6 +36,7 @@ from asyncbench.harness.commands import (
     Inputs,
     RunOutputs,
     TuneOptions,
+    audit_command,
     calibrate_command,
     evaluate_command,
     plot_command,
@@ -176,7 +177,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
     p.add_argument("--gil-switch-us", type=positive_int, default=500,
                    help="Python's GIL time slice during the run, in us (default 500; Python's own is 5000)")
     p.add_argument("--null", dest="null_spec", default="",
-                   help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5")
+                   help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5; planted "
+                        "faults for the audits: drift=1 (answers change run to run), cache=N (form=device)")
     run_only("--trace", action="store_true", help="write LoadGen's (large) trace log")
     run_only("--submission-length", action="store_true",
              help="use mlperf.conf's durations instead of the quick defaults")
@@ -244,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Server: stop bisecting when VALID and INVALID rates are this close (default 0.01)")
     p.add_argument("--confirm", action="store_true", help="finish with one submission-length run at the best")
     p.add_argument("--tune-dir", type=Path, help="root of tuning folders (default <build>/tune)")
+    p = sub.add_parser("audit", help="run one compliance test (TEST01, TEST04, TEST04-A, TEST04-B, TEST05) and "
+                                     "verify it against this system's own runs")
+    p.add_argument("test", metavar="TEST", help="TEST01, TEST04, TEST04-A, TEST04-B or TEST05")
+    _add_run_arguments(p)
+    p.add_argument("--reference", action="append", type=Path, default=[], metavar="RUN_DIR",
+                   help="a run to compare with (repeat for TEST01's accuracy and performance runs); default: the "
+                        "newest matching runs under --log-dir (TEST04-B: the newest TEST04-A audit)")
+    p.add_argument("--audit-dir", type=Path, help="root of audit folders (default <build>/audits)")
     p = sub.add_parser("report", help="tabulate result.json of run folders (or tune folders)")
     p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--csv", type=Path, help="also write the table as CSV")
@@ -252,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run", "tune", "report", "plot")
+SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run", "tune", "audit", "report", "plot")
 
 
 def _with_default_command(argv: Sequence[str]) -> list[str]:
@@ -321,9 +331,14 @@ def _command(args: argparse.Namespace) -> int:
             trial_duration_s=args.trial_duration, grid=tuple(args.grid), start_qps=args.start_qps,
             repeats=args.repeats, precision=args.search_precision, confirm=args.confirm, tune_dir=args.tune_dir,
             progress_every_s=_progress_every(args)))
-    return run_command(run_configs(args), _inputs(args), RunOutputs(
-        log_dir=args.log_dir, json_out=args.json_out, timeline=args.timeline, nvtx=args.nvtx,
-        progress_every_s=_progress_every(args), tuned_config=args.config, strict=args.strict))
+    outputs = RunOutputs(log_dir=args.log_dir, json_out=args.json_out, timeline=args.timeline, nvtx=args.nvtx,
+                         progress_every_s=_progress_every(args), tuned_config=args.config, strict=args.strict)
+    if args.command == "audit":
+        if len(args.scenarios) != 1:
+            raise ConfigError(f"audit {args.test} takes one --scenario: audit each scenario on its own")
+        (cfg,) = run_configs(args)
+        return audit_command(args.test, cfg, _inputs(args), outputs, args.reference, args.audit_dir)
+    return run_command(run_configs(args), _inputs(args), outputs)
 
 
 def _sigterm_as_interrupt(signum: int, frame: object) -> None:

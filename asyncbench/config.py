@@ -126,6 +126,9 @@ class LoadGenConfig:
     user_conf: Path | None = None
     mlperf_conf: Path | None = None
     audit_config: Path | None = None  # None: LoadGen reads no audit.config (never the working directory's)
+    # (qsl, sample index, schedule) RNG seeds in place of the official ones: TEST05's alternate seeds, which
+    # LoadGen reads only from TestSettings (an audit.config cannot set them).
+    rng_seeds: tuple[int, int, int] | None = None
     trace: bool = False
     submission_length: bool = False  # True: do not shorten the run to the quick preset
     memory_mb: float = 1024.0  # budget for the queries LoadGen generates from derived values

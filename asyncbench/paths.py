@@ -80,3 +80,8 @@ class BuildPaths:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def audits(self) -> Path:
+        """Where `audit` writes its folders (one per compliance test run)."""
+        return self.root / "audits"

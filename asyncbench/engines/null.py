@@ -2,7 +2,9 @@
 
 It lets the runtime and the LoadGen glue be measured and tested without a model: the wait is
 ``fixed_s + per_sample_s * n`` and blocks with the GIL released, like a real engine's compute.
-Failures and stalls can be injected at a chosen batch to exercise the runtime's error paths.
+Failures and stalls can be injected at a chosen batch to exercise the runtime's error paths, and
+the two faults the compliance audits exist to catch can be planted: answers that change from run
+to run (TEST01) and a cache of recent samples (TEST04).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +40,11 @@ class NullEngine(HostEngine):
     engine (the same modelled device), including the blocking ``infer_indices_now`` of the
     inline path.
     It never looks at pixels, so the pipeline skips the host gather.
+
+    Planted faults for the audits: ``drift`` answers each batch's number (mod 1000) instead of 0,
+    so the same sample gets different bytes in two runs; ``cache_samples`` (DEVICE form) keeps the
+    last that many QSL indices and charges ``per_sample_s`` only for samples not among them, the
+    response cache TEST04's repeated sample exposes.
     """
 
     name = "null"
@@ -51,12 +59,16 @@ class NullEngine(HostEngine):
         fail_after_batches: int | None = None,
         stall_after_batches: int | None = None,
         stall_s: float = 3600.0,
+        drift: bool = False,
+        cache_samples: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         for label, seconds in (("fixed_s", fixed_s), ("per_sample_s", per_sample_s), ("stall_s", stall_s)):
             if not (math.isfinite(seconds) and seconds >= 0):
                 raise ValueError(f"{label} must be a finite number of seconds >= 0, got {seconds}")
+        if cache_samples and form is not ExecutionForm.DEVICE:
+            raise ConfigError("null engine spec: cache needs form=device (only that form sees the QSL indices)")
         for label, count in (("fail_after_batches", fail_after_batches), ("stall_after_batches", stall_after_batches)):
             if count is not None and count < 0:
                 raise ValueError(f"{label} must be at least 0, got {count}")
@@ -72,6 +84,9 @@ class NullEngine(HostEngine):
         self._count_lock = threading.Lock()
         self._batches = 0
         self._device_free_at = 0.0  # LOOP form: when the modelled device finishes its queued work (perf_counter s)
+        self.drift = drift
+        self.cache_samples = cache_samples
+        self._cache: OrderedDict[int, None] = OrderedDict()  # recent QSL indices, oldest first
 
     def expected_latency(self, n: int) -> float:
         """Seconds the model says a batch of ``n`` takes (what ``infer`` waits, stalls aside)."""
@@ -86,8 +101,11 @@ class NullEngine(HostEngine):
         """Seconds per batch when kept busy: one modelled device, except BLOCKING's side-by-side slots."""
         return self.expected_latency(batch_size) / self.concurrency
 
-    def _begin(self, batch: np.ndarray) -> tuple[int, int, float]:
-        """Validate, count the batch, apply an injected failure; returns (index, n, seconds to wait)."""
+    def _begin(self, batch: np.ndarray, charged: int | None = None) -> tuple[int, int, float]:
+        """Validate, count the batch, apply an injected failure; returns (index, n, seconds to wait).
+
+        ``charged``: the samples the model charges for (fewer than ``n`` when the planted cache hit).
+        """
         n = check_batch(batch, self.max_batch_size, self.name)
         if self._closed.is_set():
             raise EngineError(f"{self.name} is closed")
@@ -96,8 +114,29 @@ class NullEngine(HostEngine):
             self._batches += 1
         if index == self.fail_after_batches:
             raise EngineError(f"injected failure on batch {index} (a batch of {n}) of {self.name}")
-        wait = self.stall_s if index == self.stall_after_batches else self.expected_latency(n)
+        wait = self.stall_s if index == self.stall_after_batches else self.expected_latency(n if charged is None
+                                                                                            else charged)
         return index, n, wait
+
+    def _answer(self, index: int, n: int) -> np.ndarray:
+        """Class 0 for every sample, or with ``drift`` the batch's number (mod 1000)."""
+        return np.full(n, index % 1000 if self.drift else 0, RESULT_DTYPE)
+
+    def _uncached(self, indices: Sequence[int]) -> int | None:
+        """With the planted cache: how many of ``indices`` it misses (then it remembers them); else None."""
+        if not self.cache_samples:
+            return None
+        missed = 0
+        with self._count_lock:
+            for i in indices:
+                if i in self._cache:
+                    self._cache.move_to_end(i)
+                    continue
+                missed += 1
+                self._cache[i] = None
+                if len(self._cache) > self.cache_samples:
+                    self._cache.popitem(last=False)
+        return missed
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Zeros for ``batch`` after the modelled wait; the wait releases the GIL."""
@@ -107,9 +146,9 @@ class NullEngine(HostEngine):
         if wait > 0 and self._closed.wait(wait):
             raise EngineError(f"{self.name} was closed while batch {index} (a batch of {n}) was running")
         self._latency.record(n, time.perf_counter() - start)
-        return np.zeros(n, RESULT_DTYPE)
+        return self._answer(index, n)
 
-    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
+    async def infer_async(self, batch: np.ndarray, charged: int | None = None) -> np.ndarray:
         """The same model as one device that runs its queued batches in turn, awaited on the loop's timers.
 
         Like a GPU stream, the device runs queued batches back to back in device time: a batch
@@ -117,7 +156,7 @@ class NullEngine(HostEngine):
         to 1 ms). With ``slots`` >= 2 batches queued, the modelled capacity is exactly one batch
         per ``fixed_s + per_sample_s * n``.
         """
-        _, n, wait = self._begin(batch)
+        index, n, wait = self._begin(batch, charged)
         start = time.perf_counter()
         with self._count_lock:
             finish = max(start, self._device_free_at) + wait
@@ -125,21 +164,21 @@ class NullEngine(HostEngine):
         if finish > start:
             await asyncio.sleep(finish - start)  # a stall is cut short by the pipeline's timeout (cancellation)
         # No latency record: under load it includes the queue; batching is sized from the idle ``infer`` time.
-        return np.zeros(n, RESULT_DTYPE)
+        return self._answer(index, n)
 
     async def infer_indices(self, indices: Sequence[int]) -> np.ndarray:
         """DEVICE form: ``infer_async`` for these samples (the pixels are never read)."""
-        return await self.infer_async(self._placeholder(len(indices)))
+        return await self.infer_async(self._placeholder(len(indices)), self._uncached(indices))
 
     def infer_indices_now(self, indices: Sequence[int], timeout_s: float | None) -> np.ndarray:
         """DEVICE form, inline path: the modelled wait on the calling thread, failing past ``timeout_s``."""
-        index, n, wait = self._begin(self._placeholder(len(indices)))
+        index, n, wait = self._begin(self._placeholder(len(indices)), self._uncached(indices))
         if timeout_s is not None and wait > timeout_s:
             self._closed.wait(timeout_s)
             raise EngineError(f"{self.name}: batch {index} (a batch of {n}) did not finish within {timeout_s:g} s")
         if wait > 0 and self._closed.wait(wait):
             raise EngineError(f"{self.name} was closed while batch {index} (a batch of {n}) was running")
-        return np.zeros(n, RESULT_DTYPE)
+        return self._answer(index, n)
 
     @staticmethod
     def _placeholder(n: int) -> np.ndarray:
@@ -158,6 +197,8 @@ _SPEC_KEYS: dict[str, tuple[str, float, bool, int]] = {
     "stall_s": ("stall_s", 1.0, False, 0),
     "fail_after": ("fail_after_batches", 1, True, 0),
     "stall_after": ("stall_after_batches", 1, True, 0),
+    "drift": ("drift", 1, True, 0),
+    "cache": ("cache_samples", 1, True, 0),
 }
 
 

@@ -1,5 +1,5 @@
-"""The commands over runs, one function each: what `run`, `tune`, `report`, `plot`, `evaluate`, `prepare` and
-`calibrate` do once the command line is parsed.
+"""The commands over runs, one function each: what `run`, `tune`, `audit`, `report`, `plot`, `evaluate`,
+`prepare` and `calibrate` do once the command line is parsed.
 
 ``run`` and ``tune`` share one skeleton, ``warmed_engine``: open the engine, warm it up under the
 run's timeout with the warm-up written to an event log, hand it out, close it whatever happens.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asyncbench.config import RunConfig, Scenario
+from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
 from asyncbench.engines.base import Engine
@@ -32,6 +32,7 @@ EXIT_FAILED = 1  # a run failed (samples completed as failed) or a problem the u
 EXIT_USAGE = 2  # a bad command-line or configuration value (as argparse)
 EXIT_INVALID = 3  # --strict: a scenario's result is INVALID
 EXIT_ACCURACY = 4  # --strict: an AccuracyOnly run is below the accuracy target
+EXIT_AUDIT_FAIL = 5  # an audit ran and its verification says TEST FAIL
 EXIT_INTERRUPTED = 130
 
 
@@ -152,6 +153,54 @@ def run_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOutputs) -
         write_output(Path(out.json_out), (json.dumps(records, indent=1, default=str) + "\n").encode(), "--json")
     codes = {scenario_exit_code(r, out.strict) for r in records}
     return next((code for code in (EXIT_FAILED, EXIT_ACCURACY, EXIT_INVALID) if code in codes), 0)
+
+
+def audit_command(name: str, cfg: RunConfig, inputs: Inputs, out: RunOutputs, references: Sequence[Path] = (),
+                  audit_root: Path | None = None) -> int:
+    """`audit`: one compliance test of one scenario, run and verified against the submitter's own runs.
+
+    Everything that can be refused (the audit's name, the reference runs) is refused before any work.
+    """
+    from asyncbench.harness.audit import (
+        audit_config_text,
+        audit_named,
+        copy_logs,
+        new_audit_dir,
+        record_audit,
+        resolve_references,
+        verify_audit,
+        with_reference_rate,
+    )
+
+    audit = audit_named(name)
+    if cfg.loadgen.test_mode is not TestMode.PERFORMANCE_ONLY or cfg.loadgen.audit_config is not None:
+        raise ConfigError(f"{audit.name} sets LoadGen's mode and its audit.config itself: drop --test-mode and "
+                          f"--audit-config")
+    paths = inputs.paths
+    audit_root = audit_root or paths.audits
+    refs = resolve_references(audit, cfg, references, out.log_dir or paths.logs, audit_root)
+    cfg, notes = with_reference_rate(cfg, refs["performance"])
+    audit_dir = new_audit_dir(audit_root, cfg.scenario, audit)
+    (audit_dir / "audit.config").write_text(audit_config_text(audit))
+    print(f"audit {audit.name} ({audit.what}), {cfg.scenario}: compared with "
+          + ", ".join(f"{kind} run {path}" for kind, path in refs.items()))
+    for note in notes:
+        print(f"note: {note}")
+    cfg = dataclasses.replace(cfg, loadgen=dataclasses.replace(cfg.loadgen, audit_config=audit_dir / "audit.config",
+                                                               rng_seeds=audit.seeds))
+    code = run_command([cfg], inputs, dataclasses.replace(out, log_dir=audit_dir, json_out=None, strict=False))
+    runs = [p for p in audit_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / "result.json").is_file()]
+    if code == EXIT_FAILED or len(runs) != 1:
+        print(f"error: the {audit.name} run failed, so nothing was verified ({audit_dir})", file=sys.stderr)
+        return EXIT_FAILED
+    verdicts = verify_audit(audit, cfg.scenario, audit_dir, runs[0], refs, inputs.dataset().val_map)
+    copy_logs(runs[0], audit_dir, audit)
+    record_audit(runs[0], audit, refs, verdicts)
+    for kind, verdict in verdicts.items():
+        reasons = [line.removeprefix("fail: ") for line in verdict.lines if line.startswith("fail: ")]
+        print(f"{audit.name} {cfg.scenario} {kind}: {'TEST PASS' if verdict.passed else 'TEST FAIL'}"
+              + (f" ({'; '.join(reasons)})" if reasons else "") + f": {audit_dir / f'verify_{kind}.txt'}")
+    return 0 if all(v.passed for v in verdicts.values()) else EXIT_AUDIT_FAIL
 
 
 def _interrupted_before(log_dir: Path, stage: str) -> int:

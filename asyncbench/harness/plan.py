@@ -253,6 +253,8 @@ class _Resolution:
             multistream_expected_latency_ms=self.explicit("multistream_expected_latency_ms"),
             server_max_async_queries=self.explicit_int("server_max_async_queries"),
             server_target_latency_ms=lgc.server_target_latency_ms if s is Scenario.SERVER else None,
+            **({} if lgc.rng_seeds is None else dict(zip(("qsl_rng_seed", "sample_index_rng_seed",
+                                                          "schedule_rng_seed"), lgc.rng_seeds, strict=True))),
         )
         return RunPlan(s, MappingProxyType(dict(self.settings)), options, tuple(self.notes),
                        tuple(self.conf_problems), self.target_latency_ns, self.duration)
