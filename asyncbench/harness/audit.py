@@ -243,8 +243,9 @@ def resolve_references(audit: Audit, cfg: RunConfig, named: Sequence[Path], logs
             how = {"accuracy": f"python -m asyncbench run --scenario {cfg.scenario} --test-mode AccuracyOnly",
                    "performance": f"python -m asyncbench run --scenario {cfg.scenario}"}.get(
                 kind, f"python -m asyncbench audit {kind} --scenario {cfg.scenario}")
-            where = "VALID " if kind != "accuracy" and AUDITS.get(kind, AUDITS["TEST01"]).needs_valid else ""
-            raise UserError(f"{audit.name} needs a {where}{kind} run of {cfg.scenario} on this engine under {root} "
+            what = f"a VALID {kind}" if kind != "accuracy" and AUDITS.get(kind, AUDITS["TEST01"]).needs_valid \
+                else _article(kind)
+            raise UserError(f"{audit.name} needs {what} run of {cfg.scenario} on this engine under {root} "
                             f"and found none: run `{how}` with the same engine options first, or name one with "
                             f"--reference RUN_DIR")
         found[kind] = newest
