@@ -9,6 +9,7 @@ its accuracy-mode ones.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,7 @@ def test_onnxruntime_responses_are_the_same_in_both_modes(calibrated: BuildPaths
     code, folder = _audit(calibrated, tmp_path, "TEST01", "--engine", "onnxruntime")
     assert code == 0
     accuracy_run = sorted(p for p in (tmp_path / "logs").iterdir() if not p.is_symlink())[1]
+    assert re.fullmatch(r"accuracy=\d+\.\d{3}%, good=\d+, total=\d+\n", (accuracy_run / "accuracy.txt").read_text())
     reference = {r["qsl_idx"]: r["data"] for r in json.loads((accuracy_run / "mlperf_log_accuracy.json").read_text())}
     logged = json.loads((folder / "accuracy" / "mlperf_log_accuracy.json").read_text())
     assert logged and all(r["data"] == reference[r["qsl_idx"]] for r in logged)
