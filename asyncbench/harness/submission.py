@@ -24,7 +24,7 @@ from typing import Any
 from asyncbench.config import Scenario
 from asyncbench.errors import UserError
 from asyncbench.harness.audit import ACCURACY_LOG, PERFORMANCE_LOGS, V05_ORDER, engine_key, read_record
-from asyncbench.loadgen.settings import builtin_settings
+from asyncbench.loadgen.settings import builtin_mlperf_conf, builtin_settings
 
 MODEL = "mobilenet"
 IMPLEMENTATION = "asyncbench"
@@ -122,18 +122,6 @@ def collect(scenario: Scenario, engine: Any, logs: Path, audits: Path) -> tuple[
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
-
-
-def builtin_mlperf_conf() -> str:
-    """The mlperf.conf compiled into LoadGen, which it parses for every test (it has no accessor for the text)."""
-    import mlperf_loadgen
-
-    data = Path(mlperf_loadgen.__file__).read_bytes()
-    key = data.find(b"*.*.qsl_rng_seed = ")
-    if key < 0:
-        raise UserError(f"cannot find the built-in mlperf.conf in {mlperf_loadgen.__file__}: pass --mlperf-conf")
-    start, end = data.rfind(b"\x00", 0, key) + 1, data.find(b"\x00", key)
-    return data[start:end].decode()
 
 
 def _memory_gb() -> str:

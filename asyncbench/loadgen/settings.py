@@ -237,6 +237,16 @@ def _apply_conf(
         )
 
 
+def builtin_mlperf_conf() -> str:
+    """The mlperf.conf compiled into LoadGen, which it parses for every test (it has no accessor for the text)."""
+    data = Path(lg.__file__).read_bytes()
+    key = data.find(b"*.*.qsl_rng_seed = ")
+    if key < 0:
+        raise UserError(f"cannot find the built-in mlperf.conf in {lg.__file__}: pass --mlperf-conf")
+    start, end = data.rfind(b"\x00", 0, key) + 1, data.find(b"\x00", key)
+    return data[start:end].decode()
+
+
 def builtin_settings(model: str, scenario: str) -> lg.TestSettings:
     """Settings with only LoadGen's built-in mlperf.conf applied: what a submission run starts from."""
     settings = lg.TestSettings()
