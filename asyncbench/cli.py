@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder to write <division>/<submitter>/ into")
     p.add_argument("--division", choices=("closed", "open"), default="closed")
     p.add_argument("--submitter", default="asyncbench", help="the submitter's name (default asyncbench)")
-    p.add_argument("--layout", default="v0.5", help="v0.5 (the seed's round; the only layout made so far)")
+    p.add_argument("--layout", default="v0.5",
+                   help="v0.5 (the seed's round, default) or v6.1 (the round of the LoadGen that runs here)")
     p.add_argument("--system-json", type=_file, help="system description keys that replace the measured ones")
     p.add_argument("--collect", action="store_true", help="take existing runs and audits only; run nothing")
     p.add_argument("--audit-dir", type=Path, help="root of audit folders (default <build>/audits)")
@@ -357,12 +358,11 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "submission":
         if args.check is not None:
             return check_command(args.check)
-        if args.layout != "v0.5":
-            raise ConfigError(f"--layout {args.layout}: only the v0.5 layout is made so far")
         if not args.system or args.out is None:
             raise ConfigError("submission needs --system NAME and --out DIR (or --check DIR)")
         return submission_command(run_configs(args), _inputs(args), outputs, SubmissionOptions(
-            args.system, args.out, args.division, args.submitter, args.system_json, args.collect, args.audit_dir))
+            args.system, args.out, args.division, args.submitter, args.system_json, args.layout, args.collect,
+            args.audit_dir))
     return run_command(run_configs(args), _inputs(args), outputs)
 
 

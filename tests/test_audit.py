@@ -219,10 +219,35 @@ def test_onnxruntime_responses_are_the_same_in_both_modes(calibrated: BuildPaths
 def submission(calibrated: BuildPaths, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A v0.5 folder made by `asyncbench submission` from nothing (it runs the runs and the audits it needs)."""
     tmp = tmp_path_factory.mktemp("submission")
-    code = _cli(calibrated, tmp, "submission", "--system", "cpu-null", "--out", str(tmp / "out"), "--engine", "null",
-                "--null", NULL, "--target-qps", "100000", "--audit-dir", str(tmp / "audits"))
+    (tmp / "v05").mkdir()
+    code = _cli(calibrated, tmp, "submission", "--system", "cpu-null", "--out", str(tmp / "v05" / "out"), "--engine",
+                "null", "--null", NULL, "--target-qps", "100000", "--audit-dir", str(tmp / "audits"))
     assert code == EXIT_FAILED  # made, and its own check names the null engine's accuracy and the 104 samples
-    return tmp / "out"
+    return tmp / "v05" / "out"
+
+
+def test_a_v61_folder_from_the_same_runs(calibrated: BuildPaths, submission: Path, tmp_path: Path) -> None:
+    """v6.1 takes the runs made for v0.5 and runs only the audit it lacks (TEST04); its check names what a quick
+    run on 104 photos cannot meet."""
+    from asyncbench.harness.submission import check
+
+    tmp = submission.parent.parent
+    out = tmp_path / "v61"
+    code = _cli(calibrated, tmp, "submission", "--layout", "v6.1", "--division", "open", "--system", "cpu-null",
+                "--out", str(out), "--engine", "null", "--null", NULL, "--target-qps", "100000", "--audit-dir",
+                str(tmp / "audits"))
+    assert code == EXIT_FAILED
+    offline = out / "open" / "asyncbench" / "results" / "cpu-null" / "mobilenet" / "Offline"
+    assert {"measurements.json", "user.conf", "mlperf.conf", "README.md", "accuracy", "performance", "TEST01",
+            "TEST04"} <= {p.name for p in offline.iterdir()}
+    assert (out / "open" / "asyncbench" / "src").is_dir()
+    assert (offline / "TEST04" / "verify_performance.txt").read_text().endswith("TEST PASS\n")
+    description = json.loads((out / "open" / "asyncbench" / "systems" / "cpu-null.json").read_text())
+    assert description["system_type"] == "datacenter" and description["accelerators_per_node"] == "0"
+    layout, problems, results = check(out)
+    assert (layout, results) == ("v6.1", 1)
+    assert sorted(p.split(": ", 1)[1].split(" ", 1)[0] for p in problems) == [
+        "accuracy_sample_count", "min_duration", "performance_sample_count"]
 
 
 def test_submission_holds_every_file_of_the_v05_layout(submission: Path) -> None:
@@ -276,7 +301,7 @@ def test_submission_refusals_are_one_line(calibrated: BuildPaths, submission: Pa
                                           capsys: pytest.CaptureFixture[str]) -> None:
     cases = [(("--system", "x", "--out", str(submission)), "already exists"),
              (("--system", "x", "--out", str(tmp_path / "o"), "--collect", "--engine", "null"), "drop --collect"),
-             (("--system", "x", "--out", str(tmp_path / "o"), "--layout", "v6.1"), "only the v0.5 layout"),
+             (("--system", "x", "--out", str(tmp_path / "o"), "--layout", "v9.9"), "choose one of v0.5, v6.1"),
              (("--out", str(tmp_path / "o")), "needs --system NAME")]
     for args, expected in cases:
         assert _cli(calibrated, tmp_path, "submission", *args) in (EXIT_FAILED, 2)

@@ -212,22 +212,21 @@ class SubmissionOptions:
     division: str = "closed"
     submitter: str = "asyncbench"
     system_json: Path | None = None  # keys that replace the measured description of the system
+    layout: str = "v0.5"
     collect_only: bool = False  # take existing runs only; run nothing
     audit_root: Path | None = None
 
 
 def submission_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOutputs, opts: SubmissionOptions) -> int:
-    """`submission`: per scenario the runs and audits a v0.5 submission needs (run where missing), laid out and
+    """`submission`: per scenario the runs and audits the layout needs (run where missing), laid out and
     checked; exit 1 when the check finds problems (the folder stays for inspection)."""
-    from asyncbench.harness.audit import V05_ORDER, engine_key, read_record
+    from asyncbench.harness.audit import engine_key, read_record
     from asyncbench.harness.result import config_record
-    from asyncbench.harness.submission import (
-        check_v05,
-        collect,
-        performance_runs_needed,
-        system_description,
-        write_v05,
-    )
+    from asyncbench.harness.submission import LAYOUTS, check, collect, system_description, write_submission
+
+    if opts.layout not in LAYOUTS:
+        raise ConfigError(f"--layout {opts.layout}: choose one of {', '.join(LAYOUTS)}")
+    layout = LAYOUTS[opts.layout]
 
     paths = inputs.paths
     logs, audits = out.log_dir or paths.logs, opts.audit_root or paths.audits
@@ -239,13 +238,13 @@ def submission_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOut
         if cfg.loadgen.min_duration_s is None and not cfg.loadgen.submission_length:
             cfg = dataclasses.replace(cfg, loadgen=dataclasses.replace(cfg.loadgen, submission_length=True))
         engine = engine_key(config_record(cfg))
-        runs, missing = collect(cfg.scenario, engine, logs, audits)
+        runs, missing = collect(cfg.scenario, engine, logs, audits, layout)
         if missing and opts.collect_only:
             raise UserError(f"{cfg.scenario}: no {', '.join(missing)} under {logs} and {audits} on this engine: "
                             f"drop --collect to run them")
         if missing:
             print(f"submission: {cfg.scenario} needs {', '.join(missing)}: running them")
-            need = performance_runs_needed(cfg.scenario) - len(runs.performance)
+            need = layout.performance_runs(cfg.scenario) - len(runs.performance)
             if need and run_command([cfg] * need, inputs, dataclasses.replace(out, json_out=None)) == EXIT_FAILED:
                 return EXIT_FAILED
             accuracy_cfg = dataclasses.replace(cfg, loadgen=dataclasses.replace(cfg.loadgen,
@@ -253,44 +252,45 @@ def submission_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOut
             if runs.accuracy is None and run_command([accuracy_cfg], inputs,
                                                      dataclasses.replace(out, json_out=None)) == EXIT_FAILED:
                 return EXIT_FAILED
-            for name in V05_ORDER:
+            for name in layout.audits:
                 if name not in runs.audits:
                     code = audit_command(name, cfg, inputs, out, audit_root=audits)
                     if code != 0:
                         print(f"error: {cfg.scenario} {name} did not pass (exit {code}): no submission was made",
                               file=sys.stderr)
                         return code
-            runs, missing = collect(cfg.scenario, engine, logs, audits)
+            runs, missing = collect(cfg.scenario, engine, logs, audits, layout)
             if missing:
                 raise UserError(f"{cfg.scenario}: still no {', '.join(missing)} after running them (the newest runs "
                                 f"ended INVALID or FAILED, see {logs}): a submission takes VALID runs only")
         made.append(runs)
     first = read_record(made[0].performance[0])
-    description = system_description(first, opts.system, opts.submitter, opts.division, overrides)
-    base = write_v05(opts.out, opts.division, opts.submitter, opts.system, description, made)
+    description = system_description(first, opts.system, opts.submitter, opts.division, overrides, layout)
+    base = write_submission(opts.out, layout, opts.division, opts.submitter, opts.system, description, made)
     print(f"{'scenario':<13} {'performance runs':<40} accuracy      audits")
     for runs in made:
         metrics = [read_record(p)["metric"]["value"] for p in runs.performance]
         accuracy = (runs.accuracy / "accuracy.txt").read_text().splitlines()[0] if runs.accuracy else "-"
         print(f"{runs.scenario!s:<13} {', '.join(f'{m:,.1f}' for m in metrics):<40} "
               f"{accuracy.split(',')[0]:<13} {' '.join(sorted(runs.audits))}")
-    problems, results = check_v05(opts.out)
-    print(f"submission: {base} ({results} result(s)); check: {len(problems)} problem(s)")
+    _, problems, results = check(opts.out)
+    print(f"submission: {base} ({layout.name} layout, {results} result(s)); check: {len(problems)} problem(s)")
     for problem in problems:
         print(f"check: {problem}")
     return EXIT_FAILED if problems else 0
 
 
 def check_command(folder: Path) -> int:
-    """`submission --check DIR`: the v0.5 layout's rules over a folder; one line per problem, exit 1 if any."""
-    from asyncbench.harness.submission import check_v05
+    """`submission --check DIR`: the rules of the folder's layout (v0.5 or v6.1); one line per problem, exit 1 if
+    any."""
+    from asyncbench.harness.submission import check
 
     if not folder.is_dir():
         raise UserError(f"--check {folder} is not a folder: name the folder holding closed/ or open/")
-    problems, results = check_v05(folder)
+    layout, problems, results = check(folder)
     for problem in problems:
         print(f"check: {problem}")
-    print(f"check: {folder}: {results} result(s), {len(problems)} problem(s)")
+    print(f"check: {folder} ({layout} layout): {results} result(s), {len(problems)} problem(s)")
     return EXIT_FAILED if problems else 0
 
 
