@@ -113,6 +113,21 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _seeds(text: str) -> tuple[int, int, int]:
+    """``v0.5`` (that round's official seeds) or three integers: qsl, sample index, schedule."""
+    from asyncbench.harness.submission import V05_SEEDS
+
+    if text.strip().lower() in ("v0.5", "0.5"):
+        return V05_SEEDS
+    try:
+        qsl, index, schedule = (int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not v0.5 or QSL,SAMPLE_INDEX,SCHEDULE seeds") from None
+    if min(qsl, index, schedule) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are 0 or more")
+    return qsl, index, schedule
+
+
 def _ignore(*args: object, **kwargs: object) -> None:
     """An option a command leaves out (see ``_add_run_arguments``)."""
 
@@ -187,6 +202,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
              help="use mlperf.conf's durations instead of the quick defaults")
     run_only("--audit-config", type=_file,
              help="apply this audit.config (a compliance test); LoadGen never reads ./audit.config otherwise")
+    p.add_argument("--rng-seeds", type=_seeds, metavar="v0.5|QSL,INDEX,SCHEDULE",
+                   help="LoadGen's RNG seeds instead of its official ones (v0.5: that round's, which `submission "
+                        "--layout v0.5` uses)")
     p.add_argument("--loadgen-memory-mb", type=positive_float, default=1024.0,
                    help="memory the queries LoadGen generates may take when the harness derives the target or "
                         "expected latency (default 1024)")
@@ -300,7 +318,8 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
         min_duration_s=args.min_duration,
         min_query_count=args.min_query_count, performance_sample_count=args.performance_sample_count,
         user_conf=args.user_conf, mlperf_conf=args.mlperf_conf, audit_config=args.audit_config, trace=args.trace,
-        submission_length=args.submission_length, memory_mb=args.loadgen_memory_mb, strict=args.strict)
+        submission_length=args.submission_length, memory_mb=args.loadgen_memory_mb, strict=args.strict,
+        rng_seeds=args.rng_seeds)
     batching = BatchingConfig(max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
                               preferred_batch_sizes=args.preferred_batch_sizes, inflight=args.inflight,
                               idle_dispatch=args.idle_dispatch, inline=args.inline)

@@ -261,6 +261,10 @@ def test_submission_holds_every_file_of_the_v05_layout(submission: Path) -> None
         p.name for p in measure.iterdir()}
     assert "*.*.qsl_rng_seed" in (measure / "mlperf.conf").read_text()  # LoadGen's built-in file
     assert "python -m asyncbench run --scenario Offline --engine null" in (measure / "README.md").read_text()
+    assert "--rng-seeds v0.5" in (measure / "README.md").read_text()  # v0.5's official seeds
+    run = json.loads((offline / "performance" / "run_1" / "mlperf_log_detail.txt").read_text().split(
+        '"key": "effective_qsl_rng_seed", "value": ')[1].split(",")[0])
+    assert run == 3133965575612453542
     for name in ("TEST01", "TEST04-A", "TEST04-B", "TEST05"):
         verdict = base / "audit" / "cpu-null" / "mobilenet" / "Offline" / name / "verify_performance.txt"
         assert verdict.read_text().endswith("TEST PASS\n")

@@ -151,9 +151,13 @@ def read_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def engine_key(config: dict[str, Any]) -> Any:
-    """What makes two runs the same system under test: the engine's settings (as result.json holds them)."""
-    return json.loads(json.dumps(config.get("engine", {}), default=str))
+def sut_key(config: dict[str, Any], audit: dict[str, Any] | None = None) -> Any:
+    """What makes two runs the same system under test: the engine's settings and the RNG seeds its runs use.
+
+    An audit run is keyed by the seeds of the runs it audits (``sut_seeds``), not by TEST05's own.
+    """
+    seeds = (audit or {}).get("sut_seeds", config.get("loadgen", {}).get("rng_seeds"))
+    return json.loads(json.dumps({"engine": config.get("engine", {}), "seeds": seeds}, default=str))
 
 
 def _run_folders(root: Path, depth: int = 1) -> list[Path]:
@@ -203,7 +207,7 @@ def find_reference(root: Path, scenario: Scenario, engine: dict[str, Any], kind:
             record = read_record(run_dir)
         except UserError:
             continue
-        if record["config"].get("scenario") != scenario or engine_key(record["config"]) != engine:
+        if record["config"].get("scenario") != scenario or sut_key(record["config"], record.get("audit")) != engine:
             continue
         if _usable(record, run_dir, kind) is None:
             return run_dir
@@ -234,7 +238,7 @@ def resolve_references(audit: Audit, cfg: RunConfig, named: Sequence[Path], logs
         if why is not None:
             raise UserError(f"--reference {run_dir} cannot be the {kind} reference: {why}")
         found[kind] = run_dir
-    engine = engine_key(config_record(cfg))
+    engine = sut_key(config_record(cfg))
     for kind in needed:
         if kind in found:
             continue
@@ -456,11 +460,16 @@ def copy_logs(run_dir: Path, audit_dir: Path, audit: Audit) -> None:
         shutil.copy2(run_dir / ACCURACY_LOG, audit_dir / "accuracy" / ACCURACY_LOG)
 
 
-def record_audit(run_dir: Path, audit: Audit, references: dict[str, Path], verdicts: dict[str, Verdict]) -> None:
-    """Add the audit to the run's result.json, so later audits and reports can tell it from a plain run."""
+def record_audit(run_dir: Path, audit: Audit, references: dict[str, Path], verdicts: dict[str, Verdict],
+                 sut_seeds: tuple[int, int, int] | None) -> None:
+    """Add the audit to the run's result.json, so later audits and reports can tell it from a plain run.
+
+    ``sut_seeds``: the seeds of the runs audited (None: LoadGen's official ones), which a submission matches.
+    """
     path = run_dir / "result.json"
     record = json.loads(path.read_text())
-    record["audit"] = {"name": audit.name, "references": {k: str(v) for k, v in references.items()},
+    record["audit"] = {"name": audit.name, "sut_seeds": None if sut_seeds is None else list(sut_seeds),
+                       "references": {k: str(v) for k, v in references.items()},
                        "passed": {k: v.passed for k, v in verdicts.items()}}
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
 

@@ -186,8 +186,9 @@ def audit_command(name: str, cfg: RunConfig, inputs: Inputs, out: RunOutputs, re
           + ", ".join(f"{kind} run {path}" for kind, path in refs.items()))
     for note in notes:
         print(f"note: {note}")
+    sut_seeds = cfg.loadgen.rng_seeds  # the audited runs' seeds; TEST05 replaces them for its own run only
     cfg = dataclasses.replace(cfg, loadgen=dataclasses.replace(cfg.loadgen, audit_config=audit_dir / "audit.config",
-                                                               rng_seeds=audit.seeds))
+                                                               rng_seeds=audit.seeds or sut_seeds))
     code = run_command([cfg], inputs, dataclasses.replace(out, log_dir=audit_dir, json_out=None, strict=False))
     runs = [p for p in audit_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / "result.json").is_file()]
     if code == EXIT_FAILED or len(runs) != 1:
@@ -195,7 +196,7 @@ def audit_command(name: str, cfg: RunConfig, inputs: Inputs, out: RunOutputs, re
         return EXIT_FAILED
     verdicts = verify_audit(audit, cfg.scenario, audit_dir, runs[0], refs, inputs.dataset().val_map)
     copy_logs(runs[0], audit_dir, audit)
-    record_audit(runs[0], audit, refs, verdicts)
+    record_audit(runs[0], audit, refs, verdicts, sut_seeds)
     for kind, verdict in verdicts.items():
         reasons = [line.removeprefix("fail: ") for line in verdict.lines if line.startswith("fail: ")]
         print(f"{audit.name} {cfg.scenario} {kind}: {'TEST PASS' if verdict.passed else 'TEST FAIL'}"
@@ -220,9 +221,17 @@ class SubmissionOptions:
 def submission_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOutputs, opts: SubmissionOptions) -> int:
     """`submission`: per scenario the runs and audits the layout needs (run where missing), laid out and
     checked; exit 1 when the check finds problems (the folder stays for inspection)."""
-    from asyncbench.harness.audit import engine_key, read_record
+    from asyncbench.harness.audit import read_record, sut_key
     from asyncbench.harness.result import config_record
-    from asyncbench.harness.submission import LAYOUTS, check, collect, system_description, write_submission
+    from asyncbench.harness.submission import (
+        LAYOUTS,
+        V05,
+        V05_SEEDS,
+        check,
+        collect,
+        system_description,
+        write_submission,
+    )
 
     if opts.layout not in LAYOUTS:
         raise ConfigError(f"--layout {opts.layout}: choose one of {', '.join(LAYOUTS)}")
@@ -237,7 +246,9 @@ def submission_command(configs: Sequence[RunConfig], inputs: Inputs, out: RunOut
     for cfg in configs:
         if cfg.loadgen.min_duration_s is None and not cfg.loadgen.submission_length:
             cfg = dataclasses.replace(cfg, loadgen=dataclasses.replace(cfg.loadgen, submission_length=True))
-        engine = engine_key(config_record(cfg))
+        if layout is V05 and cfg.loadgen.rng_seeds is None:  # v0.5's official seeds, which its checker asks for
+            cfg = dataclasses.replace(cfg, loadgen=dataclasses.replace(cfg.loadgen, rng_seeds=V05_SEEDS))
+        engine = sut_key(config_record(cfg))
         runs, missing = collect(cfg.scenario, engine, logs, audits, layout)
         if missing and opts.collect_only:
             raise UserError(f"{cfg.scenario}: no {', '.join(missing)} under {logs} and {audits} on this engine: "

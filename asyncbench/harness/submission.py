@@ -24,13 +24,14 @@ from typing import Any
 
 from asyncbench.config import Scenario
 from asyncbench.errors import UserError
-from asyncbench.harness.audit import ACCURACY_LOG, METRIC, PERFORMANCE_LOGS, V05_ORDER, engine_key, read_record
+from asyncbench.harness.audit import ACCURACY_LOG, METRIC, PERFORMANCE_LOGS, V05_ORDER, read_record, sut_key
 from asyncbench.loadgen.settings import builtin_mlperf_conf, builtin_settings
 
 MODEL = "mobilenet"
 IMPLEMENTATION = "asyncbench"
 ACCURACY_TARGET = 71.68 * 0.98  # v0.5's MobileNet target: 98% of the fp32 reference's top-1
 PERFORMANCE_SAMPLE_COUNT = 1024  # v0.5's minimum for MobileNet
+V05_SEEDS = (3133965575612453542, 665484352860916858, 3622009729038561421)  # v0.5's official (qsl, index, schedule)
 TRUNCATE_KEEP = 4096  # characters kept at each end of a truncated accuracy log
 LOG_FILES = (ACCURACY_LOG, *PERFORMANCE_LOGS)
 ACCURACY_FILES = (*LOG_FILES, "accuracy.txt")
@@ -104,7 +105,7 @@ def _plain_runs(root: Path, scenario: Scenario, engine: Any) -> Iterable[tuple[P
         except UserError:
             continue
         config = record["config"]
-        if config.get("scenario") == scenario and engine_key(config) == engine and not config["loadgen"].get(
+        if config.get("scenario") == scenario and sut_key(config) == engine and not config["loadgen"].get(
                 "audit_config"):
             yield run_dir, record
 
@@ -120,7 +121,7 @@ def _passed_audits(root: Path, scenario: Scenario, engine: Any) -> dict[str, Pat
             continue
         record = read_record(runs[0])
         audit = record.get("audit") or {}
-        if record["config"].get("scenario") != scenario or engine_key(record["config"]) != engine:
+        if record["config"].get("scenario") != scenario or sut_key(record["config"], audit) != engine:
             continue
         if audit.get("name") and audit["name"] not in found and all(audit.get("passed", {}).values()):
             found[audit["name"]] = audit_dir
@@ -217,6 +218,9 @@ def command_for(record: dict[str, Any]) -> str:
         parts.append(f"--null {engine['null_spec']}")
     if cfg["scenario"] in ("Server", "Offline") and effective.get("target_qps"):
         parts.append(f"--target-qps {effective['target_qps']:g}")
+    if lg.get("rng_seeds"):
+        parts.append("--rng-seeds " + ("v0.5" if tuple(lg["rng_seeds"]) == V05_SEEDS else
+                                       ",".join(map(str, lg["rng_seeds"]))))
     if lg.get("submission_length"):
         parts.append("--submission-length")
     elif effective.get("min_duration_ms"):
@@ -383,10 +387,9 @@ def _check_performance(folder: Path, problems: list[str]) -> None:
     if count < PERFORMANCE_SAMPLE_COUNT:
         problems.append(f"{folder}: performance_sample_count {count} is under v0.5's {PERFORMANCE_SAMPLE_COUNT} "
                         f"for MobileNet (the dataset has too few images)")
-    official = builtin_settings(MODEL, values.get("Scenario", "Offline"))
-    for seed in ("qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed"):
-        if values.get(seed) != str(getattr(official, seed)):
-            problems.append(f"{folder}: {seed} {values.get(seed)} is not LoadGen's official {getattr(official, seed)}")
+    for seed, official in zip(("qsl_rng_seed", "sample_index_rng_seed", "schedule_rng_seed"), V05_SEEDS, strict=True):
+        if values.get(seed) != str(official):
+            problems.append(f"{folder}: {seed} {values.get(seed)} is not v0.5's official {official}")
 
 
 def _check_json(path: Path, required: Sequence[str], optional: Sequence[str] | None, problems: list[str]
