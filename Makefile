@@ -6,7 +6,7 @@ BUILD  ?= build
 RUN_ARGS ?=
 CACHE  := $(BUILD)/models/MobileNet/calibration.cache
 
-.PHONY: run audit evaluate calibrate prepare preprocess_data test lint docs
+.PHONY: run audit submission evaluate calibrate prepare preprocess_data test lint docs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ run: $(VENV)/.installed $(CACHE)
 TEST ?= TEST01
 audit: $(VENV)/.installed $(CACHE)
 	$(PY) -m asyncbench audit $(TEST) --build-dir $(BUILD) $(RUN_ARGS)
+
+# A submission folder from this system's runs and audits (running what is missing), then its check:
+# make submission RUN_ARGS="--system NAME --out DIR --scenario Offline"
+submission: $(VENV)/.installed $(CACHE)
+	$(PY) -m asyncbench submission --build-dir $(BUILD) $(RUN_ARGS)
 
 # Accuracy of both engine models fed directly (no LoadGen), with INT8/fp32 agreement.
 evaluate: $(VENV)/.installed $(CACHE)
