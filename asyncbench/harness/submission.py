@@ -135,8 +135,8 @@ def collect(scenario: Scenario, engine: Any, logs: Path, audits: Path, layout: L
     for run_dir, record in _plain_runs(logs, scenario, engine):
         mode = record["config"]["loadgen"]["test_mode"]
         if mode == "AccuracyOnly":
-            if runs.accuracy is None and (run_dir / ACCURACY_LOG).is_file() and record["result"]["validity"] != \
-                    "FAILED":
+            usable = all((run_dir / name).is_file() for name in (ACCURACY_LOG, "accuracy.txt"))
+            if runs.accuracy is None and usable and record["result"]["validity"] != "FAILED":
                 runs.accuracy = run_dir
         elif record["result"]["validity"] == "VALID" and len(runs.performance) < layout.performance_runs(scenario):
             runs.performance.append(run_dir)
