@@ -38,17 +38,22 @@ from asyncbench.harness.tune import (
 )
 
 
-def _scripted(capacity: float, flaky: dict[float, int] | None = None):
-    """A RunTrial that is VALID at or below ``capacity``; ``flaky[qps]`` makes that many runs there INVALID."""
+def _scripted(capacity: float, flaky: dict[float, int] | None = None, script: dict[float, list[bool]] | None = None):
+    """A RunTrial that is VALID at or below ``capacity``; ``flaky[qps]`` makes that many runs there INVALID;
+    ``script[qps]`` gives the verdicts of the first runs at that rate, in order, whatever the capacity."""
     flaky = dict(flaky or {})
+    script = {qps: list(verdicts) for qps, verdicts in (script or {}).items()}
     log: list[Trial] = []
 
     def run(phase: str, setting: Setting) -> Trial:
         qps = setting.target_qps or 0.0
-        valid = qps <= capacity
-        if flaky.get(qps, 0) > 0 and valid:
-            flaky[qps] -= 1
-            valid = False
+        if script.get(qps):
+            valid = script[qps].pop(0)
+        else:
+            valid = qps <= capacity
+            if flaky.get(qps, 0) > 0 and valid:
+                flaky[qps] -= 1
+                valid = False
         trial = Trial(len(log) + 1, phase, setting, "VALID" if valid else "INVALID", 1.0 if valid else 50.0, {})
         log.append(trial)
         return trial
@@ -86,15 +91,7 @@ def test_a_search_that_cannot_beat_another_rate_gives_up_instead_of_searching_do
 def test_a_rate_known_valid_before_the_search_stays_its_floor_after_a_failed_repeat() -> None:
     # 18,253.3 was VALID in a probe run outside this search; the third run of 18,983.4 fails. The search goes on
     # between the two instead of forgetting the probe, halving the bound and giving up below the rate to beat.
-    outcomes = {19_713.6: [False], 18_983.4: [True, True, False], 19_348.5: [False, False]}
-    log: list[Trial] = []
-
-    def run(phase: str, setting: Setting) -> Trial:
-        qps = setting.target_qps or 0.0
-        valid = outcomes[qps].pop(0) if outcomes.get(qps) else qps <= 18_900
-        log.append(Trial(len(log) + 1, phase, setting, "VALID" if valid else "INVALID", 1.0, {}))
-        return log[-1]
-
+    run, log = _scripted(18_900, script={19_713.6: [False], 18_983.4: [True, True, False], 19_348.5: [False, False]})
     best = ServerSearch(run).find(Setting(), 19_713.6, lo=18_253.3, growth=1.08, beat=17_895.4)
     assert 18_253.3 < best <= 18_900 and all((t.setting.target_qps or 0) > 18_000 for t in log)
 
@@ -102,15 +99,7 @@ def test_a_rate_known_valid_before_the_search_stays_its_floor_after_a_failed_rep
 def test_a_second_search_whose_probe_fails_a_repeat_searches_between_the_rate_to_beat_and_it() -> None:
     # The probe's 19,363.5 fails its repeat and nothing VALID lies below it in this search: the rates between the
     # first search's 18,983.8 and it are still worth a look (a search that gave up there left a tune 16 QPS short).
-    outcomes = {19_363.5: [False], 19_557.2: [False, False]}
-    log: list[Trial] = []
-
-    def run(phase: str, setting: Setting) -> Trial:
-        qps = setting.target_qps or 0.0
-        valid = outcomes[qps].pop(0) if outcomes.get(qps) else qps <= 19_300
-        log.append(Trial(len(log) + 1, phase, setting, "VALID" if valid else "INVALID", 1.0, {}))
-        return log[-1]
-
+    run, log = _scripted(19_300, script={19_363.5: [False], 19_557.2: [False, False]})
     best = ServerSearch(run).find(Setting(), 19_557.2, lo=19_363.5, growth=1.08, beat=18_983.8)
     assert 18_983.8 < best <= 19_300 and all((t.setting.target_qps or 0) > 18_983.8 for t in log)
 
