@@ -18,7 +18,7 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ def sut_key(config: dict[str, Any], audit: dict[str, Any] | None = None) -> Any:
     return json.loads(json.dumps({"engine": config.get("engine", {}), "seeds": seeds}, default=str))
 
 
-def _run_folders(root: Path, depth: int = 1) -> list[Path]:
+def run_folders(root: Path, depth: int = 1) -> list[Path]:
     """Run folders ``depth`` levels under ``root`` (2 for audits: <audit>/<run>), newest first.
 
     Folder names start with a timestamp, so the newest sorts last at each level.
@@ -181,6 +181,11 @@ def _kind(record: dict[str, Any]) -> str:
     return "accuracy" if mode == TestMode.ACCURACY_ONLY else "performance"
 
 
+def _needs_valid(kind: str) -> bool:
+    """Whether a ``kind`` reference must be VALID: a performance run must, and an audit unless it is v0.5's TEST04."""
+    return kind == "performance" or (kind in AUDITS and AUDITS[kind].needs_valid)
+
+
 def _article(kind: str) -> str:
     """ "an accuracy", "a performance", "a TEST04-A"."""
     return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
@@ -195,23 +200,28 @@ def _usable(record: dict[str, Any], run_dir: Path, kind: str) -> str | None:
     if kind == "accuracy":
         return None if (run_dir / ACCURACY_LOG).is_file() else f"it has no {ACCURACY_LOG}"
     validity = record["result"]["validity"]
-    if validity == "FAILED" or (validity != "VALID" and AUDITS.get(kind, AUDITS["TEST01"]).needs_valid):
+    if validity == "FAILED" or (validity != "VALID" and _needs_valid(kind)):
         return f"its result is {validity}"
     return None
 
 
-def find_reference(root: Path, scenario: Scenario, engine: dict[str, Any], kind: str) -> Path | None:
-    """The newest run under ``root`` of this scenario and engine that can serve as the ``kind`` reference."""
-    for run_dir in _run_folders(root, 1 if kind in ("accuracy", "performance") else 2):
+def matching_runs(root: Path, scenario: Scenario, sut: Any, depth: int = 1) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Run folders ``depth`` levels under ``root`` of this scenario on this system under test (``sut_key``),
+    newest first, with their records; folders without a readable result.json are passed over."""
+    for run_dir in run_folders(root, depth):
         try:
             record = read_record(run_dir)
         except UserError:
             continue
-        if record["config"].get("scenario") != scenario or sut_key(record["config"], record.get("audit")) != engine:
-            continue
-        if _usable(record, run_dir, kind) is None:
-            return run_dir
-    return None
+        if record["config"].get("scenario") == scenario and sut_key(record["config"], record.get("audit")) == sut:
+            yield run_dir, record
+
+
+def find_reference(root: Path, scenario: Scenario, engine: dict[str, Any], kind: str) -> Path | None:
+    """The newest run under ``root`` of this scenario and engine that can serve as the ``kind`` reference."""
+    depth = 1 if kind in ("accuracy", "performance") else 2
+    return next((run_dir for run_dir, record in matching_runs(root, scenario, engine, depth)
+                 if _usable(record, run_dir, kind) is None), None)
 
 
 def resolve_references(audit: Audit, cfg: RunConfig, named: Sequence[Path], logs_root: Path, audits_root: Path
@@ -248,8 +258,7 @@ def resolve_references(audit: Audit, cfg: RunConfig, named: Sequence[Path], logs
             how = {"accuracy": f"python -m asyncbench run --scenario {cfg.scenario} --test-mode AccuracyOnly",
                    "performance": f"python -m asyncbench run --scenario {cfg.scenario}"}.get(
                 kind, f"python -m asyncbench audit {kind} --scenario {cfg.scenario}")
-            what = f"a VALID {kind}" if kind != "accuracy" and AUDITS.get(kind, AUDITS["TEST01"]).needs_valid \
-                else _article(kind)
+            what = f"a VALID {kind}" if _needs_valid(kind) else _article(kind)
             raise UserError(f"{audit.name} needs {what} run of {cfg.scenario} on this engine under {root} "
                             f"and found none: run `{how}` with the same engine options first, or name one with "
                             f"--reference RUN_DIR")
@@ -411,12 +420,12 @@ def comparable_reference(audit: Audit, run_dir: Path, references: dict[str, Path
     if audit.against == "submission":
         return references["performance"], None
     own = references[audit.against]
-    if _completed(own) * 10 >= _completed(run_dir):
+    own_samples, samples = _completed(own), _completed(run_dir)
+    if own_samples * 10 >= samples:
         return own, None
-    return references["performance"], (f"{audit.against} completed {_completed(own):,} samples, under a tenth of "
-                                       f"this run's {_completed(run_dir):,} (LoadGen 6.0 ends a unique-sample run "
-                                       f"after one pass over the loaded samples): compared with the submission "
-                                       f"run instead")
+    return references["performance"], (f"{audit.against} completed {own_samples:,} samples, under a tenth of "
+                                       f"this run's {samples:,} (LoadGen 6.0 ends a unique-sample run after one "
+                                       f"pass over the loaded samples): compared with the submission run instead")
 
 
 def check_applied(audit: Audit, run_dir: Path) -> list[str]:

@@ -168,6 +168,7 @@ def audit_command(name: str, cfg: RunConfig, inputs: Inputs, out: RunOutputs, re
         new_audit_dir,
         record_audit,
         resolve_references,
+        run_folders,
         verify_audit,
         with_reference_rate,
     )
@@ -190,7 +191,7 @@ def audit_command(name: str, cfg: RunConfig, inputs: Inputs, out: RunOutputs, re
     cfg = dataclasses.replace(cfg, loadgen=dataclasses.replace(cfg.loadgen, audit_config=audit_dir / "audit.config",
                                                                rng_seeds=audit.seeds or sut_seeds))
     code = run_command([cfg], inputs, dataclasses.replace(out, log_dir=audit_dir, json_out=None, strict=False))
-    runs = [p for p in audit_dir.iterdir() if p.is_dir() and not p.is_symlink() and (p / "result.json").is_file()]
+    runs = run_folders(audit_dir)
     if code == EXIT_FAILED or len(runs) != 1:
         print(f"error: the {audit.name} run failed, so nothing was verified ({audit_dir})", file=sys.stderr)
         return EXIT_FAILED

@@ -24,7 +24,8 @@ from typing import Any
 
 from asyncbench.config import Scenario
 from asyncbench.errors import UserError
-from asyncbench.harness.audit import ACCURACY_LOG, METRIC, PERFORMANCE_LOGS, V05_ORDER, read_record, sut_key
+from asyncbench.harness.audit import ACCURACY_LOG, METRIC, PERFORMANCE_LOGS, V05_ORDER, matching_runs, read_record
+from asyncbench.loadgen.logs import detail_values, parse_detail, parse_summary
 from asyncbench.loadgen.settings import builtin_mlperf_conf, builtin_settings
 
 MODEL = "mobilenet"
@@ -95,36 +96,13 @@ class ScenarioRuns:
 # --- collecting ---------------------------------------------------------------------------------------------------
 
 
-def _plain_runs(root: Path, scenario: Scenario, engine: Any) -> Iterable[tuple[Path, dict[str, Any]]]:
-    """Run folders under ``root`` of this scenario and engine, without an audit file, newest first."""
-    if not root.is_dir():
-        return
-    for run_dir in sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink()), reverse=True):
-        try:
-            record = read_record(run_dir)
-        except UserError:
-            continue
-        config = record["config"]
-        if config.get("scenario") == scenario and sut_key(config) == engine and not config["loadgen"].get(
-                "audit_config"):
-            yield run_dir, record
-
-
 def _passed_audits(root: Path, scenario: Scenario, engine: Any) -> dict[str, Path]:
     """The newest audit folder of each test that passed, for this scenario and engine."""
     found: dict[str, Path] = {}
-    if not root.is_dir():
-        return found
-    for audit_dir in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
-        runs = [p for p in audit_dir.iterdir() if (p / "result.json").is_file() and not p.is_symlink()]
-        if len(runs) != 1:
-            continue
-        record = read_record(runs[0])
+    for run_dir, record in matching_runs(root, scenario, engine, depth=2):
         audit = record.get("audit") or {}
-        if record["config"].get("scenario") != scenario or sut_key(record["config"], audit) != engine:
-            continue
         if audit.get("name") and audit["name"] not in found and all(audit.get("passed", {}).values()):
-            found[audit["name"]] = audit_dir
+            found[audit["name"]] = run_dir.parent
     return found
 
 
@@ -132,7 +110,9 @@ def collect(scenario: Scenario, engine: Any, logs: Path, audits: Path, layout: L
             ) -> tuple[ScenarioRuns, list[str]]:
     """The newest usable runs of ``scenario`` on ``engine`` for ``layout``, and what is missing (empty if none)."""
     runs = ScenarioRuns(scenario)
-    for run_dir, record in _plain_runs(logs, scenario, engine):
+    for run_dir, record in matching_runs(logs, scenario, engine):
+        if record["config"]["loadgen"].get("audit_config"):
+            continue
         mode = record["config"]["loadgen"]["test_mode"]
         if mode == "AccuracyOnly":
             usable = all((run_dir / name).is_file() for name in (ACCURACY_LOG, "accuracy.txt"))
@@ -337,15 +317,6 @@ def write_submission(out: Path, layout: Layout, division: str, submitter: str, s
 # --- checking -----------------------------------------------------------------------------------------------------
 
 
-def _summary_values(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            values[key.strip()] = value.strip()
-    return values
-
-
 def _check_accuracy(folder: Path, problems: list[str]) -> None:
     present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     if sorted(ACCURACY_FILES) != present:
@@ -380,9 +351,14 @@ def _check_performance(folder: Path, problems: list[str]) -> None:
     if not set(LOG_FILES) <= set(present):
         problems.append(f"{folder} lacks {sorted(set(LOG_FILES) - set(present))}")
         return
-    values = _summary_values(folder / "mlperf_log_summary.txt")
-    if values.get("Result is") != "VALID":
-        problems.append(f"{folder}: the run is {values.get('Result is', 'not finished')}, not VALID")
+    try:
+        summary = parse_summary(folder / "mlperf_log_summary.txt")
+    except UserError as e:
+        problems.append(f"{folder}: {e}")
+        return
+    if summary.result != "VALID":
+        problems.append(f"{folder}: the run is {summary.result or 'not finished'}, not VALID")
+    values = summary.parameters
     count = int(values.get("performance_sample_count", "0") or 0)
     if count < PERFORMANCE_SAMPLE_COUNT:
         problems.append(f"{folder}: performance_sample_count {count} is under v0.5's {PERFORMANCE_SAMPLE_COUNT} "
@@ -452,8 +428,6 @@ def check_v05(root: Path) -> tuple[list[str], int]:
 
 
 def _detail(folder: Path) -> dict[str, Any]:
-    from asyncbench.loadgen.logs import detail_values, parse_detail
-
     return detail_values(parse_detail(folder / "mlperf_log_detail.txt"))
 
 
