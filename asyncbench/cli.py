@@ -28,6 +28,8 @@ from asyncbench.config import (
     TorchCompile,
 )
 from asyncbench.data import preprocess as preprocess_mod
+from asyncbench.engines.sizing import engine_sizing
+from asyncbench.engines.triton_remote import parse_urls
 from asyncbench.errors import AsyncbenchError, ConfigError
 from asyncbench.harness.commands import (
     EXIT_FAILED,
@@ -45,11 +47,13 @@ from asyncbench.harness.commands import (
     prepare_command,
     report_command,
     run_command,
+    serve_command,
     submission_command,
     tune_command,
 )
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
+from asyncbench.serving.tritonserver import Endpoints, ServedModel
 
 BENCHMARKS = ("mobilenet",)
 
@@ -96,6 +100,13 @@ def _choice(kind: type[Choice], what: str) -> Callable[[str], Choice]:
     return parse
 
 
+def _urls(text: str) -> tuple[str, ...]:
+    try:
+        return parse_urls(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _file(text: str) -> Path:
     path = Path(text)
     if not path.is_file():
@@ -140,7 +151,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
     """
     _common(p)
     run_only: Callable[..., object] = _ignore if for_tune else p.add_argument
-    p.add_argument("--scenario", "--scenarios", dest="scenarios", type=_scenarios, default=["Offline"],
+    p.add_argument("--scenario", "--scenarios", dest="scenarios", type=_scenarios, default=[Scenario.OFFLINE],
                    help="SingleStream, MultiStream, Server, Offline, or a comma list run one after another")
     run_only("--test-mode", "--test_mode", dest="test_mode", type=_choice(TestMode, "test mode"),
              default=TestMode.PERFORMANCE_ONLY, help=", ".join(TestMode))
@@ -194,6 +205,12 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
                    help="seconds a batch may take before the run fails as stalled")
     p.add_argument("--gil-switch-us", type=positive_int, default=500,
                    help="Python's GIL time slice during the run, in us (default 500; Python's own is 5000)")
+    p.add_argument("--triton-url", dest="triton_urls", type=_urls, default=(), metavar="HOST:PORT[,HOST:PORT]",
+                   help="--engine triton: the Triton servers' gRPC addresses; each batch goes to the least loaded")
+    p.add_argument("--triton-model", default="mobilenet", help="--engine triton: the served model's name "
+                                                                "(default mobilenet, as `asyncbench serve` names it)")
+    p.add_argument("--triton-shm", action="store_true",
+                   help="--engine triton, servers on this host: pass samples through system shared memory")
     p.add_argument("--null", dest="null_spec", default="",
                    help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5; planted "
                         "faults for the audits: drift=1 (answers change run to run), cache=N (form=device)")
@@ -288,6 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect", action="store_true", help="take existing runs and audits only; run nothing")
     p.add_argument("--audit-dir", type=Path, help="root of audit folders (default <build>/audits)")
     p.add_argument("--check", type=Path, metavar="DIR", help="only check DIR (holding closed/ or open/) and exit")
+    p = sub.add_parser("serve", help="serve an engine from a Triton Inference Server (for --engine triton runs, "
+                                     "on this host or others)")
+    _common(p)
+    p.add_argument("--engine", type=_choice(EngineKind, "engine"), default=EngineKind.ONNXRUNTIME,
+                   help="onnxruntime (default), torch, tensorrt or null: the engine each model instance runs")
+    p.add_argument("--precision", type=_choice(Precision, "precision"), help="default: the engine's best")
+    p.add_argument("--null", dest="null_spec", default="", help="null engine model, as for run")
+    p.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads per instance")
+    p.add_argument("--torch-compile", type=_choice(TorchCompile, "torch.compile mode"), default=TorchCompile.DEFAULT)
+    p.add_argument("--instances", type=positive_int, default=1,
+                   help="model instances (Triton instance_group count), each its own process and engine")
+    p.add_argument("--max-batch-size", type=positive_int,
+                   help="the model's max_batch_size (default: the engine's: CPU 32, GPU 1024, null 1024)")
+    p.add_argument("--max-queue-delay-us", type=non_negative_int, default=0,
+                   help="Triton's dynamic batcher delay (default 0: it joins only requests already queued)")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="run each request as it was sent")
+    p.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="Triton's preferred_batch_size list")
+    p.add_argument("--model-name", default="mobilenet", help="the served model's name (default mobilenet)")
+    p.add_argument("--host", default="127.0.0.1", help="address every endpoint binds (default 127.0.0.1; "
+                                                        "0.0.0.0 serves other hosts)")
+    p.add_argument("--grpc-port", type=positive_int, default=8001)
+    p.add_argument("--http-port", type=positive_int, default=8000)
+    p.add_argument("--metrics-port", type=positive_int, default=8002)
     p = sub.add_parser("report", help="tabulate result.json of run folders (or tune folders)")
     p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--csv", type=Path, help="also write the table as CSV")
@@ -297,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SUBCOMMANDS = ("prepare", "preprocess", "calibrate", "evaluate", "accuracy", "run", "tune", "audit", "submission",
-               "report", "plot")
+               "serve", "report", "plot")
 
 
 def _with_default_command(argv: Sequence[str]) -> list[str]:
@@ -313,6 +353,11 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
     if args.null_spec and args.engine is not EngineKind.NULL:
         raise ConfigError(f"--null {args.null_spec} models the null engine, but --engine is {args.engine}: "
                           f"add --engine null, or drop --null")
+    if args.engine is EngineKind.TRITON and not args.triton_urls:
+        raise ConfigError("--engine triton needs --triton-url HOST:PORT (a server `python -m asyncbench serve` "
+                          "started, or any Triton serving the model)")
+    if args.engine is not EngineKind.TRITON and (args.triton_urls or args.triton_shm):
+        raise ConfigError(f"--triton-url / --triton-shm are for --engine triton, but --engine is {args.engine}")
     loadgen = LoadGenConfig(
         test_mode=args.test_mode, target_qps=args.target_qps, server_target_latency_ms=args.p99_ms,
         min_duration_s=args.min_duration,
@@ -324,12 +369,30 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
                               preferred_batch_sizes=args.preferred_batch_sizes, inflight=args.inflight,
                               idle_dispatch=args.idle_dispatch, inline=args.inline)
     engine = EngineConfig(kind=args.engine, precision=args.precision, threads=args.threads,
-                          timeout_s=args.engine_timeout, null_spec=args.null_spec, torch_compile=args.torch_compile)
+                          timeout_s=args.engine_timeout, null_spec=args.null_spec, torch_compile=args.torch_compile,
+                          triton_urls=args.triton_urls, triton_model=args.triton_model, triton_shm=args.triton_shm)
     gpu = GpuConfig(count=args.gpus, start_from_device=args.start_from_device, completion=args.completion,
                     cuda_graphs=args.cuda_graphs == "on", inference_streams=args.inference_streams,
                     copy_streams=args.copy_streams)
     process = ProcessConfig(loop=args.loop, gil_switch_us=args.gil_switch_us)
     return [RunConfig(scenario, loadgen, batching, engine, gpu, process) for scenario in args.scenarios]
+
+
+def served_model(args: argparse.Namespace) -> ServedModel:
+    """What `serve` serves, from its command line."""
+    if args.engine in (EngineKind.AUTO, EngineKind.TRITON):
+        raise ConfigError(f"serve --engine {args.engine}: name the engine the server runs (onnxruntime, torch, "
+                          f"tensorrt or null)")
+    if args.null_spec and args.engine is not EngineKind.NULL:
+        raise ConfigError(f"--null {args.null_spec} models the null engine, but --engine is {args.engine}")
+    default_max = engine_sizing(RunConfig(), args.engine).max_batch_size
+    return ServedModel(
+        engine=str(args.engine), max_batch_size=args.max_batch_size or default_max, name=args.model_name,
+        instances=args.instances, precision=None if args.precision is None else str(args.precision),
+        null_spec=args.null_spec, threads=args.threads, torch_compile=str(args.torch_compile),
+        build_dir=str(args.build_dir.resolve()),
+        max_queue_delay_us=None if args.no_dynamic_batching else args.max_queue_delay_us,
+        preferred_batch_sizes=args.preferred_batch_sizes)
 
 
 def _inputs(args: argparse.Namespace) -> Inputs:
@@ -359,6 +422,9 @@ def _command(args: argparse.Namespace) -> int:
         return calibrate_command(_inputs(args), args.method)
     if args.command == "evaluate":
         return evaluate_command(_inputs(args), args.model, args.batch_size, args.threads)
+    if args.command == "serve":
+        return serve_command(served_model(args), Endpoints(args.host, args.grpc_port, args.http_port,
+                                                           args.metrics_port), _inputs(args))
     if args.command == "tune":
         if len(args.scenarios) != 1:
             raise ConfigError("tune takes one --scenario: Server or MultiStream")

@@ -47,6 +47,7 @@ class EngineKind(Choice):
     TORCH = "torch"
     TENSORRT = "tensorrt"
     NULL = "null"
+    TRITON = "triton"  # Triton Inference Servers over gRPC (asyncbench.engines.triton_remote)
 
     @property
     def on_gpu(self) -> bool:
@@ -84,6 +85,7 @@ ENGINE_PRECISIONS: dict[EngineKind, tuple[Precision, ...]] = {
     EngineKind.TORCH: (Precision.INT8, Precision.FP16, Precision.FP32),  # int8: 1.28-1.30x fp16 on the H200
     EngineKind.TENSORRT: (Precision.INT8,),
     EngineKind.NULL: (Precision.INT8, Precision.FP16, Precision.FP32),
+    EngineKind.TRITON: (Precision.INT8,),  # the served model's own: `asyncbench serve --precision` chooses it
 }
 
 
@@ -164,6 +166,9 @@ class EngineConfig:
     timeout_s: float = 60.0  # a batch taking longer fails the run as stalled
     null_spec: str = ""  # the null engine's latency model and injected faults
     torch_compile: TorchCompile = TorchCompile.DEFAULT
+    triton_urls: tuple[str, ...] = ()  # --engine triton: the servers' gRPC HOST:PORT addresses
+    triton_model: str = "mobilenet"
+    triton_shm: bool = False  # the servers are on this host: samples go through system shared memory
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ still a dependency. The rules:
   (opening and sizing engines is the harness's business, through ``engines.sizing``);
 - ``engines/`` does not import ``runtime/``, ``loadgen/``, ``harness/`` or ``cli``;
 - ``loadgen/`` (the LoadGen adapter) does not import ``harness/`` or ``cli``;
+- ``serving/`` (a Triton server serving an engine) opens engines only: no ``runtime/``, ``loadgen/``, ``harness/``
+  or ``cli``;
 - ``harness/`` (one run end to end, the commands over runs) is imported only by ``cli`` inside the package
   (benchmarks and tests use it from outside);
 - no cycle between modules.
@@ -70,6 +72,7 @@ def test_lower_layers_do_not_import_upper_ones() -> None:
         "asyncbench.data": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.engines", "asyncbench.harness",
                             "asyncbench.cli"),
         "asyncbench.model": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.harness", "asyncbench.cli"),
+        "asyncbench.serving": ("asyncbench.runtime", "asyncbench.loadgen", "asyncbench.harness", "asyncbench.cli"),
     }
     wrong = [(m, d) for m, deps in import_graph().items() for layer, bad in forbidden.items() if _in(m, layer)
              for d in deps if any(_in(d, b) for b in bad)]

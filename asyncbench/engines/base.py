@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import numpy as np
 
@@ -154,6 +154,31 @@ class DeviceTracer(Protocol):
 
     def device_spans(self) -> tuple[list[DeviceSpan], int]:
         """Stop timing; the spans recorded, and the host-clock uncertainty of their placement (ns)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RequestSpan:
+    """One batch's round trip to a remote server, on the host's monotonic clock (ns)."""
+
+    server: int  # index into the engine's servers
+    size: int
+    sent: int
+    received: int
+    ok: bool
+
+
+@runtime_checkable
+class RemoteEngine(Protocol):
+    """An engine whose batches run on servers (Triton): what each did during a run, for result.json and
+    ``--timeline``."""
+
+    def remote_begin(self, trace: bool) -> None:
+        """Start counting a run (idle engine only); with ``trace``, keep every request's span."""
+        ...
+
+    def remote_end(self) -> tuple[dict[str, Any], list[RequestSpan]]:
+        """Per server: what was sent and its round trip against the server's own statistics; the spans kept."""
         ...
 
 

@@ -86,10 +86,19 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
     """The ``kind`` engine (already resolved from `auto`), built for these batch sizes and slots.
 
     ``buckets`` are the batch sizes it prepares (the last is its maximum); ``slots`` the batches it
-    holds at once (per device for a GPU engine), spread over ``streams`` inference streams.
+    holds at once (per device for a GPU engine), spread over ``streams`` inference streams. A Triton
+    engine takes its batch sizes and slots from the servers' model configuration instead.
     """
     if kind is EngineKind.AUTO:
         raise ValueError("resolve `auto` with resolve_engine_kind first")
+    if kind is EngineKind.TRITON:
+        if cfg.engine.precision is not None:
+            raise ConfigError(f"--precision {cfg.engine.precision}: a Triton server runs the precision it serves "
+                              f"(choose it with `asyncbench serve --precision`)")
+        from asyncbench.engines.triton_remote import TritonEngine
+
+        return TritonEngine(cfg.engine.triton_urls, cfg.engine.triton_model, cfg.batching.max_batch_size,
+                            cfg.batching.inflight, cfg.engine.timeout_s, cfg.engine.triton_shm)
     precision = resolve_precision(kind, cfg.engine.precision)
     max_batch = max(buckets)
     if kind is EngineKind.NULL:

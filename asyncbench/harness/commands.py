@@ -1,5 +1,5 @@
 """The commands over runs, one function each: what `run`, `tune`, `audit`, `report`, `plot`, `evaluate`,
-`prepare` and `calibrate` do once the command line is parsed.
+`prepare`, `calibrate` and `serve` do once the command line is parsed.
 
 ``run`` and ``tune`` share one skeleton, ``warmed_engine``: open the engine, warm it up under the
 run's timeout with the warm-up written to an event log, hand it out, close it whatever happens.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from asyncbench.engines.base import Engine
 from asyncbench.errors import ConfigError, UserError
 from asyncbench.fileio import check_writable, write_output
 from asyncbench.paths import DATA_MAPS, BuildPaths
+from asyncbench.serving.tritonserver import Endpoints, ServedModel
 
 if TYPE_CHECKING:
     from asyncbench.harness.plan import RunPlan
@@ -482,3 +484,44 @@ def evaluate_command(inputs: Inputs, model: str, batch_size: int, threads: int |
     evaluate(dataset, inputs.paths.preprocessed, models if model == "both" else {model: models[model]},
              batch_size=batch_size, threads=threads)
     return 0
+
+
+def serve_command(model: ServedModel, endpoints: Endpoints, inputs: Inputs) -> int:
+    """`serve`: a Triton server for ``model`` until SIGINT or SIGTERM; 1 if the server stops on its own."""
+    import signal
+    import time
+
+    from asyncbench.serving.tritonserver import TritonServer
+
+    if model.engine != "null":  # the models are built here, not inside the server's stubs (where a build times out)
+        from asyncbench.model.calibrate import ensure_engine_models
+
+        inputs.prepare(val=False, cal=True)
+        ensure_engine_models(inputs.paths)
+    workdir = inputs.paths.root.resolve() / "serve" / f"{model.name}-{endpoints.grpc_port}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
+    server = TritonServer(model, endpoints, workdir)
+    try:
+        started = time.monotonic()
+        server.start()
+        batching = ("no dynamic batching" if model.max_queue_delay_us is None
+                    else f"Triton's dynamic batcher, delay {model.max_queue_delay_us} us")
+        print(f"serving {model.name} ({model.engine}, {model.instances} instance(s), max batch {model.max_batch_size}, "
+              f"{batching}) after {time.monotonic() - started:.1f} s", flush=True)
+        print(f"  grpc {endpoints.grpc_url}  http {endpoints.http_url}  metrics "
+              f"http://{endpoints.local_host}:{endpoints.metrics_port}/metrics  (bound to {endpoints.host})")
+        print(f"  run against it: python -m asyncbench run --engine triton --triton-url {endpoints.grpc_url}"
+              f"{' --triton-shm' if endpoints.local_host.startswith('127.') else ''}")
+        print(f"  server log: {server.log_path}; Ctrl-C or SIGTERM stops it", flush=True)
+        while server.alive():
+            time.sleep(0.2)
+        reason = server.failure_reason()
+        raise UserError(f"tritonserver stopped on its own: {reason} (log: {server.log_path})")
+    except KeyboardInterrupt:
+        status = server.stop()
+        print(f"stopped (tritonserver exit status {status})", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()

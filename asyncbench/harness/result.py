@@ -4,7 +4,9 @@ Everything a later reader (``asyncbench report``, ``asyncbench plot``, a tuning 
 needs without parsing LoadGen's text files: the configuration, LoadGen's effective settings,
 validity with its reasons, the metric, the latency percentiles (read from the detail log's
 ``:::MLLOG`` keys, not the human summary), the batch sizes, stage times, the harness's own
-latency histogram, the engine and device, package versions and, in AccuracyOnly, the accuracy.
+latency histogram, the engine and device, package versions and, in AccuracyOnly, the accuracy;
+for a remote engine (Triton), per server the batches it got, their round trip and the server's own
+time per request from its statistics API (``remote``, else null).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def build_result(*, cfg: RunConfig, engine_name: str, device: str, policy: dict[
                  summary: RunSummary | None, effective: dict[str, object], detail: dict[str, Any],
                  failure: dict[str, str | None] | None, counts: dict[str, int], histogram: dict[int, int],
                  stage_seconds: dict[str, float], latency_histogram: dict[str, object],
-                 accuracy: AccuracyResult | None, log_dir: Path) -> dict[str, Any]:
+                 accuracy: AccuracyResult | None, log_dir: Path,
+                 remote: dict[str, Any] | None = None) -> dict[str, Any]:
     """The result record of one run (see the module docstring for what it holds)."""
     validity = "FAILED" if failure else (summary.result if summary is not None else None)
     return {
@@ -98,6 +101,7 @@ def build_result(*, cfg: RunConfig, engine_name: str, device: str, policy: dict[
             "target_percent": round(ACCURACY_TARGET_PERCENT, 3),
             "met": accuracy.accuracy is not None and accuracy.accuracy >= ACCURACY_TARGET_PERCENT},
         "environment": environment(device),
+        "remote": remote,
     }
 
 

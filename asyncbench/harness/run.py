@@ -18,7 +18,7 @@ import structlog
 from asyncbench.config import RunConfig, Scenario, TestMode
 from asyncbench.data.dataset import VAL_LAYOUT, Dataset, read_map, require_preprocessed
 from asyncbench.data.qsl import SampleArena
-from asyncbench.engines.base import DeviceTracer, Engine
+from asyncbench.engines.base import DeviceTracer, Engine, RemoteEngine
 from asyncbench.engines.sizing import engine_peak_qps
 from asyncbench.errors import RunFailure, UserError
 from asyncbench.harness.plan import (
@@ -227,6 +227,10 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         tracer = engine if timeline is not None and isinstance(engine, DeviceTracer) else None
         if tracer is not None:
             tracer.trace_devices()
+        remote = engine if isinstance(engine, RemoteEngine) else None
+        if remote is not None:
+            remote.remote_begin(trace=timeline is not None)
+        remote_record: dict[str, Any] | None = None
         observers: list[Observer] = [EventLog(events)]
         observers += [o for o in (timeline, nvtx) if o is not None]
         if progress_every_s is not None:
@@ -244,6 +248,10 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
         finally:
             if tracer is not None and timeline is not None:
                 timeline.add_device_spans(*tracer.device_spans())
+            if remote is not None:
+                remote_record, spans = remote.remote_end()
+                if timeline is not None:
+                    timeline.add_request_spans(spans, [s["url"] for s in remote_record["servers"]])
             if not cfg.loadgen.trace:
                 _remove_empty(log_dir / TRACE_FILE)
         if timeline is not None and timeline_path is not None:
@@ -270,13 +278,15 @@ def run_scenario(cfg: RunConfig, engine: Engine, dataset: Dataset, preprocessed:
                 "idle_gap_us": None if policy.idle_gap_ns is None else policy.idle_gap_ns / 1000,
                 "inline": inline},
         counts={"issued": counts.issued, "completed": counts.completed, "failed": counts.failed},
-        latency_histogram=ledger.latency.to_json(), accuracy=accuracy, log_dir=log_dir)
+        latency_histogram=ledger.latency.to_json(), accuracy=accuracy, log_dir=log_dir, remote=remote_record)
     write_result(log_dir, record)
     if accuracy is not None:  # the line a submission's accuracy folder holds (the checker reads accuracy=)
         (log_dir / "accuracy.txt").write_text(accuracy.line() + "\n")
     for note in [*effective_notes(plan, effective), *(f"LoadGen logged {e}" for e in logs.errors)]:
         say(f"note: {note}")
     say(format_report(cfg, engine.name, summary, pipeline, log_dir, effective, counts))
+    for line in remote_lines(remote_record):
+        say(line)
     if accuracy is not None:
         say(accuracy.line())
     if ledger.failure:
@@ -346,6 +356,30 @@ def read_results(log_dir: Path) -> LoadGenLogs:
                             f"free some space and run again") from None
         raise
     return LoadGenLogs(summary, effective, errors, values)
+
+
+def remote_lines(record: dict[str, Any] | None) -> list[str]:
+    """Per server of a remote engine: its share of the batches, the round trip, and the server's own time."""
+    if record is None:
+        return []
+    lines = []
+    for s in record["servers"]:
+        line = f"server {s['url']}: {s['batches']} batches / {s['samples']} samples"
+        if s["round_trip_ms"] is not None:
+            line += f", round trip {s['round_trip_ms']:.3f} ms"
+        side = s["server"]
+        if side is not None and side["request_ms"] is not None:
+            parts = [f"{k.removesuffix('_ms').replace('_', ' ')} {side[k]:.3f}"
+                     for k in ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms")
+                     if side[k] is not None]
+            line += f"; in the server {side['request_ms']:.3f} ms per request ({', '.join(parts)})"
+        if s["down"]:
+            line += f"; taken out: {s['down']}"
+        lines.append(line)
+    if record["retried_batches"]:
+        lines.append(f"note: {record['retried_batches']} batch(es) were sent again to another server after theirs "
+                     f"became unreachable")
+    return lines
 
 
 def effective_notes(plan: RunPlan, effective: dict[str, object]) -> list[str]:

@@ -4,22 +4,24 @@ Per batch: the oldest sample's arrival on LoadGen's issue thread, the batch bein
 batcher, the start and end of its execution on a slot (host view: for a GPU engine, from the
 enqueue of the copy-in to the loop seeing the top-1 result back), and its completion to LoadGen.
 For a GPU engine, the device view too: CUDA events around each batch's host-to-device copy and
-its compute (top-1 copy back included), placed on the host clock (asyncbench.engines.gpu). One
-track per stage, per execute slot and per device stream, plus counters (samples pending in the
+its compute (top-1 copy back included), placed on the host clock (asyncbench.engines.gpu); for a
+remote engine (Triton), each request's round trip on a track per server. One track per stage,
+per execute slot, per device stream and per server, plus counters (samples pending in the
 batcher, batches in flight). Nothing is recorded without the flag; with it, one tuple per batch.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from asyncbench.engines.base import DeviceSpan
+from asyncbench.engines.base import DeviceSpan, RequestSpan
 from asyncbench.fileio import write_output
 from asyncbench.runtime.observer import BatchStamps, Observer
 
 _PID = 1
-_TID_BATCHER, _TID_COMPLETE, _TID_SLOT0, _TID_DEVICE0 = 1, 2, 10, 100
+_TID_BATCHER, _TID_COMPLETE, _TID_SLOT0, _TID_DEVICE0, _TID_SERVER0 = 1, 2, 10, 100, 200
 
 
 class Timeline(Observer):
@@ -31,6 +33,8 @@ class Timeline(Observer):
         self.batches: list[BatchStamps] = []
         self.device_spans: list[DeviceSpan] = []
         self.device_uncertainty_ns = 0
+        self.request_spans: list[RequestSpan] = []
+        self.servers: list[str] = []
 
     def batch_done(self, stamps: BatchStamps) -> None:
         self.batches.append(stamps)
@@ -40,11 +44,17 @@ class Timeline(Observer):
         self.device_spans += spans
         self.device_uncertainty_ns = max(self.device_uncertainty_ns, uncertainty_ns)
 
+    def add_request_spans(self, spans: list[RequestSpan], servers: list[str]) -> None:
+        """A remote engine's requests: one track per server, each request's round trip on it."""
+        self.request_spans += spans
+        self.servers = list(servers)
+
     def events(self) -> list[dict[str, object]]:
         """Chrome trace events (microseconds from the first arrival)."""
-        if not self.batches and not self.device_spans:
+        if not self.batches and not self.device_spans and not self.request_spans:
             return []
-        t0 = min([b.oldest_arrival for b in self.batches] + [d.copy_start for d in self.device_spans])
+        t0 = min([b.oldest_arrival for b in self.batches] + [d.copy_start for d in self.device_spans]
+                 + [r.sent for r in self.request_spans])
 
         def us(ns: int) -> float:
             return (ns - t0) / 1000
@@ -90,6 +100,29 @@ class Timeline(Observer):
                 {"ph": "X", "pid": _PID, "tid": tracks[(d.device, 1, d.stream)], "name": f"compute ({d.bucket})",
                  "ts": us(d.compute_start), "dur": (d.compute_end - d.compute_start) / 1000, "args": args},
             ]
+        events += self._server_events(us)
+        return events
+
+    def _server_events(self, us: Callable[[int], float]) -> list[dict[str, object]]:
+        """Per server, its requests' round trips; requests overlapping on one server stack as lanes."""
+        events: list[dict[str, object]] = []
+        lanes: dict[tuple[int, int], int] = {}
+        ends: dict[int, list[int]] = {}
+        for r in sorted(self.request_spans, key=lambda r: r.sent):
+            free = ends.setdefault(r.server, [])
+            lane = next((i for i, end in enumerate(free) if end <= r.sent), len(free))
+            if lane == len(free):
+                free.append(0)
+            free[lane] = r.received
+            if (r.server, lane) not in lanes:
+                lanes[(r.server, lane)] = _TID_SERVER0 + len(lanes)
+            events.append({"ph": "X", "pid": _PID, "tid": lanes[(r.server, lane)], "name": f"request ({r.size})",
+                           "ts": us(r.sent), "dur": (r.received - r.sent) / 1000,
+                           "args": {"size": r.size, "ok": r.ok}})
+        for (server, lane), tid in lanes.items():
+            name = self.servers[server] if server < len(self.servers) else str(server)
+            events.append({"ph": "M", "pid": _PID, "tid": tid, "name": "thread_name",
+                           "args": {"name": f"server {name} request {lane} (round trip)"}})
         return events
 
     def write(self, path: Path) -> Path:
@@ -98,6 +131,7 @@ class Timeline(Observer):
                     "otherData": {"batches": len(self.batches),
                                   "samples": sum(b.size for b in self.batches),
                                   "device_batches": len(self.device_spans),
+                                  "server_requests": len(self.request_spans),
                                   "device_clock_uncertainty_us": self.device_uncertainty_ns / 1000}}
         write_output(path, json.dumps(document).encode(), "--timeline")
         return path

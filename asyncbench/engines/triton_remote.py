@@ -1,0 +1,428 @@
+"""``--engine triton``: batches sent to Triton Inference Servers over gRPC, awaited on the event loop.
+
+The batcher forms batches as for any engine; each goes to the server with the fewest samples in
+flight among those with a free slot (``--inflight`` per server, default two per model instance:
+one computing, one crossing the network). The same contract as every engine: int8 NHW4 samples
+in, one int32 class each out. At start every server is asked for the model's configuration and
+it must match that contract; anything else is one line before LoadGen starts.
+
+Failures: a server that cannot be reached (gone, restarting, past the deadline) is marked down
+and the batch goes once to another server, which is counted and reported; a request the server
+refuses fails the run at once (another server would refuse it too). Either way the pipeline
+completes every sample exactly once.
+
+``shared_memory``: the servers run on this host, so each slot owns a POSIX shared-memory region
+registered with its server; a batch is written there and the request carries only its address
+(Triton's system shared memory), instead of 200 KB per sample through gRPC.
+
+gRPC's asyncio channels belong to the loop that made them: the engine makes its clients on the
+loop that first awaits it, and new ones when a later run brings a new loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from asyncbench.contract import RESULT_DTYPE, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
+from asyncbench.engines.base import (
+    Capabilities,
+    EngineError,
+    ExecutionForm,
+    HostEngine,
+    RequestSpan,
+    batch_sizes_upto,
+)
+from asyncbench.errors import ConfigError, UserError
+
+DEFAULT_MODEL = "mobilenet"
+CHECK_TIMEOUT_S = 5.0  # each start-up question to a server
+SAMPLE_BYTES = int(np.prod(SAMPLE_SHAPE))
+# gRPC status codes after which a server is taken as gone (the batch is retried elsewhere, once).
+UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN")
+_URL = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def parse_urls(text: str) -> tuple[str, ...]:
+    """``HOST:PORT[,HOST:PORT...]`` (gRPC endpoints), checked; ValueError names the bad one."""
+    urls = tuple(u.strip().removeprefix("grpc://") for u in text.split(",") if u.strip())
+    if not urls:
+        raise ValueError("needs at least one HOST:PORT (a Triton server's gRPC address)")
+    for url in urls:
+        match = _URL.match(url)
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"{url!r} is not HOST:PORT (a server's gRPC address, e.g. 127.0.0.1:8001)")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"names a server twice: {','.join(urls)}")
+    return urls
+
+
+def _grpc() -> Any:
+    """tritonclient's gRPC module, or one line saying how to get it."""
+    # gRPC's core logs a line to stderr whenever the process forks (LoadGen's run spawns git, nvidia-smi).
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    try:
+        import tritonclient.grpc as grpcclient
+    except ImportError:
+        raise UserError("--engine triton needs tritonclient: pip install '.[triton]'") from None
+    return grpcclient
+
+
+def _reason(error: BaseException) -> str:
+    """A client error in one line: its gRPC status and the first line of its message."""
+    status = getattr(error, "status", None)
+    code = str(status() if callable(status) else "").removeprefix("StatusCode.")
+    message = getattr(error, "message", None)
+    text = str((message() if callable(message) else None) or error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return f"{code}: {line}" if code and code not in line else line
+
+
+def _unreachable(error: BaseException) -> bool:
+    status = getattr(error, "status", None)
+    code = str(status() if callable(status) else "")
+    return any(c in code for c in UNREACHABLE) or "failed to connect" in str(error)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a server says about the model: the names and the batching the engine needs."""
+
+    max_batch_size: int
+    input_name: str
+    output_name: str
+    instances: int
+
+
+def check_model(url: str, model: str, config: dict[str, Any]) -> ModelInfo:
+    """The model's configuration against the sample contract; ConfigError says what differs."""
+    where = f"model {model!r} at {url}"
+    max_batch = int(config.get("max_batch_size", 0))
+    if max_batch < 1:
+        raise ConfigError(f"{where} does not batch (max_batch_size {max_batch}): serve it with max_batch_size >= 1")
+    inputs, outputs = config.get("input", []), config.get("output", [])
+    if len(inputs) != 1:
+        raise ConfigError(f"{where} has {len(inputs)} inputs; asyncbench sends one int8 "
+                          f"{tuple(SAMPLE_SHAPE)} tensor per sample")
+    dims = tuple(int(d) for d in inputs[0].get("dims", []))
+    if inputs[0].get("data_type") != "TYPE_INT8" or dims != tuple(SAMPLE_SHAPE):
+        raise ConfigError(f"{where} takes {inputs[0].get('name')!r} {inputs[0].get('data_type')} "
+                          f"{list(dims)}; asyncbench sends int8 {list(SAMPLE_SHAPE)} (NHW4) per sample")
+    if len(outputs) != 1 or outputs[0].get("data_type") != "TYPE_INT32" \
+            or [int(d) for d in outputs[0].get("dims", [])] not in ([1], []):
+        got = [(o.get("name"), o.get("data_type"), o.get("dims")) for o in outputs]
+        raise ConfigError(f"{where} answers {got}; asyncbench expects one int32 class per sample (dims [1])")
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [])) or 1
+    return ModelInfo(max_batch, inputs[0]["name"], outputs[0]["name"], instances)
+
+
+@dataclass
+class _Region:
+    """A slot's shared memory: its batch in, its classes out (registered with one server)."""
+
+    name: str
+    memory: shared_memory.SharedMemory
+    batch: np.ndarray
+    top1: np.ndarray
+
+
+@dataclass
+class _Server:
+    url: str
+    index: int
+    info: ModelInfo
+    slots: int
+    batches: int = 0  # in flight now
+    samples: int = 0
+    down: str | None = None  # why it was taken out
+    sent_batches: int = 0
+    sent_samples: int = 0
+    round_trip_ns: int = 0
+    regions: list[_Region] = field(default_factory=list)  # the loop path's free ones
+    blocking: _Region | None = None  # the blocking path's (one call at a time)
+    owned: list[_Region] = field(default_factory=list)
+
+
+class TritonEngine(HostEngine):
+    """Batches to one or more Triton servers serving the asyncbench contract (see the module docstring)."""
+
+    name = "triton"
+
+    def __init__(self, urls: tuple[str, ...], model: str = DEFAULT_MODEL, max_batch_size: int | None = None,
+                 slots_per_server: int | None = None, timeout_s: float = 60.0, shm: bool = False) -> None:
+        super().__init__()
+        self._grpc = _grpc()
+        self.model, self.timeout_s, self.shm = model, timeout_s, shm
+        self._sync = [self._grpc.InferenceServerClient(url) for url in urls]
+        infos = [self._ask(url, client) for url, client in zip(urls, self._sync, strict=True)]
+        served = min(i.max_batch_size for i in infos)
+        if max_batch_size is not None and max_batch_size > served:
+            raise ConfigError(f"--max-batch-size {max_batch_size}: the served model takes at most {served} "
+                              f"(its max_batch_size{' on the smallest server' if len(infos) > 1 else ''})")
+        self.max_batch_size = max_batch_size or served
+        self._servers = [_Server(url, i, info, slots_per_server or max(2, 2 * info.instances))
+                         for i, (url, info) in enumerate(zip(urls, infos, strict=True))]
+        total = sum(s.slots for s in self._servers)
+        self.capabilities = Capabilities(ExecutionForm.LOOP, total, max(s.slots for s in self._servers),
+                                         batch_sizes_upto(self.max_batch_size))
+        self.device = ",".join(urls)
+        self.retried = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aio: list[Any] = []
+        self._lock = threading.Lock()
+        self._next = 0  # the blocking path's round robin
+        self._spans: list[RequestSpan] | None = None
+        self._baseline: list[dict[str, Any] | None] = []
+        self._shm_seq = 0
+        try:
+            if shm:
+                for server in self._servers:
+                    server.blocking = self._add_region(server)
+                    server.regions = [self._add_region(server) for _ in range(server.slots)]
+        except BaseException:
+            self.close()
+            raise
+
+    # -- start-up ---------------------------------------------------------------------------------------------------
+    def _ask(self, url: str, client: Any) -> ModelInfo:
+        """Reachable, the model ready, its configuration the contract's: else one line that says which."""
+        error = self._grpc.InferenceServerException
+        try:
+            live = client.is_server_live(client_timeout=CHECK_TIMEOUT_S)
+        except error as e:
+            raise UserError(f"cannot reach a Triton server at {url} ({_reason(e)}): start one there with "
+                            f"`python -m asyncbench serve`, or fix --triton-url") from None
+        if not live:
+            raise UserError(f"the Triton server at {url} is not live; wait for it or restart it")
+        try:
+            ready = client.is_model_ready(self.model, client_timeout=CHECK_TIMEOUT_S)
+            if not ready:
+                index = client.get_model_repository_index(as_json=True, client_timeout=CHECK_TIMEOUT_S)
+                names = sorted({m.get("name", "?") for m in index.get("models", [])})
+                raise UserError(f"the Triton server at {url} has no ready model {self.model!r} (it has: "
+                                f"{', '.join(names) or 'none'}): serve it with `python -m asyncbench serve`, or "
+                                f"pass --triton-model")
+            config = client.get_model_config(self.model, as_json=True, client_timeout=CHECK_TIMEOUT_S)["config"]
+        except error as e:
+            raise UserError(f"the Triton server at {url} did not describe model {self.model!r}: {_reason(e)}") from None
+        return check_model(url, self.model, config)
+
+    def _add_region(self, server: _Server) -> _Region:
+        """One slot's shared memory, registered with ``server`` (which must be on this host)."""
+        self._shm_seq += 1
+        name = f"asyncbench-{os.getpid()}-{server.index}-{self._shm_seq}"
+        size = self.max_batch_size * (SAMPLE_BYTES + np.dtype(RESULT_DTYPE).itemsize)
+        memory = shared_memory.SharedMemory(name, create=True, size=size)
+        region = _Region(name, memory,
+                         np.ndarray((self.max_batch_size, *SAMPLE_SHAPE), SAMPLE_DTYPE, memory.buf),
+                         np.ndarray((self.max_batch_size,), RESULT_DTYPE, memory.buf,
+                                    offset=self.max_batch_size * SAMPLE_BYTES))
+        server.owned.append(region)
+        try:
+            self._sync[server.index].register_system_shared_memory(name, f"/{name}", size,
+                                                                   client_timeout=CHECK_TIMEOUT_S)
+        except self._grpc.InferenceServerException as e:
+            raise UserError(f"--triton-shm: the server at {server.url} cannot map this host's shared memory "
+                            f"({_reason(e)}); it must run on this machine, else drop --triton-shm") from None
+        return region
+
+    # -- the blocking path (warm-up, evaluation) ---------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Top-1 of ``batch`` from the next server in turn, waited for on this thread (one call at a time)."""
+        n = check_batch(batch, self.max_batch_size, self.name)
+        grpc = self._grpc
+        with self._lock:
+            live = [s for s in self._servers if s.down is None] or self._servers
+            server = live[self._next % len(live)]
+            self._next += 1
+            request, output, region = self._request(grpc, server, batch, n, server.blocking)
+            start = time.perf_counter()
+            try:
+                result = self._sync[server.index].infer(self.model, [request], outputs=[output],
+                                                        client_timeout=self.timeout_s)
+            except grpc.InferenceServerException as e:
+                raise EngineError(f"Triton server {server.url}: {_reason(e)}") from None
+            self._latency.record(n, time.perf_counter() - start)
+            return self._result(result, region, n, server)
+
+    def _request(self, module: Any, server: _Server, batch: np.ndarray, n: int,
+                 region: _Region | None) -> tuple[Any, Any, _Region | None]:
+        """The request's input and output: in ``region`` (shared memory) when given, else in the message."""
+        info = server.info
+        request = module.InferInput(info.input_name, [n, *SAMPLE_SHAPE], "INT8")
+        output = module.InferRequestedOutput(info.output_name)
+        if region is None:
+            request.set_data_from_numpy(batch)
+            return request, output, None
+        np.copyto(region.batch[:n], batch)
+        request.set_shared_memory(region.name, n * SAMPLE_BYTES)
+        output.set_shared_memory(region.name, n * np.dtype(RESULT_DTYPE).itemsize,
+                                 offset=self.max_batch_size * SAMPLE_BYTES)
+        return request, output, region
+
+    def _result(self, result: Any, region: _Region | None, n: int, server: _Server) -> np.ndarray:
+        """The classes a response carries (or its shared memory holds), checked for count."""
+        values = region.top1[:n].copy() if region is not None else result.as_numpy(server.info.output_name)
+        if values is None or values.size != n:
+            raise EngineError(f"Triton server {server.url} answered {0 if values is None else values.size} "
+                              f"classes for a batch of {n}")
+        return values.reshape(n).astype(RESULT_DTYPE, copy=False)
+
+    # -- the loop path -------------------------------------------------------------------------------------------------
+    def _clients(self) -> list[Any]:
+        """This loop's asyncio clients (made on first use on each loop: gRPC channels are bound to one)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            import tritonclient.grpc.aio as aio
+
+            self._loop = loop
+            self._aio = [aio.InferenceServerClient(s.url) for s in self._servers]
+        return self._aio
+
+    def _pick(self, exclude: _Server | None = None) -> _Server | None:
+        """The usable server with the fewest samples in flight (with a free slot, unless this is a retry)."""
+        usable = [s for s in self._servers if s.down is None and s is not exclude]
+        free = [s for s in usable if s.batches < s.slots]
+        pool = free if exclude is None else (free or usable)
+        return min(pool, key=lambda s: (s.samples, s.sent_batches)) if pool else None
+
+    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
+        """Top-1 of ``batch`` from the least loaded server; one retry elsewhere if that server is gone."""
+        n = check_batch(batch, self.max_batch_size, self.name)
+        server = self._pick()
+        if server is None:
+            raise EngineError(self._all_down())
+        try:
+            return await self._send(server, batch, n)
+        except _Unreachable as e:
+            server.down = str(e)
+            other = self._pick(exclude=server)
+            if other is None:
+                raise EngineError(self._all_down()) from None
+            self.retried += 1
+            try:
+                return await self._send(other, batch, n)
+            except _Unreachable as again:
+                other.down = str(again)
+                raise EngineError(f"{e}; the retry on {other.url} failed too: {again}") from None
+
+    async def _send(self, server: _Server, batch: np.ndarray, n: int) -> np.ndarray:
+        import tritonclient.grpc.aio as aio
+
+        client = self._clients()[server.index]
+        request, output, region = self._request(aio, server, batch, n, server.regions.pop() if self.shm else None)
+        server.batches += 1
+        server.samples += n
+        sent = time.monotonic_ns()
+        ok = False
+        try:
+            result = await client.infer(self.model, [request], outputs=[output], client_timeout=self.timeout_s)
+            top1 = self._result(result, region, n, server)
+            ok = True
+            return top1
+        except self._grpc.InferenceServerException as e:
+            if _unreachable(e):
+                raise _Unreachable(f"Triton server {server.url} is unreachable ({_reason(e)})") from None
+            raise EngineError(f"Triton server {server.url} refused a batch of {n}: {_reason(e)}") from None
+        finally:
+            received = time.monotonic_ns()
+            server.batches -= 1
+            server.samples -= n
+            if region is not None and ok:  # a failed request's region may still be written to: never reused
+                server.regions.append(region)
+            server.sent_batches += 1
+            server.sent_samples += n
+            server.round_trip_ns += received - sent
+            if self._spans is not None:
+                self._spans.append(RequestSpan(server.index, n, sent, received, ok))
+
+    def _all_down(self) -> str:
+        return "every Triton server is unreachable: " + "; ".join(f"{s.url}: {s.down}" for s in self._servers)
+
+    # -- what a run reports ------------------------------------------------------------------------------------------
+    def remote_begin(self, trace: bool) -> None:
+        """Start counting a run: the servers' statistics now, fresh client counters, request spans if ``trace``."""
+        for s in self._servers:
+            s.sent_batches = s.sent_samples = s.round_trip_ns = 0
+        self.retried = 0
+        self._spans = [] if trace else None
+        self._baseline = [self._statistics(s) for s in self._servers]
+
+    def remote_end(self) -> tuple[dict[str, Any], list[RequestSpan]]:
+        """What the run sent each server against what each server says it did (Triton's statistics API)."""
+        servers = []
+        for s, before in zip(self._servers, self._baseline or [None] * len(self._servers), strict=True):
+            after = self._statistics(s)
+            entry: dict[str, Any] = {
+                "url": s.url, "slots": s.slots, "instances": s.info.instances, "down": s.down,
+                "batches": s.sent_batches, "samples": s.sent_samples,
+                "round_trip_ms": s.round_trip_ns / s.sent_batches / 1e6 if s.sent_batches else None,
+                "server": None if after is None or before is None else _server_side(before, after)}
+            servers.append(entry)
+        spans, self._spans = self._spans or [], None
+        return {"model": self.model, "shared_memory": self.shm, "retried_batches": self.retried,
+                "servers": servers}, spans
+
+    def _statistics(self, server: _Server) -> dict[str, Any] | None:
+        if server.down is not None:
+            return None
+        try:
+            stats = self._sync[server.index].get_inference_statistics(self.model, as_json=True,
+                                                                      client_timeout=CHECK_TIMEOUT_S)
+        except self._grpc.InferenceServerException:
+            return None
+        models = stats.get("model_stats", [])
+        return models[0] if models else None
+
+    def close(self) -> None:
+        """Unregister and free the shared memory, close the clients."""
+        for server in getattr(self, "_servers", []):
+            for region in server.owned:
+                with contextlib.suppress(Exception):
+                    self._sync[server.index].unregister_system_shared_memory(region.name,
+                                                                             client_timeout=CHECK_TIMEOUT_S)
+                # numpy views keep the buffer exported; drop them before the mapping closes
+                region.batch = region.top1 = np.empty(0)
+                with contextlib.suppress(Exception):
+                    region.memory.close()
+                with contextlib.suppress(FileNotFoundError):
+                    region.memory.unlink()
+            server.owned.clear()
+            server.regions.clear()
+            server.blocking = None
+        for client in getattr(self, "_sync", []):
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+class _Unreachable(Exception):
+    """A server could not be reached for one request (the engine retries it elsewhere, once)."""
+
+
+def _server_side(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per-request means (ms) of what the server spent during the run, from two statistics snapshots."""
+    b, a = before.get("inference_stats", {}), after.get("inference_stats", {})
+
+    def delta(key: str) -> tuple[int, int]:
+        return (int(a.get(key, {}).get("count", 0)) - int(b.get(key, {}).get("count", 0)),
+                int(a.get(key, {}).get("ns", 0)) - int(b.get(key, {}).get("ns", 0)))
+
+    requests, _ = delta("success")
+    record: dict[str, Any] = {
+        "requests": requests,
+        "executions": int(after.get("execution_count", 0)) - int(before.get("execution_count", 0)),
+        "inferences": int(after.get("inference_count", 0)) - int(before.get("inference_count", 0)),
+    }
+    for key in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        count, ns = delta(key)
+        record[f"{'request' if key == 'success' else key}_ms"] = ns / count / 1e6 if count else None
+    return record

@@ -1,0 +1,1 @@
+"""Serving asyncbench's engines from a real Triton Inference Server (``asyncbench serve``)."""

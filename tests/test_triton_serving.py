@@ -1,0 +1,270 @@
+"""`--engine triton` against real Triton servers started on loopback by the tests, and `asyncbench serve`.
+
+The servers are nvidia-pytriton's bundled tritonserver serving the null engine through Triton's
+Python backend (asyncbench.serving); every test stops what it starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asyncbench.cli import main
+from asyncbench.engines.triton_remote import TritonEngine, check_model, parse_urls
+from asyncbench.errors import ConfigError
+from asyncbench.paths import REPO_ROOT, BuildPaths
+from asyncbench.serving.tritonserver import Endpoints, ServedModel, TritonServer, find_distribution
+
+if os.environ.get("CI") != "true" and not all(importlib.util.find_spec(m) for m in ("pytriton", "tritonclient")):
+    # CI installs both (the test extra has them) and must run these; elsewhere they may be missing
+    pytest.skip("the Triton server and client come with pip install '.[triton]'", allow_module_level=True)
+
+NULL = "fixed_us=300,per_sample_us=20"  # a modelled device: 1.6 ms per batch of 64, about 40k samples/s
+
+
+def free_endpoints() -> Endpoints:
+    """Three loopback ports nothing listens on now."""
+    sockets = [socket.socket() for _ in range(3)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        grpc, http, metrics = (s.getsockname()[1] for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()
+    return Endpoints("127.0.0.1", grpc, http, metrics)
+
+
+def served(**kwargs: object) -> ServedModel:
+    return ServedModel(**{"engine": "null", "max_batch_size": 64, "null_spec": NULL, **kwargs})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[TritonServer]:
+    with TritonServer(served(), free_endpoints()) as s:
+        yield s
+
+
+def _run(build: BuildPaths, tmp: Path, *args: str) -> int:
+    return main(["run", "--engine", "triton", "--build-dir", str(build.root), "--log-dir", str(tmp / "logs"),
+                 "--no-progress", *args])
+
+
+def _record(tmp: Path) -> dict[str, object]:
+    (run,) = [p for p in (tmp / "logs").iterdir() if not p.is_symlink()]
+    return json.loads((run / "result.json").read_text())
+
+
+SCENARIOS = {
+    "Offline": ("--min-duration", "1"),
+    "Server": ("--target-qps", "400", "--min-duration", "1"),
+    "SingleStream": ("--min-duration", "1"),
+    "MultiStream": ("--min-duration", "1"),
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_scenario_is_valid_through_a_triton_server(calibrated: BuildPaths, server: TritonServer,
+                                                         tmp_path: Path, scenario: str) -> None:
+    assert _run(calibrated, tmp_path, "--triton-url", server.url, "--triton-shm", "--scenario", scenario,
+                *SCENARIOS[scenario]) == 0
+    record = _record(tmp_path)
+    assert record["result"]["validity"] == "VALID"  # type: ignore[index]
+    remote = record["remote"]
+    assert isinstance(remote, dict) and remote["shared_memory"] and remote["retried_batches"] == 0
+    (entry,) = remote["servers"]
+    samples = record["samples"]
+    assert isinstance(samples, dict) and entry["samples"] == samples["issued"] == samples["completed"]
+    side = entry["server"]  # Triton's statistics API saw the same requests, and said where their time went
+    assert side["requests"] == entry["batches"] and side["inferences"] == entry["samples"]
+    assert 0 < side["compute_infer_ms"] < side["request_ms"] < entry["round_trip_ms"]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_offline_through_grpc_messages_on_either_loop(calibrated: BuildPaths, server: TritonServer,
+                                                      tmp_path: Path, loop: str) -> None:
+    """Without shared memory the samples travel inside the gRPC messages; the clients are made on the run's loop."""
+    timeline = tmp_path / "timeline.json"
+    assert _run(calibrated, tmp_path, "--triton-url", server.url, "--loop", loop, "--min-duration", "0.5",
+                "--timeline", str(timeline)) == 0
+    record = _record(tmp_path)
+    assert record["result"]["validity"] == "VALID"  # type: ignore[index]
+    assert record["remote"]["shared_memory"] is False  # type: ignore[index]
+    trace = json.loads(timeline.read_text())
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "thread_name"}
+    assert any(n.startswith(f"server {server.url} request") for n in names)
+    assert trace["otherData"]["server_requests"] == record["remote"]["servers"][0]["batches"]  # type: ignore[index]
+
+
+def test_two_servers_share_the_load(calibrated: BuildPaths, server: TritonServer, tmp_path: Path) -> None:
+    with TritonServer(served(), free_endpoints()) as second:
+        assert _run(calibrated, tmp_path, "--triton-url", f"{server.url},{second.url}", "--triton-shm",
+                    "--scenario", "Server", "--target-qps", "600", "--min-duration", "1") == 0
+    record = _record(tmp_path)
+    assert record["result"]["validity"] == "VALID"  # type: ignore[index]
+    shares = [s["samples"] for s in record["remote"]["servers"]]  # type: ignore[index]
+    assert len(shares) == 2 and sum(shares) == record["samples"]["issued"]  # type: ignore[index]
+    assert min(shares) > 0.25 * sum(shares), shares
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_wrong_url_is_one_line_before_loadgen(calibrated: BuildPaths, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    dead = free_endpoints().grpc_url
+    assert _run(calibrated, tmp_path, "--triton-url", dead) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"cannot reach a Triton server at {dead}" in line and "asyncbench serve" in line
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("mlperf_log_summary.txt"))
+
+
+def test_a_server_without_the_model_is_one_line(calibrated: BuildPaths, server: TritonServer, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(calibrated, tmp_path, "--triton-url", server.url, "--triton-model", "resnet50") == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no ready model 'resnet50' (it has: mobilenet)" in line
+    assert not list((tmp_path / "logs").rglob("mlperf_log_summary.txt"))
+
+
+def test_a_model_with_the_wrong_input_shape_is_one_line(calibrated: BuildPaths, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with TritonServer(served(input_dims=(3, 224, 224)), free_endpoints()) as wrong:
+        assert _run(calibrated, tmp_path, "--triton-url", wrong.url) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "takes 'input' TYPE_INT8 [3, 224, 224]; asyncbench sends int8 [224, 224, 4]" in line
+    assert not list((tmp_path / "logs").rglob("mlperf_log_summary.txt"))
+
+
+def test_a_refused_batch_fails_the_run_with_every_sample_completed_once(calibrated: BuildPaths, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # The served engine fails its 200th batch: its own warm-up takes 35, the client's 35, the run the rest.
+    with TritonServer(served(null_spec=f"{NULL},fail_after=200"), free_endpoints()) as failing:
+        code = _run(calibrated, tmp_path, "--triton-url", failing.url, "--triton-shm", "--target-qps", "20000",
+                    "--min-duration", "1")
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.out + captured.err)
+    assert code == 1 and "refused a batch" in line and "injected failure" in line
+    record = _record(tmp_path)
+    samples = record["samples"]
+    assert record["result"]["validity"] == "FAILED"  # type: ignore[index]
+    assert samples["issued"] == samples["completed"] and samples["failed"] > 0  # type: ignore[index]
+
+
+def test_a_server_killed_mid_run_ends_the_run_within_10_s(calibrated: BuildPaths, tmp_path: Path) -> None:
+    with TritonServer(served(), free_endpoints()) as doomed:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        run = subprocess.Popen([sys.executable, "-m", "asyncbench", "run", "--engine", "triton", "--triton-url",
+                                doomed.url, "--triton-shm", "--scenario", "Server", "--target-qps", "500",
+                                "--min-duration", "60", "--no-progress", "--build-dir", str(calibrated.root),
+                                "--log-dir", str(tmp_path / "logs")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while not list((tmp_path / "logs").rglob("mlperf_log_detail.txt")) and time.monotonic() < deadline:
+                time.sleep(0.1)  # the test itself has started (LoadGen opened its logs)
+            time.sleep(1.0)
+            doomed.kill()
+            killed = time.monotonic()
+            out, err = run.communicate(timeout=30)
+            took = time.monotonic() - killed
+        finally:
+            if run.poll() is None:
+                run.kill()
+    line = _one_error_line(out + err)
+    assert run.returncode == 1 and took < 10, (took, line)
+    assert f"Triton server {doomed.url} is unreachable" in line
+    record = _record(tmp_path)
+    samples = record["samples"]
+    assert samples["issued"] == samples["completed"] and samples["failed"] > 0  # type: ignore[index]
+    assert "result: FAILED" in out or record["result"]["validity"] == "FAILED"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_prints_its_urls_and_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
+    ends = free_endpoints()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    serve = subprocess.Popen([sys.executable, "-m", "asyncbench", "serve", "--engine", "null", "--null", NULL,
+                              "--max-batch-size", "8", "--build-dir", str(tmp_path / "build"),
+                              "--grpc-port", str(ends.grpc_port), "--http-port", str(ends.http_port),
+                              "--metrics-port", str(ends.metrics_port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    try:
+        assert serve.stdout is not None
+        first = serve.stdout.readline()
+        assert first.startswith("serving mobilenet (null, 1 instance(s), max batch 8"), first
+        urls = serve.stdout.readline()
+        assert f"grpc {ends.grpc_url}" in urls and "(bound to 127.0.0.1)" in urls
+        engine = TritonEngine((ends.grpc_url,))  # a client sees it, with the batch size it was given
+        try:
+            assert engine.max_batch_size == 8 and engine.infer(np.zeros((3, 224, 224, 4), np.int8)).tolist() == [0] * 3
+        finally:
+            engine.close()
+        serve.send_signal(sig)
+        start = time.monotonic()
+        serve.wait(timeout=20)
+        assert serve.returncode == 0 and time.monotonic() - start < 10
+        assert "stopped (tritonserver exit status" in (serve.stderr.read() if serve.stderr else "")
+        with pytest.raises(ProcessLookupError):  # nothing of its process group is left
+            os.killpg(serve.pid, 0)
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", ends.grpc_port)) != 0
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    ends = free_endpoints()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ends.grpc_port))
+        taken.listen()
+        with pytest.raises(Exception, match="Address already in use|address already in use|failed to start"):
+            TritonServer(served(), ends).start(timeout_s=60)
+
+
+# --- no server needed ---------------------------------------------------------------------------------------------
+
+
+def test_urls_are_checked() -> None:
+    assert parse_urls("127.0.0.1:8001, grpc://h2:9001") == ("127.0.0.1:8001", "h2:9001")
+    for bad in ("", "host", "host:0", "host:70000", "a:1,a:1"):
+        with pytest.raises(ValueError):
+            parse_urls(bad)
+
+
+def test_model_configs_against_the_contract() -> None:
+    good = {"max_batch_size": 32, "input": [{"name": "x", "data_type": "TYPE_INT8", "dims": ["224", "224", "4"]}],
+            "output": [{"name": "y", "data_type": "TYPE_INT32", "dims": ["1"]}],
+            "instance_group": [{"count": 2}, {"count": 1}]}
+    info = check_model("h:1", "m", good)
+    assert (info.max_batch_size, info.input_name, info.output_name, info.instances) == (32, "x", "y", 3)
+    for change, words in [({"max_batch_size": 0}, "does not batch"),
+                          ({"input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [224, 224, 4]}]}, "TYPE_FP32"),
+                          ({"output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [1000]}]}, "one int32 class")]:
+        with pytest.raises(ConfigError, match=words):
+            check_model("h:1", "m", {**good, **change})
+
+
+def test_the_served_config_names_the_engine_and_batcher() -> None:
+    text = served(instances=2, max_queue_delay_us=500, preferred_batch_sizes=(8, 16)).config_pbtxt()
+    assert "max_batch_size: 64" in text and "count: 2 kind: KIND_CPU" in text
+    assert "dynamic_batching { max_queue_delay_microseconds: 500 preferred_batch_size: [ 8, 16 ] }" in text
+    assert "dims: [ 224, 224, 4 ]" in text and "TYPE_INT8" in text and "TYPE_INT32" in text
+    assert "dynamic_batching" not in served(max_queue_delay_us=None).config_pbtxt()
+    assert find_distribution().binary.is_file()
