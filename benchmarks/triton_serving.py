@@ -1,0 +1,236 @@
+"""asyncbench through a Triton Inference Server, against two references, side by side in one run.
+
+Rerun (CPU, loopback):  python benchmarks/triton_serving.py bare [--engine null|onnxruntime] [--duration 5]
+Rerun (GPU):            python benchmarks/triton_serving.py inprocess --engine torch [--rates 60000,45000,30000]
+
+``bare``: one server (asyncbench serve's, null engine modelling a device by default) and a bare
+``tritonclient.grpc.aio`` loop with no LoadGen and no batcher, sending batches of one size with
+the same slots, through the same system shared memory: its samples/s and request p99 per batch
+size. Then asyncbench's Offline samples/s and its highest VALID Server QPS (rates tried
+downwards) through the same server. The ratios: asyncbench Offline / the bare loop at the same
+batch; asyncbench Server / the bare loop's best samples/s among batch sizes whose request p99 is
+within asyncbench's Server p99 at that QPS.
+
+``inprocess``: the same engine in asyncbench's process and served through Triton: Offline
+samples/s and the highest VALID Server QPS of each, alternating, each scenario a fresh process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asyncbench.contract import SAMPLE_SHAPE
+from asyncbench.serving.tritonserver import Endpoints, ServedModel, TritonServer
+
+ROOT = Path(__file__).resolve().parent.parent
+NULL = "fixed_us=300,per_sample_us=20"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in flags)
+
+
+async def bare_loop(url: str, model: str, batch: int, slots: int, seconds: float) -> dict[str, float]:
+    """``slots`` requests of ``batch`` samples kept in flight for ``seconds``, each in its own shm region."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.grpc.aio as aio
+
+    sync = grpcclient.InferenceServerClient(url)
+    client = aio.InferenceServerClient(url)
+    sample = int(np.prod(SAMPLE_SHAPE))
+    regions = []
+    data = np.ones((batch, *SAMPLE_SHAPE), np.int8)
+    for i in range(slots):
+        name = f"bare-{os.getpid()}-{batch}-{i}"
+        memory = shared_memory.SharedMemory(name, create=True, size=batch * (sample + 4))
+        sync.register_system_shared_memory(name, f"/{name}", batch * (sample + 4))
+        regions.append((name, memory))
+    latencies: list[float] = []
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(name: str, memory: shared_memory.SharedMemory) -> None:
+        nonlocal done
+        view = np.ndarray((batch, *SAMPLE_SHAPE), np.int8, memory.buf)
+        while time.perf_counter() < deadline:
+            np.copyto(view, data)  # what the harness does too: the batch into the slot's region
+            request = aio.InferInput("input", [batch, *SAMPLE_SHAPE], "INT8")
+            request.set_shared_memory(name, batch * sample)
+            output = aio.InferRequestedOutput("top1")
+            output.set_shared_memory(name, batch * 4, offset=batch * sample)
+            t0 = time.perf_counter()
+            await client.infer(model, [request], outputs=[output])
+            latencies.append(time.perf_counter() - t0)
+            done += batch
+        del view
+
+    await client.infer(model, [_plain_input(aio, batch)])  # warm
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(n, m) for n, m in regions))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    for name, memory in regions:
+        sync.unregister_system_shared_memory(name)
+        memory.close()
+        memory.unlink()
+    sync.close()
+    latencies.sort()
+    return {"batch": batch, "samples_per_s": done / elapsed,
+            "p50_ms": statistics.median(latencies) * 1e3,
+            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3}
+
+
+def _plain_input(aio: Any, batch: int) -> Any:
+    request = aio.InferInput("input", [batch, *SAMPLE_SHAPE], "INT8")
+    request.set_data_from_numpy(np.ones((batch, *SAMPLE_SHAPE), np.int8))
+    return request
+
+
+def asyncbench_run(args: list[str], log_dir: Path) -> dict[str, Any]:
+    """One `python -m asyncbench run` in its own process; its result.json."""
+    before = set(log_dir.iterdir()) if log_dir.is_dir() else set()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "asyncbench", "run", "--no-progress", "--log-dir", str(log_dir),
+                           *args], capture_output=True, text=True, env=env, timeout=900)
+    new = [p for p in set(log_dir.iterdir()) - before if not p.is_symlink() and (p / "result.json").is_file()]
+    if done.returncode not in (0, 3) or len(new) != 1:
+        raise SystemExit(f"asyncbench run {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                         f"{done.stderr[-3000:]}")
+    return json.loads((new[0] / "result.json").read_text())
+
+
+def highest_valid_server(base: list[str], rates: list[float], log_dir: Path, say: Any) -> dict[str, Any] | None:
+    """The first VALID Server run among ``rates`` (tried in order, highest first)."""
+    for rate in rates:
+        record = asyncbench_run([*base, "--scenario", "Server", "--target-qps", f"{rate:g}"], log_dir)
+        valid = record["result"]["validity"]
+        p99 = record["latency_ns"].get("p99", 0) / 1e6
+        say(f"    Server {rate:g} QPS: {valid}, p99 {p99:.2f} ms")
+        if valid == "VALID":
+            return {"qps": rate, "p99_ms": p99}
+    return None
+
+
+def offline(base: list[str], log_dir: Path) -> float:
+    record = asyncbench_run([*base, "--scenario", "Offline"], log_dir)
+    return float(record["metric"]["value"]) if record["result"]["validity"] == "VALID" else float("nan")
+
+
+def served_model(args: argparse.Namespace, build: str) -> ServedModel:
+    return ServedModel(engine=args.engine, max_batch_size=args.max_batch, instances=args.instances,
+                       null_spec=NULL if args.engine == "null" else "", build_dir=str(Path(build).resolve()),
+                       max_queue_delay_us=0)
+
+
+def bare(args: argparse.Namespace, say: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": f"{cpu_model()} ({os.cpu_count()} CPUs; {cpu_flags()})", "engine": args.engine}
+    with tempfile.TemporaryDirectory() as tmp, \
+            TritonServer(served_model(args, args.build_dir), Endpoints("127.0.0.1", args.port, args.port + 1,
+                                                                       args.port + 2)) as server:
+        logs = Path(tmp)
+        say(f"server {server.url}: {args.engine}, max batch {args.max_batch}, {args.instances} instance(s)")
+        base = ["--engine", "triton", "--triton-url", server.url, "--triton-shm", "--build-dir", args.build_dir,
+                "--min-duration", f"{args.duration:g}"]
+        out["bare"] = []
+        for batch in sorted({1, 2, 4, 8, 16, args.max_batch}):
+            row = asyncio.run(bare_loop(server.url, "mobilenet", batch, args.slots, args.duration))
+            say(f"  bare loop batch {batch}: {row['samples_per_s']:,.0f} samples/s, request p50 {row['p50_ms']:.2f} "
+                f"p99 {row['p99_ms']:.2f} ms")
+            out["bare"].append(row)
+        out["offline"] = offline(base, logs)
+        full = next(r for r in out["bare"] if r["batch"] == args.max_batch)
+        out["offline_ratio"] = out["offline"] / full["samples_per_s"]
+        say(f"  asyncbench Offline: {out['offline']:,.0f} samples/s = {out['offline_ratio']:.2f} of the bare loop "
+            f"at batch {args.max_batch}")
+        server_best = highest_valid_server(base, [float(r) for r in args.rates.split(",")], logs, say)
+        out["server"] = server_best
+        if server_best is not None:
+            within = [r for r in out["bare"] if r["p99_ms"] <= server_best["p99_ms"]]
+            reference = max(within, key=lambda r: r["samples_per_s"]) if within else None
+            out["server_reference"] = reference
+            if reference is not None:
+                out["server_ratio"] = server_best["qps"] / reference["samples_per_s"]
+                say(f"  asyncbench Server: {server_best['qps']:g} QPS VALID (p99 {server_best['p99_ms']:.2f} ms) = "
+                    f"{out['server_ratio']:.2f} of the bare loop's best within that p99 (batch {reference['batch']}: "
+                    f"{reference['samples_per_s']:,.0f}/s, p99 {reference['p99_ms']:.2f} ms)")
+    return out
+
+
+def inprocess(args: argparse.Namespace, say: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"engine": args.engine, "rounds": []}
+    rates = {"in process": [float(r) for r in args.rates.split(",")],
+             "through Triton": [float(r) for r in (args.triton_rates or args.rates).split(",")]}
+    common = ["--build-dir", args.build_dir, "--min-duration", f"{args.duration:g}", "--max-batch-size",
+              str(args.max_batch)]
+    with tempfile.TemporaryDirectory() as tmp, \
+            TritonServer(served_model(args, args.build_dir), Endpoints("127.0.0.1", args.port, args.port + 1,
+                                                                       args.port + 2)) as server:
+        logs = Path(tmp)
+        say(f"server {server.url}: {args.engine}, max batch {args.max_batch}, {args.instances} instance(s)")
+        paths = {"in process": ["--engine", args.engine, *common],
+                 "through Triton": ["--engine", "triton", "--triton-url", server.url, "--triton-shm", *common]}
+        for round_ in range(args.repeats):
+            row: dict[str, Any] = {}
+            for label, base in paths.items():
+                row[label] = {"offline": offline(base, logs)}
+                say(f"  round {round_ + 1} {label}: Offline {row[label]['offline']:,.0f} samples/s")
+                row[label]["server"] = highest_valid_server(base, rates[label], logs, say)
+            out["rounds"].append(row)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", choices=("bare", "inprocess"))
+    p.add_argument("--engine", default="null", choices=("null", "onnxruntime", "torch", "tensorrt"))
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--slots", type=int, default=2, help="bare loop: requests in flight (asyncbench's default)")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--rates", default="4000,3000,2500,2000,1500,1000,500")
+    p.add_argument("--triton-rates", help="inprocess: the Server rates tried through Triton (default: --rates)")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--port", type=int, default=18501)
+    p.add_argument("--build-dir", default="build")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    result = bare(args, say) if args.mode == "bare" else inprocess(args, say)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
