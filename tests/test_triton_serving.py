@@ -194,6 +194,35 @@ def test_a_server_killed_mid_run_ends_the_run_within_10_s(calibrated: BuildPaths
     assert "result: FAILED" in out or record["result"]["validity"] == "FAILED"  # type: ignore[index]
 
 
+def test_a_server_killed_mid_run_hands_its_batches_to_the_other(calibrated: BuildPaths, server: TritonServer,
+                                                                 tmp_path: Path) -> None:
+    with TritonServer(served(), free_endpoints()) as doomed:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        run = subprocess.Popen([sys.executable, "-m", "asyncbench", "run", "--engine", "triton", "--triton-url",
+                                f"{doomed.url},{server.url}", "--triton-shm", "--scenario", "Server",
+                                "--target-qps", "400", "--min-duration", "4", "--no-progress",
+                                "--build-dir", str(calibrated.root), "--log-dir", str(tmp_path / "logs")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while not list((tmp_path / "logs").rglob("mlperf_log_detail.txt")) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.0)
+            doomed.kill()
+            out, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0, out + err
+    record = _record(tmp_path)
+    remote = record["remote"]
+    assert isinstance(remote, dict) and remote["retried_batches"] >= 1
+    first, second = remote["servers"]
+    assert "unreachable" in first["down"] and second["down"] is None and second["samples"] > first["samples"]
+    assert "were sent again to another server" in out
+    assert record["samples"]["failed"] == 0  # type: ignore[index]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_prints_its_urls_and_stops_cleanly(tmp_path: Path, sig: signal.Signals) -> None:
     ends = free_endpoints()

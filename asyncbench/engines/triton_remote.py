@@ -277,6 +277,16 @@ class TritonEngine(HostEngine):
                               f"classes for a batch of {n}")
         return values.reshape(n).astype(RESULT_DTYPE, copy=False)
 
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at once: every server's slots (a batch's round trip overlaps the others')."""
+        return self.capabilities.slots
+
+    def sustained(self, batch_size: int) -> float | None:
+        """Seconds per batch with every slot busy: the measured round trip shared by the slots."""
+        seconds = self.latency(batch_size)
+        return None if seconds is None else seconds / self.concurrency
+
     # -- the loop path -------------------------------------------------------------------------------------------------
     def _clients(self) -> list[Any]:
         """This loop's asyncio clients (made on first use on each loop: gRPC channels are bound to one)."""
