@@ -4,8 +4,9 @@ Imported only inside Triton's stub process (``triton_python_backend_utils`` exis
 Each model instance opens its own engine from the JSON parameter ``asyncbench`` of config.pbtxt
 (asyncbench.serving.tritonserver.ServedModel), warms it up at every batch size it prepared, and
 runs each batch Triton's dynamic batcher forms as one ``infer``: the requests' samples are
-joined, and the classes split back per request. Outputs go back through DLPack: with numpy 2
-the bundled backend's own numpy conversion returns empty tensors.
+joined, and the classes split back per request. With numpy 2 the outputs go back through DLPack
+(the bundled backend's own numpy conversion returns empty tensors there); with numpy 1 through
+that conversion (numpy 1's DLPack capsule crashes the stub).
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from asyncbench.config import BatchingConfig, EngineConfig, EngineKind, Precisio
 from asyncbench.engines.base import Engine
 from asyncbench.engines.sizing import open_engine
 from asyncbench.paths import BuildPaths
+
+
+NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+def _tensor(name: str, array: np.ndarray) -> Any:
+    """An output tensor in the way this numpy's version survives the stub (see the module docstring)."""
+    return pb_utils.Tensor.from_dlpack(name, array) if NUMPY_2 else pb_utils.Tensor(name, array)
 
 
 def engine_config(spec: dict[str, Any]) -> RunConfig:
@@ -62,7 +71,7 @@ class TritonPythonModel:
         for x in inputs:
             part = np.ascontiguousarray(top1[start:start + len(x)])
             start += len(x)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor.from_dlpack("top1", part)]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[_tensor("top1", part)]))
         return responses
 
     def finalize(self) -> None:
