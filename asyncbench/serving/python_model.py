@@ -23,7 +23,6 @@ from asyncbench.engines.base import Engine
 from asyncbench.engines.sizing import open_engine
 from asyncbench.paths import BuildPaths
 
-
 NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 
 
