@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps 'nvidia-pytriton>=0.7,<0.8'  # the tritonserver the tests start
 	touch $@
 
 prepare: $(VENV)/.installed

@@ -68,7 +68,8 @@ def _record(tmp: Path) -> dict[str, object]:
 
 SCENARIOS = {
     "Offline": ("--min-duration", "1"),
-    "Server": ("--target-qps", "400", "--min-duration", "1"),
+    # Enough queries that a host stall on the 2-core machine cannot decide early stopping.
+    "Server": ("--target-qps", "500", "--min-duration", "1", "--min-query-count", "2500"),
     "SingleStream": ("--min-duration", "1"),
     "MultiStream": ("--min-duration", "1"),
 }
@@ -110,7 +111,8 @@ def test_offline_through_grpc_messages_on_either_loop(calibrated: BuildPaths, se
 def test_two_servers_share_the_load(calibrated: BuildPaths, server: TritonServer, tmp_path: Path) -> None:
     with TritonServer(served(), free_endpoints()) as second:
         assert _run(calibrated, tmp_path, "--triton-url", f"{server.url},{second.url}", "--triton-shm",
-                    "--scenario", "Server", "--target-qps", "600", "--min-duration", "1") == 0
+                    "--scenario", "Server", "--target-qps", "600", "--min-duration", "1",
+                    "--min-query-count", "3000") == 0
     record = _record(tmp_path)
     assert record["result"]["validity"] == "VALID"  # type: ignore[index]
     shares = [s["samples"] for s in record["remote"]["servers"]]  # type: ignore[index]

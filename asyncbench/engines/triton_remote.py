@@ -299,10 +299,13 @@ class TritonEngine(HostEngine):
         return self._aio
 
     def _pick(self, exclude: _Server | None = None) -> _Server | None:
-        """The usable server with the fewest samples in flight (with a free slot, unless this is a retry)."""
+        """The usable server with the fewest samples in flight, one with a free slot where there is one.
+
+        Once a server is down the pipeline still sends as many batches as every server had slots,
+        so the live ones may take more than theirs.
+        """
         usable = [s for s in self._servers if s.down is None and s is not exclude]
-        free = [s for s in usable if s.batches < s.slots]
-        pool = free if exclude is None else (free or usable)
+        pool = [s for s in usable if s.batches < s.slots] or usable
         return min(pool, key=lambda s: (s.samples, s.sent_batches)) if pool else None
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:

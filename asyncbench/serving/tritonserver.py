@@ -38,7 +38,7 @@ from asyncbench.contract import SAMPLE_SHAPE
 from asyncbench.errors import ConfigError, UserError
 
 DEFAULT_MODEL = "mobilenet"
-INSTALL_HINT = "pip install '.[triton]' (nvidia-pytriton bundles the tritonserver binary)"
+INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.7,<0.8' (only the tritonserver binary it bundles is used)"
 STOP_TIMEOUT_S = 10.0  # SIGTERM, then this long for in-flight requests and the stubs, then SIGKILL
 
 
