@@ -97,8 +97,9 @@ def test_offline_through_grpc_messages_on_either_loop(calibrated: BuildPaths, se
                                                       tmp_path: Path, loop: str) -> None:
     """Without shared memory the samples travel inside the gRPC messages; the clients are made on the run's loop."""
     timeline = tmp_path / "timeline.json"
+    # An expected rate above what plain gRPC carries on 2 cores (~3k/s): LoadGen's one query outlasts 0.5 s.
     assert _run(calibrated, tmp_path, "--triton-url", server.url, "--loop", loop, "--min-duration", "0.5",
-                "--timeline", str(timeline)) == 0
+                "--target-qps", "10000", "--timeline", str(timeline)) == 0
     record = _record(tmp_path)
     assert record["result"]["validity"] == "VALID"  # type: ignore[index]
     assert record["remote"]["shared_memory"] is False  # type: ignore[index]
@@ -111,8 +112,7 @@ def test_offline_through_grpc_messages_on_either_loop(calibrated: BuildPaths, se
 def test_two_servers_share_the_load(calibrated: BuildPaths, server: TritonServer, tmp_path: Path) -> None:
     with TritonServer(served(), free_endpoints()) as second:
         assert _run(calibrated, tmp_path, "--triton-url", f"{server.url},{second.url}", "--triton-shm",
-                    "--scenario", "Server", "--target-qps", "600", "--min-duration", "1",
-                    "--min-query-count", "3000") == 0
+                    "--min-duration", "1", "--target-qps", "30000") == 0
     record = _record(tmp_path)
     assert record["result"]["validity"] == "VALID"  # type: ignore[index]
     shares = [s["samples"] for s in record["remote"]["servers"]]  # type: ignore[index]
