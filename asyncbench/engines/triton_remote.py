@@ -359,7 +359,7 @@ class TritonEngine(HostEngine):
                 self._spans.append(RequestSpan(server.index, n, sent, received, ok))
 
     def _all_down(self) -> str:
-        return "every Triton server is unreachable: " + "; ".join(f"{s.url}: {s.down}" for s in self._servers)
+        return "no Triton server is left: " + "; ".join(s.down or f"{s.url}: busy" for s in self._servers)
 
     # -- what a run reports ------------------------------------------------------------------------------------------
     def remote_begin(self, trace: bool) -> None:
