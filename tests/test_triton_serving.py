@@ -120,6 +120,34 @@ def test_two_servers_share_the_load(calibrated: BuildPaths, server: TritonServer
     assert min(shares) > 0.25 * sum(shares), shares
 
 
+def test_a_served_onnxruntime_engine_answers_as_it_does_in_process(calibrated: BuildPaths, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The real model served: the classes that come back (through gRPC and shared memory) are the engine's own."""
+    from asyncbench.data.dataset import VAL_LAYOUT, read_map, resolve_dataset
+    from asyncbench.data.qsl import SampleArena
+    from asyncbench.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    dataset = resolve_dataset(calibrated)
+    names = [e.name for e in read_map(dataset.val_map)][:16]
+    arena = SampleArena(dataset.preprocessed_dir(calibrated.preprocessed, VAL_LAYOUT), names)
+    arena.load(list(range(16)))
+    photos = arena.gather(list(range(16)), out=np.empty((16, 224, 224, 4), np.int8))
+    with OnnxRuntimeEngine(calibrated.int8_model, max_batch_size=16) as local:
+        want = local.infer(photos)
+    model = ServedModel(engine="onnxruntime", max_batch_size=16, build_dir=str(calibrated.root.resolve()))
+    with TritonServer(model, free_endpoints()) as ort:
+        for shm in (False, True):
+            remote = TritonEngine((ort.url,), shm=shm)
+            try:
+                assert remote.infer(photos).tolist() == want.tolist()
+                assert remote.infer(photos[3:8]).tolist() == want[3:8].tolist()
+            finally:
+                remote.close()
+        capsys.readouterr()
+        assert _run(calibrated, tmp_path, "--triton-url", ort.url, "--triton-shm", "--test-mode", "AccuracyOnly") == 0
+    assert "accuracy=100.000%, good=4, total=4" in capsys.readouterr().out
+
+
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -4,9 +4,10 @@ Imported only inside Triton's stub process (``triton_python_backend_utils`` exis
 Each model instance opens its own engine from the JSON parameter ``asyncbench`` of config.pbtxt
 (asyncbench.serving.tritonserver.ServedModel), warms it up at every batch size it prepared, and
 runs each batch Triton's dynamic batcher forms as one ``infer``: the requests' samples are
-joined, and the classes split back per request. With numpy 2 the outputs go back through DLPack
-(the bundled backend's own numpy conversion returns empty tensors there); with numpy 1 through
-that conversion (numpy 1's DLPack capsule crashes the stub).
+joined, and the classes split back per request. With numpy 2 tensors cross through DLPack both
+ways (the bundled backend's own numpy conversion reads wrong input bytes and returns empty output
+tensors there; its capsule destructor logs an ignored ValueError for the first few outputs); with
+numpy 1 through that conversion (numpy 1's DLPack capsule crashes the stub).
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
 def _tensor(name: str, array: np.ndarray) -> Any:
     """An output tensor in the way this numpy's version survives the stub (see the module docstring)."""
     return pb_utils.Tensor.from_dlpack(name, array) if NUMPY_2 else pb_utils.Tensor(name, array)
+
+
+def _array(tensor: Any) -> np.ndarray:
+    """An input tensor as numpy, read the way this numpy's version gets the right bytes (module docstring)."""
+    return np.from_dlpack(tensor) if NUMPY_2 else tensor.as_numpy()
 
 
 def engine_config(spec: dict[str, Any]) -> RunConfig:
@@ -59,7 +65,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         """One engine batch for all of Triton's requests; a failure answers every request with its error."""
-        inputs = [pb_utils.get_input_tensor_by_name(r, "input").as_numpy() for r in requests]
+        inputs = [_array(pb_utils.get_input_tensor_by_name(r, "input")) for r in requests]
         try:
             batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
             top1 = self.engine.infer(np.ascontiguousarray(batch)).astype(np.int32, copy=False).reshape(-1, 1)
