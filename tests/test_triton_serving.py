@@ -6,6 +6,7 @@ Python backend (asyncbench.serving); every test stops what it starts.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -251,6 +252,21 @@ def test_a_server_killed_mid_run_hands_its_batches_to_the_other(calibrated: Buil
     assert "unreachable" in first["down"] and second["down"] is None and second["samples"] > first["samples"]
     assert "were sent again to another server" in out
     assert record["samples"]["failed"] == 0  # type: ignore[index]
+
+
+def test_a_server_past_its_slots_takes_the_extra_batches_in_the_message(server: TritonServer) -> None:
+    """What a live server gets once another is down: more batches than it has shared-memory regions."""
+    engine = TritonEngine((server.url,), slots_per_server=1, shm=True)
+
+    async def three() -> list[np.ndarray]:
+        batches = [np.full((n, 224, 224, 4), n, np.int8) for n in (1, 2, 3)]
+        return list(await asyncio.gather(*(engine.infer_async(b) for b in batches)))
+
+    try:
+        assert [r.tolist() for r in asyncio.run(three())] == [[0], [0, 0], [0, 0, 0]]
+        assert engine.remote_end()[0]["servers"][0]["batches"] == 3
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

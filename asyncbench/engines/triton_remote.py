@@ -332,7 +332,9 @@ class TritonEngine(HostEngine):
         import tritonclient.grpc.aio as aio
 
         client = self._clients()[server.index]
-        request, output, region = self._request(aio, server, batch, n, server.regions.pop() if self.shm else None)
+        # A server taking more batches than its slots (another is down) sends the extra ones in the message.
+        request, output, region = self._request(aio, server, batch, n,
+                                                server.regions.pop() if server.regions else None)
         server.batches += 1
         server.samples += n
         sent = time.monotonic_ns()
