@@ -313,6 +313,27 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
             TritonServer(served(), ends).start(timeout_s=60)
 
 
+def test_a_server_binary_without_its_exec_bit_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the distribution whose binaries lost their modes (as a plain zip extraction leaves them)."""
+    import shutil
+
+    from asyncbench.errors import UserError
+
+    real = find_distribution()
+    root = tmp_path / "pytriton"
+    binary = root / "tritonserver" / "bin" / "tritonserver"
+    binary.parent.mkdir(parents=True)
+    (root / "__init__.py").write_text("")  # a regular package: it shadows the installed one
+    binary.write_bytes(b"")  # a stand-in: only its mode is looked at
+    binary.chmod(0o644)
+    stub_dir = root / "tritonserver" / "python_backend_stubs" / real.stub.parent.name
+    stub_dir.mkdir(parents=True)
+    shutil.copy(real.stub, stub_dir / real.stub.name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="is not executable .* chmod \\+x it"):
+        find_distribution()
+
+
 # --- no server needed ---------------------------------------------------------------------------------------------
 
 

@@ -129,6 +129,10 @@ def find_distribution() -> Distribution:
                          dist / "backends" / "python", stub)
     if not found.binary.is_file():
         raise UserError(f"nvidia-pytriton at {root} has no tritonserver binary: reinstall it ({INSTALL_HINT})")
+    for program in (found.binary, stub):
+        if program.is_file() and not os.access(program, os.X_OK):
+            raise UserError(f"{program} is not executable (a copy that lost its file modes, such as an archive "
+                            f"extracted without them): chmod +x it, or reinstall nvidia-pytriton with pip")
     if not stub.is_file():
         have = sorted(p.name for p in (dist / "python_backend_stubs").glob("*"))
         raise UserError(f"the bundled Triton Python backend has stubs for Python {', '.join(have)}, not {version}: "
