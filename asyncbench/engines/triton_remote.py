@@ -399,12 +399,12 @@ class TritonEngine(HostEngine):
         return models[0] if models else None
 
     def close(self) -> None:
-        """Unregister and free the shared memory, close the clients."""
+        """Unregister (from live servers) and free the shared memory, close the clients."""
         for server in getattr(self, "_servers", []):
             for region in server.owned:
-                with contextlib.suppress(Exception):
-                    self._sync[server.index].unregister_system_shared_memory(region.name,
-                                                                             client_timeout=CHECK_TIMEOUT_S)
+                if server.down is None:  # a server taken out is not asked (a hung one would hold the exit)
+                    with contextlib.suppress(Exception):
+                        self._sync[server.index].unregister_system_shared_memory(region.name, client_timeout=1.0)
                 # numpy views keep the buffer exported; drop them before the mapping closes
                 region.batch = region.top1 = np.empty(0)
                 with contextlib.suppress(Exception):
