@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from asyncbench.argtypes import non_negative_int, positive_float, positive_int, rate_qps
 from asyncbench.config import (
+    TRITON_MODEL,
     BatchingConfig,
     Choice,
     Completion,
@@ -207,7 +208,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
                    help="Python's GIL time slice during the run, in us (default 500; Python's own is 5000)")
     p.add_argument("--triton-url", dest="triton_urls", type=_urls, default=(), metavar="HOST:PORT[,HOST:PORT]",
                    help="--engine triton: the Triton servers' gRPC addresses; each batch goes to the least loaded")
-    p.add_argument("--triton-model", default="mobilenet", help="--engine triton: the served model's name "
+    p.add_argument("--triton-model", default=TRITON_MODEL, help="--engine triton: the served model's name "
                                                                 "(default mobilenet, as `asyncbench serve` names it)")
     p.add_argument("--triton-shm", action="store_true",
                    help="--engine triton, servers on this host: pass samples through system shared memory")
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Triton's dynamic batcher delay (default 0: it joins only requests already queued)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="run each request as it was sent")
     p.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="Triton's preferred_batch_size list")
-    p.add_argument("--model-name", default="mobilenet", help="the served model's name (default mobilenet)")
+    p.add_argument("--model-name", default=TRITON_MODEL, help=f"the served model's name (default {TRITON_MODEL})")
     p.add_argument("--host", default="127.0.0.1", help="address every endpoint binds (default 127.0.0.1; "
                                                         "0.0.0.0 serves other hosts)")
     p.add_argument("--grpc-port", type=positive_int, default=8001)

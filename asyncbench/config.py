@@ -156,6 +156,9 @@ class BatchingConfig:
     inline: bool = True  # SingleStream/MultiStream on a GPU: run each query on LoadGen's thread (the inline driver)
 
 
+TRITON_MODEL = "mobilenet"  # the model name `asyncbench serve` serves and `--engine triton` asks for
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Which engine runs the model, and how."""
@@ -167,7 +170,7 @@ class EngineConfig:
     null_spec: str = ""  # the null engine's latency model and injected faults
     torch_compile: TorchCompile = TorchCompile.DEFAULT
     triton_urls: tuple[str, ...] = ()  # --engine triton: the servers' gRPC HOST:PORT addresses
-    triton_model: str = "mobilenet"
+    triton_model: str = TRITON_MODEL
     triton_shm: bool = False  # the servers are on this host: samples go through system shared memory
 
 

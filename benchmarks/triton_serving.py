@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,30 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from asyncbench.config import TRITON_MODEL
 from asyncbench.contract import SAMPLE_SHAPE
+from asyncbench.host import cpu_flags, cpu_model
 from asyncbench.serving.tritonserver import Endpoints, ServedModel, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 NULL = "fixed_us=300,per_sample_us=20"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in flags)
 
 
 async def bare_loop(url: str, model: str, batch: int, slots: int, seconds: float) -> dict[str, float]:
@@ -152,7 +134,8 @@ def served_model(args: argparse.Namespace, build: str) -> ServedModel:
 
 
 def bare(args: argparse.Namespace, say: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": f"{cpu_model()} ({os.cpu_count()} CPUs; {cpu_flags()})", "engine": args.engine}
+    out: dict[str, Any] = {"machine": f"{cpu_model()} ({os.cpu_count()} CPUs; {' '.join(cpu_flags())})",
+                           "engine": args.engine}
     with tempfile.TemporaryDirectory() as tmp, \
             TritonServer(served_model(args, args.build_dir), Endpoints("127.0.0.1", args.port, args.port + 1,
                                                                        args.port + 2)) as server:
@@ -162,7 +145,7 @@ def bare(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                 "--min-duration", f"{args.duration:g}"]
         out["bare"] = []
         for batch in sorted({1, 2, 4, 8, 16, args.max_batch}):
-            row = asyncio.run(bare_loop(server.url, "mobilenet", batch, args.slots, args.duration))
+            row = asyncio.run(bare_loop(server.url, TRITON_MODEL, batch, args.slots, args.duration))
             say(f"  bare loop batch {batch}: {row['samples_per_s']:,.0f} samples/s, request p50 {row['p50_ms']:.2f} "
                 f"p99 {row['p99_ms']:.2f} ms")
             out["bare"].append(row)

@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from asyncbench.contract import RESULT_DTYPE, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
+from asyncbench.config import TRITON_MODEL
+from asyncbench.contract import RESULT_DTYPE, SAMPLE_BYTES, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
 from asyncbench.engines.base import (
     Capabilities,
     EngineError,
@@ -44,9 +45,8 @@ from asyncbench.engines.base import (
 )
 from asyncbench.errors import ConfigError, UserError
 
-DEFAULT_MODEL = "mobilenet"
 CHECK_TIMEOUT_S = 5.0  # each start-up question to a server
-SAMPLE_BYTES = int(np.prod(SAMPLE_SHAPE))
+RESULT_BYTES = np.dtype(RESULT_DTYPE).itemsize
 # gRPC status codes after which a server is taken as gone (the batch is retried elsewhere, once).
 UNREACHABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN")
 _URL = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -77,10 +77,15 @@ def _grpc() -> Any:
     return grpcclient
 
 
+def _status(error: BaseException) -> str:
+    """A tritonclient error's gRPC status code (``UNAVAILABLE``...), empty when it has none."""
+    status = getattr(error, "status", None)
+    return str(status() if callable(status) else "").removeprefix("StatusCode.")
+
+
 def _reason(error: BaseException) -> str:
     """A client error in one line: its gRPC status and the first line of its message."""
-    status = getattr(error, "status", None)
-    code = str(status() if callable(status) else "").removeprefix("StatusCode.")
+    code = _status(error)
     message = getattr(error, "message", None)
     text = str((message() if callable(message) else None) or error).strip().splitlines()
     line = text[0] if text else type(error).__name__
@@ -88,9 +93,7 @@ def _reason(error: BaseException) -> str:
 
 
 def _unreachable(error: BaseException) -> bool:
-    status = getattr(error, "status", None)
-    code = str(status() if callable(status) else "")
-    return any(c in code for c in UNREACHABLE) or "failed to connect" in str(error)
+    return _status(error) in UNREACHABLE or "failed to connect" in str(error)
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ class TritonEngine(HostEngine):
 
     name = "triton"
 
-    def __init__(self, urls: tuple[str, ...], model: str = DEFAULT_MODEL, max_batch_size: int | None = None,
+    def __init__(self, urls: tuple[str, ...], model: str = TRITON_MODEL, max_batch_size: int | None = None,
                  slots_per_server: int | None = None, timeout_s: float = 60.0, shm: bool = False) -> None:
         super().__init__()
         self._grpc = _grpc()
@@ -220,7 +223,7 @@ class TritonEngine(HostEngine):
         """One slot's shared memory, registered with ``server`` (which must be on this host)."""
         self._shm_seq += 1
         name = f"asyncbench-{os.getpid()}-{server.index}-{self._shm_seq}"
-        size = self.max_batch_size * (SAMPLE_BYTES + np.dtype(RESULT_DTYPE).itemsize)
+        size = self.max_batch_size * (SAMPLE_BYTES + RESULT_BYTES)
         memory = shared_memory.SharedMemory(name, create=True, size=size)
         region = _Region(name, memory,
                          np.ndarray((self.max_batch_size, *SAMPLE_SHAPE), SAMPLE_DTYPE, memory.buf),
@@ -265,7 +268,7 @@ class TritonEngine(HostEngine):
             return request, output, None
         np.copyto(region.batch[:n], batch)
         request.set_shared_memory(region.name, n * SAMPLE_BYTES)
-        output.set_shared_memory(region.name, n * np.dtype(RESULT_DTYPE).itemsize,
+        output.set_shared_memory(region.name, n * RESULT_BYTES,
                                  offset=self.max_batch_size * SAMPLE_BYTES)
         return request, output, region
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asyncbench.config import RunConfig, Scenario, TestMode
+from asyncbench.config import EngineKind, RunConfig, Scenario, TestMode
 from asyncbench.data import preprocess as preprocess_mod
 from asyncbench.data.dataset import Dataset, read_map, resolve_dataset
 from asyncbench.engines.base import Engine
@@ -493,7 +493,8 @@ def serve_command(model: ServedModel, endpoints: Endpoints, inputs: Inputs) -> i
 
     from asyncbench.serving.tritonserver import TritonServer
 
-    if model.engine != "null":  # the models are built here, not inside the server's stubs (where a build times out)
+    # The models are built here, not inside the server's stubs (where a build would time the load out).
+    if model.engine != EngineKind.NULL:
         from asyncbench.model.calibrate import ensure_engine_models
 
         inputs.prepare(val=False, cal=True)

@@ -34,10 +34,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from asyncbench.config import TRITON_MODEL
 from asyncbench.contract import SAMPLE_SHAPE
 from asyncbench.errors import ConfigError, UserError
 
-DEFAULT_MODEL = "mobilenet"
 INSTALL_HINT = "pip install --no-deps 'nvidia-pytriton>=0.7,<0.8' (only the tritonserver binary it bundles is used)"
 STOP_TIMEOUT_S = 10.0  # SIGTERM, then this long for in-flight requests and the stubs, then SIGKILL
 
@@ -48,7 +48,7 @@ class ServedModel:
 
     engine: str  # an EngineKind value: onnxruntime, torch, tensorrt or null
     max_batch_size: int
-    name: str = DEFAULT_MODEL
+    name: str = TRITON_MODEL
     instances: int = 1
     precision: str | None = None
     null_spec: str = ""
