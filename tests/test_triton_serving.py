@@ -70,7 +70,7 @@ def _record(tmp: Path) -> dict[str, object]:
 SCENARIOS = {
     "Offline": ("--min-duration", "1"),
     # Enough queries that a host stall on the 2-core machine cannot decide early stopping.
-    "Server": ("--target-qps", "500", "--min-duration", "1", "--min-query-count", "2500"),
+    "Server": ("--target-qps", "300", "--min-duration", "1", "--min-query-count", "2500"),
     "SingleStream": ("--min-duration", "1"),
     "MultiStream": ("--min-duration", "1"),
 }
