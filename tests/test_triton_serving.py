@@ -144,9 +144,10 @@ def test_a_served_onnxruntime_engine_answers_as_it_does_in_process(calibrated: B
                 assert remote.infer(photos[3:8]).tolist() == want[3:8].tolist()
             finally:
                 remote.close()
-        capsys.readouterr()
-        assert _run(calibrated, tmp_path, "--triton-url", ort.url, "--triton-shm", "--test-mode", "AccuracyOnly") == 0
-    assert "accuracy=100.000%, good=4, total=4" in capsys.readouterr().out
+        for flags in (["--triton-shm"], []):  # gathered straight into shared memory, or into the message's buffer
+            capsys.readouterr()
+            assert _run(calibrated, tmp_path, "--triton-url", ort.url, *flags, "--test-mode", "AccuracyOnly") == 0
+            assert "accuracy=100.000%, good=4, total=4" in capsys.readouterr().out
 
 
 def _one_error_line(err: str) -> str:
@@ -252,6 +253,37 @@ def test_a_server_killed_mid_run_hands_its_batches_to_the_other(calibrated: Buil
     assert "unreachable" in first["down"] and second["down"] is None and second["samples"] > first["samples"]
     assert "were sent again to another server" in out
     assert record["samples"]["failed"] == 0  # type: ignore[index]
+
+
+def test_warm_up_and_the_runs_loop_are_warmed_outside_the_runs_count(server: TritonServer) -> None:
+    """Warm-up sends a full batch through every slot's shared memory (its pages touched on both sides);
+    bind_loop connects the run's loop with one-sample requests that the run's record leaves out."""
+    import tritonclient.grpc as grpcclient
+
+    reader = grpcclient.InferenceServerClient(server.url)
+
+    def served_counts() -> tuple[int, int]:
+        stats = reader.get_inference_statistics("mobilenet", as_json=True)["model_stats"][0]
+        return int(stats["inference_stats"]["success"].get("count", 0)), int(stats.get("inference_count", 0))
+
+    engine = TritonEngine((server.url,), shm=True)
+    try:
+        requests, samples = served_counts()
+        engine.warmup([1])
+        assert served_counts() == (requests + 5 + 2, samples + 5 + 2 * engine.max_batch_size)
+
+        async def run() -> list[int]:
+            await engine.bind_loop()
+            return (await engine.infer_async(np.zeros((3, 224, 224, 4), np.int8))).tolist()
+
+        engine.remote_begin(trace=False)
+        assert asyncio.run(run()) == [0, 0, 0]
+        (entry,) = engine.remote_end()[0]["servers"]
+        assert (entry["batches"], entry["server"]["requests"], entry["server"]["inferences"]) == (1, 1, 3)
+        assert served_counts() == (requests + 7 + 2 * 2 + 1, samples + 7 + 2 * engine.max_batch_size + 2 + 3)
+    finally:
+        engine.close()
+        reader.close()
 
 
 def test_a_server_past_its_slots_takes_the_extra_batches_in_the_message(server: TritonServer) -> None:

@@ -115,6 +115,27 @@ class LoopEngine(Engine, Protocol):
 
 
 @runtime_checkable
+class FillingEngine(Protocol):
+    """A LOOP engine that sends batches from memory of its own (shared memory its server maps): the
+    pipeline gathers each batch straight into it, one copy of every batch fewer on the loop."""
+
+    async def infer_fill(self, size: int, fill: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Top-1 of the ``size`` samples ``fill`` writes into the (max batch) buffer it is given and
+        returns (trimmed to ``size``)."""
+        ...
+
+
+@runtime_checkable
+class LoopBound(Protocol):
+    """A LOOP engine holding what belongs to one event loop (gRPC channels), made and warmed per loop."""
+
+    async def bind_loop(self) -> None:
+        """On the loop that will run the batches, before the first: make and warm that loop's resources,
+        so that the first queries of a test do not pay for connecting."""
+        ...
+
+
+@runtime_checkable
 class DeviceEngine(Engine, Protocol):
     """An engine of the DEVICE form."""
 

@@ -11,12 +11,16 @@ and the batch goes once to another server, which is counted and reported; a requ
 refuses fails the run at once (another server would refuse it too). Either way the pipeline
 completes every sample exactly once.
 
-``shared_memory``: the servers run on this host, so each slot owns a POSIX shared-memory region
-registered with its server; a batch is written there and the request carries only its address
-(Triton's system shared memory), instead of 200 KB per sample through gRPC.
+Each slot owns a send buffer and the pipeline gathers a batch's samples straight into it (the
+engine is a ``FillingEngine``): the only copy of a batch on this host. ``shared_memory``: the
+servers run on this host, so that buffer is a POSIX shared-memory region registered with its
+server and the request carries only its address (Triton's system shared memory), instead of 200 KB
+per sample through gRPC. Warm-up sends one full batch through every region, so neither side
+faults its pages in during a test.
 
-gRPC's asyncio channels belong to the loop that made them: the engine makes its clients on the
-loop that first awaits it, and new ones when a later run brings a new loop.
+gRPC's asyncio channels belong to the loop that made them: the engine makes its clients on each
+run's loop and warms them before LoadGen starts (``bind_loop``); the first queries of a test paid
+10-60 ms for connecting before, enough to fail a 5 s Server run's p99 on 2 cores.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from typing import Any
@@ -42,6 +47,7 @@ from asyncbench.engines.base import (
     HostEngine,
     RequestSpan,
     batch_sizes_upto,
+    warmup_batch,
 )
 from asyncbench.errors import ConfigError, UserError
 
@@ -130,12 +136,20 @@ def check_model(url: str, model: str, config: dict[str, Any]) -> ModelInfo:
 
 @dataclass
 class _Region:
-    """A slot's shared memory: its batch in, its classes out (registered with one server)."""
+    """A slot's send buffer: its batch in, its classes out. With ``--triton-shm`` shared memory
+    registered with one server (``name``), else host memory whose batch travels in the message."""
 
-    name: str
-    memory: shared_memory.SharedMemory
+    name: str | None
+    memory: shared_memory.SharedMemory | None
     batch: np.ndarray
     top1: np.ndarray
+    spare: bool = False  # made for one batch past a server's slots, not kept
+
+
+def _message_region(max_batch: int, spare: bool = False) -> _Region:
+    """A send buffer in this process's memory (no shared memory): its batch is copied into the message."""
+    return _Region(None, None, np.empty((max_batch, *SAMPLE_SHAPE), SAMPLE_DTYPE), np.empty(0, RESULT_DTYPE),
+                   spare)
 
 
 @dataclass
@@ -150,9 +164,9 @@ class _Server:
     sent_batches: int = 0
     sent_samples: int = 0
     round_trip_ns: int = 0
-    regions: list[_Region] = field(default_factory=list)  # the loop path's free ones
-    blocking: _Region | None = None  # the blocking path's (one call at a time)
-    owned: list[_Region] = field(default_factory=list)
+    regions: list[_Region] = field(default_factory=list)  # the loop path's free ones, one per slot
+    blocking: _Region | None = None  # the blocking path's shared memory (one call at a time)
+    owned: list[_Region] = field(default_factory=list)  # shared memory to unregister and free
 
 
 class TritonEngine(HostEngine):
@@ -187,10 +201,11 @@ class TritonEngine(HostEngine):
         self._baseline: list[dict[str, Any] | None] = []
         self._shm_seq = 0
         try:
-            if shm:
-                for server in self._servers:
+            for server in self._servers:
+                if shm:
                     server.blocking = self._add_region(server)
-                    server.regions = [self._add_region(server) for _ in range(server.slots)]
+                server.regions = [self._add_region(server) if shm else _message_region(self.max_batch_size)
+                                  for _ in range(server.slots)]
         except BaseException:
             self.close()
             raise
@@ -247,7 +262,10 @@ class TritonEngine(HostEngine):
             live = [s for s in self._servers if s.down is None] or self._servers
             server = live[self._next % len(live)]
             self._next += 1
-            request, output, region = self._request(grpc, server, batch, n, server.blocking)
+            region = server.blocking
+            if region is not None:
+                np.copyto(region.batch[:n], batch)
+            request, output = self._request(grpc, server, n, region, batch)
             start = time.perf_counter()
             try:
                 result = self._sync[server.index].infer(self.model, [request], outputs=[output],
@@ -257,24 +275,43 @@ class TritonEngine(HostEngine):
             self._latency.record(n, time.perf_counter() - start)
             return self._result(result, region, n, server)
 
-    def _request(self, module: Any, server: _Server, batch: np.ndarray, n: int,
-                 region: _Region | None) -> tuple[Any, Any, _Region | None]:
-        """The request's input and output: in ``region`` (shared memory) when given, else in the message."""
+    def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
+        """The sizes through the blocking path, then one full batch through every slot's send buffer: each
+        buffer's pages (shared memory: the server's mapping too) are touched before a query waits on them."""
+        result = super().warmup(batch_sizes)
+        full = warmup_batch(self.max_batch_size)
+        with self._lock:
+            for server in self._servers:
+                for region in server.regions:
+                    np.copyto(region.batch, full)
+                    request, output = self._request(self._grpc, server, self.max_batch_size, region, region.batch)
+                    try:
+                        self._sync[server.index].infer(self.model, [request], outputs=[output],
+                                                       client_timeout=self.timeout_s)
+                    except self._grpc.InferenceServerException as e:
+                        raise EngineError(f"Triton server {server.url}: {_reason(e)}") from None
+        return result
+
+    def _request(self, module: Any, server: _Server, n: int, region: _Region | None,
+                 data: np.ndarray) -> tuple[Any, Any]:
+        """The request's input and output: in ``region``'s shared memory (the batch already there), else
+        ``data`` inside the message."""
         info = server.info
         request = module.InferInput(info.input_name, [n, *SAMPLE_SHAPE], "INT8")
         output = module.InferRequestedOutput(info.output_name)
-        if region is None:
-            request.set_data_from_numpy(batch)
-            return request, output, None
-        np.copyto(region.batch[:n], batch)
+        if region is None or region.name is None:
+            request.set_data_from_numpy(data)
+            return request, output
         request.set_shared_memory(region.name, n * SAMPLE_BYTES)
-        output.set_shared_memory(region.name, n * RESULT_BYTES,
-                                 offset=self.max_batch_size * SAMPLE_BYTES)
-        return request, output, region
+        output.set_shared_memory(region.name, n * RESULT_BYTES, offset=self.max_batch_size * SAMPLE_BYTES)
+        return request, output
 
     def _result(self, result: Any, region: _Region | None, n: int, server: _Server) -> np.ndarray:
         """The classes a response carries (or its shared memory holds), checked for count."""
-        values = region.top1[:n].copy() if region is not None else result.as_numpy(server.info.output_name)
+        if region is not None and region.name is not None:
+            values = region.top1[:n].copy()
+        else:
+            values = result.as_numpy(server.info.output_name)
         if values is None or values.size != n:
             raise EngineError(f"Triton server {server.url} answered {0 if values is None else values.size} "
                               f"classes for a batch of {n}")
@@ -301,6 +338,31 @@ class TritonEngine(HostEngine):
             self._aio = [aio.InferenceServerClient(s.url) for s in self._servers]
         return self._aio
 
+    async def bind_loop(self) -> None:
+        """This loop's clients, each channel connected and warmed by a round of one-sample requests (one
+        per slot, twice), so that a test's first queries do not pay for it. A server that does not answer
+        is left to the run (its first batch fails or retries as any would); its statistics are read again
+        afterwards, so the warming requests are not counted as the run's."""
+        import tritonclient.grpc.aio as aio
+
+        clients = self._clients()
+        sample = np.zeros((1, *SAMPLE_SHAPE), SAMPLE_DTYPE)
+
+        async def warm(server: _Server) -> None:
+            def one() -> Any:
+                request = aio.InferInput(server.info.input_name, [1, *SAMPLE_SHAPE], "INT8")
+                request.set_data_from_numpy(sample)
+                return clients[server.index].infer(self.model, [request], client_timeout=CHECK_TIMEOUT_S)
+
+            with contextlib.suppress(self._grpc.InferenceServerException):
+                for _ in range(2):
+                    await asyncio.gather(*(one() for _ in range(server.slots)))
+
+        live = [s for s in self._servers if s.down is None]
+        await asyncio.gather(*(warm(s) for s in live))
+        if self._baseline:  # a run is being counted (remote_begin): its baseline after the warming
+            self._baseline = [self._statistics(s) for s in self._servers]
+
     def _pick(self, exclude: _Server | None = None) -> _Server | None:
         """The usable server with the fewest samples in flight, one with a free slot where there is one.
 
@@ -314,30 +376,51 @@ class TritonEngine(HostEngine):
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
         """Top-1 of ``batch`` from the least loaded server; one retry elsewhere if that server is gone."""
         n = check_batch(batch, self.max_batch_size, self.name)
+
+        def fill(out: np.ndarray) -> np.ndarray:
+            np.copyto(out[:n], batch)
+            return out[:n]
+
+        return await self.infer_fill(n, fill)
+
+    async def infer_fill(self, size: int, fill: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``infer_async`` with the batch written by ``fill`` straight into the chosen slot's send buffer
+        (its shared memory with ``--triton-shm``): the pipeline's gather is the only copy on this host."""
+        if not 0 < size <= self.max_batch_size:
+            raise EngineError(f"{self.name}: a batch of {size} (the engine takes 1 to {self.max_batch_size})")
         server = self._pick()
         if server is None:
             raise EngineError(self._all_down())
+        region = self._slot_region(server)
+        data = fill(region.batch)
+        if not np.may_share_memory(data, region.batch):
+            np.copyto(region.batch[:size], data)
         try:
-            return await self._send(server, batch, n)
+            return await self._send(server, region, size)
         except _Unreachable as e:
             server.down = str(e)
             other = self._pick(exclude=server)
             if other is None:
                 raise EngineError(self._all_down()) from None
             self.retried += 1
+            again = self._slot_region(other)
+            np.copyto(again.batch[:size], region.batch[:size])
             try:
-                return await self._send(other, batch, n)
-            except _Unreachable as again:
-                other.down = str(again)
-                raise EngineError(f"{e}; the retry on {other.url} failed too: {again}") from None
+                return await self._send(other, again, size)
+            except _Unreachable as second:
+                other.down = str(second)
+                raise EngineError(f"{e}; the retry on {other.url} failed too: {second}") from None
 
-    async def _send(self, server: _Server, batch: np.ndarray, n: int) -> np.ndarray:
+    def _slot_region(self, server: _Server) -> _Region:
+        """A free send buffer of ``server``'s; past its slots (another server is down) one whose batch
+        travels in the message."""
+        return server.regions.pop() if server.regions else _message_region(self.max_batch_size, spare=True)
+
+    async def _send(self, server: _Server, region: _Region, n: int) -> np.ndarray:
         import tritonclient.grpc.aio as aio
 
         client = self._clients()[server.index]
-        # A server taking more batches than its slots (another is down) sends the extra ones in the message.
-        request, output, region = self._request(aio, server, batch, n,
-                                                server.regions.pop() if server.regions else None)
+        request, output = self._request(aio, server, n, region, region.batch[:n])
         server.batches += 1
         server.samples += n
         sent = time.monotonic_ns()
@@ -355,7 +438,7 @@ class TritonEngine(HostEngine):
             received = time.monotonic_ns()
             server.batches -= 1
             server.samples -= n
-            if region is not None and ok:  # a failed request's region may still be written to: never reused
+            if ok and not region.spare:  # a failed request's region may still be written to: never reused
                 server.regions.append(region)
             server.sent_batches += 1
             server.sent_samples += n
@@ -387,6 +470,7 @@ class TritonEngine(HostEngine):
                 "server": None if after is None or before is None else _server_side(before, after)}
             servers.append(entry)
         spans, self._spans = self._spans or [], None
+        self._baseline = []
         return {"model": self.model, "shared_memory": self.shm, "retried_batches": self.retried,
                 "servers": servers}, spans
 
@@ -410,10 +494,12 @@ class TritonEngine(HostEngine):
                         self._sync[server.index].unregister_system_shared_memory(region.name, client_timeout=1.0)
                 # numpy views keep the buffer exported; drop them before the mapping closes
                 region.batch = region.top1 = np.empty(0)
-                with contextlib.suppress(Exception):
-                    region.memory.close()
-                with contextlib.suppress(FileNotFoundError):
-                    region.memory.unlink()
+                memory, region.memory = region.memory, None
+                if memory is not None:
+                    with contextlib.suppress(Exception):
+                        memory.close()
+                    with contextlib.suppress(FileNotFoundError):
+                        memory.unlink()
             server.owned.clear()
             server.regions.clear()
             server.blocking = None

@@ -231,6 +231,7 @@ async def measure_cycle(execution: Execution, arena: SampleArena, policy: BatchP
             cycles.append(time.perf_counter() - start)
         return cycles
 
+    await pipeline.start()
     run_task = asyncio.create_task(pipeline.run(), name="pilot")
     pool = ThreadPoolExecutor(1, thread_name_prefix="pilot")
     cycles: list[float] = []
@@ -320,6 +321,7 @@ async def measure_throughput(execution: Execution, arena: SampleArena, policy: B
             n *= 2
         return 0.0
 
+    await pipeline.start()
     run_task = asyncio.create_task(pipeline.run(), name="pilot")
     pool = ThreadPoolExecutor(1, thread_name_prefix="pilot")
     rate = 0.0
@@ -402,6 +404,7 @@ async def drive(driver: Driver, arena: SampleArena, test: LoadGenTest, *, gate_c
     sut = lg.ConstructFastSUT(issue, flush)
     qsl = lg.ConstructQSL(arena.total, test.performance_count, load, unload)
     signals = _Signals(loop, driver.abort)
+    await driver.start()  # before LoadGen's clock starts: its first queries pay for no connecting
     run_task = asyncio.create_task(driver.run(), name="pipeline")
     watcher = asyncio.create_task(observer.watch(ledger, settings.min_duration_ms / 1000), name="observer")
     try:

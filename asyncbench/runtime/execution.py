@@ -23,7 +23,7 @@ import numpy as np
 
 from asyncbench.contract import SAMPLE_DTYPE, SAMPLE_SHAPE
 from asyncbench.data.qsl import SampleArena
-from asyncbench.engines.base import DeviceEngine, Engine, ExecutionForm, LoopEngine
+from asyncbench.engines.base import DeviceEngine, Engine, ExecutionForm, FillingEngine, LoopBound, LoopEngine
 
 
 @dataclass
@@ -42,6 +42,10 @@ class Execution(Protocol):
 
     times: StageTimes
     slots: int  # batches it takes at once: the engine's declared slots
+
+    async def start(self) -> None:
+        """On the loop that will run the batches, before the first (an engine's per-loop resources)."""
+        ...
 
     async def run(self, indices: Sequence[int]) -> np.ndarray:
         """Top-1 of these samples; cancellation (a timeout) leaves no buffer in use by a later batch."""
@@ -101,6 +105,9 @@ class ThreadExecution(_HostExecution):
         super().__init__(engine, arena, max_batch_size)
         self._pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="engine")
 
+    async def start(self) -> None:
+        """Nothing: the worker threads start with their first batch."""
+
     def _work(self, indices: Sequence[int], buffer: np.ndarray) -> np.ndarray:
         data = self._gather(indices, buffer)
         t1 = time.perf_counter()
@@ -119,23 +126,43 @@ class ThreadExecution(_HostExecution):
 
 
 class LoopExecution(_HostExecution):
-    """LOOP form: gather on the loop, then await ``infer_async``."""
+    """LOOP form: gather on the loop, then await ``infer_async``; an engine sending from memory of its
+    own (``FillingEngine``) has the samples gathered straight into it."""
 
     engine: LoopEngine
 
     def __init__(self, engine: LoopEngine, arena: SampleArena, max_batch_size: int) -> None:
         super().__init__(engine, arena, max_batch_size)
+        self._fill = engine.infer_fill if isinstance(engine, FillingEngine) else None
+
+    async def start(self) -> None:
+        if isinstance(self.engine, LoopBound):
+            await self.engine.bind_loop()
 
     async def run(self, indices: Sequence[int]) -> np.ndarray:
-        buffer = self._buffers.take()
-        try:
-            data = self._gather(indices, buffer)
-            t1 = time.perf_counter()
-            top1 = await self.engine.infer_async(data)
-            self.times.execute += time.perf_counter() - t1
-            return top1
-        finally:
-            self._buffers.give(buffer)
+        if self._fill is None:
+            buffer = self._buffers.take()
+            try:
+                data = self._gather(indices, buffer)
+                t1 = time.perf_counter()
+                top1 = await self.engine.infer_async(data)
+                self.times.execute += time.perf_counter() - t1
+                return top1
+            finally:
+                self._buffers.give(buffer)
+        gathering = 0.0
+
+        def fill(out: np.ndarray) -> np.ndarray:
+            nonlocal gathering
+            t0 = time.perf_counter()
+            data = self._gather(indices, out)
+            gathering = time.perf_counter() - t0
+            return data
+
+        t1 = time.perf_counter()
+        top1 = await self._fill(len(indices), fill)
+        self.times.execute += time.perf_counter() - t1 - gathering
+        return top1
 
     def close(self) -> None:
         pass
@@ -148,6 +175,9 @@ class DeviceExecution:
         self.engine = engine
         self.times = StageTimes()
         self.slots = engine.capabilities.slots
+
+    async def start(self) -> None:
+        """Nothing: a device engine's streams and threads are made with it."""
 
     async def run(self, indices: Sequence[int]) -> np.ndarray:
         t0 = time.perf_counter()

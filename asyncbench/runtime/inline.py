@@ -38,6 +38,10 @@ class InlineDriver:
         """Times LoadGen's thread woke the loop: never, on this path."""
         return 0
 
+    async def start(self) -> None:
+        """Before the first query: the execution's per-loop resources."""
+        await self._execution.start()
+
     def issue(self, ids: list[int], indices: list[int]) -> None:
         """LoadGen's issue thread: run this query now and complete it; after a failure, complete it as failed."""
         ledger, observer = self.ledger, self.ledger.observer

@@ -82,6 +82,10 @@ class Driver(Protocol):
         """LoadGen's issue thread: take one issue call."""
         ...
 
+    async def start(self) -> None:
+        """On the loop, before the first issue call: the execution's per-loop resources, made and warmed."""
+        ...
+
     async def run(self) -> None:
         """On the loop, until ``close`` (or an abort) lets it finish; the execution is closed when it returns."""
         ...

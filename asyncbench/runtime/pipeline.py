@@ -120,6 +120,10 @@ class Pipeline:
         return {"pending_samples": self.batcher.pending_count, "batches": vars(self._batches.statistics()),
                 "done": vars(self._done.statistics())}
 
+    async def start(self) -> None:
+        """Before the first sample: the execution's per-loop resources (a remote engine connects and warms)."""
+        await self._execution.start()
+
     # -- stages -----------------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run every stage until close() (or abort) drains the pipeline."""
