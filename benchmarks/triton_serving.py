@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvloop
 
 from asyncbench.config import TRITON_MODEL
 from asyncbench.contract import SAMPLE_SHAPE
@@ -201,7 +202,6 @@ def served_model(args: argparse.Namespace, build: str) -> ServedModel:
 def bare(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": f"{cpu_model()} ({os.cpu_count()} CPUs; {' '.join(cpu_flags())})",
                            "engine": args.engine}
-    bound_ms = SERVER_DEFAULT_TARGET_LATENCY_NS / 1e6
     rates = [float(r) for r in args.rates.split(",")]
     arena = sample_arena()
     with tempfile.TemporaryDirectory() as tmp, \
@@ -213,42 +213,60 @@ def bare(args: argparse.Namespace, say: Any) -> dict[str, Any]:
                 "--min-duration", f"{args.duration:g}"]
         out["bare"] = []
         for batch in sorted({1, 2, 4, 8, 16, args.max_batch}):
-            row = asyncio.run(bare_loop(server.url, TRITON_MODEL, batch, args.slots, args.duration, arena))
+            row = uvloop.run(bare_loop(server.url, TRITON_MODEL, batch, args.slots, args.duration, arena))
             say(f"  bare loop batch {batch}: {row['samples_per_s']:,.0f} samples/s, request p50 {row['p50_ms']:.2f} "
                 f"p99 {row['p99_ms']:.2f} ms")
             out["bare"].append(row)
-        out["poisson"] = []
-        for rate in rates:
-            row = asyncio.run(poisson_loop(server.url, TRITON_MODEL, rate, args.max_batch, args.slots,
-                                           args.duration, arena))
-            say(f"  bare loop, Poisson arrivals at {rate:g}/s: sample p50 {row['p50_ms']:.2f} p99 "
-                f"{row['p99_ms']:.2f} ms")
-            out["poisson"].append(row)
-            if row["p99_ms"] <= bound_ms:
-                break
         out["offline"] = offline(base, logs)
         full = next(r for r in out["bare"] if r["batch"] == args.max_batch)
         out["offline_ratio"] = out["offline"] / full["samples_per_s"]
         say(f"  asyncbench Offline: {out['offline']:,.0f} samples/s = {out['offline_ratio']:.2f} of the bare loop "
             f"at batch {args.max_batch}")
-        server_best = highest_valid_server(base, rates, logs, say)
-        out["server"] = server_best
-        if server_best is None:
+        out["server_sweep"] = sweep = server_sweep(args, server.url, base, rates, arena, logs, say)
+        passed = {k: [r["rate"] for r in sweep if r[f"{k}_passes"] * 2 > args.repeats] for k in ("bare", "asyncbench")}
+        best = {k: max(v) if v else None for k, v in passed.items()}
+        out["server_best"] = best
+        if best["asyncbench"] is None:
             return out
-        within = [r for r in out["bare"] if r["p99_ms"] <= server_best["p99_ms"]]
-        reference = max(within, key=lambda r: r["samples_per_s"]) if within else None
-        out["server_reference"] = reference
-        if reference is not None:
-            out["server_ratio"] = server_best["qps"] / reference["samples_per_s"]
-            say(f"  asyncbench Server: {server_best['qps']:g} QPS VALID (p99 {server_best['p99_ms']:.2f} ms) = "
-                f"{out['server_ratio']:.2f} of the closed bare loop's best within that p99 (batch "
-                f"{reference['batch']}: {reference['samples_per_s']:,.0f}/s, p99 {reference['p99_ms']:.2f} ms)")
-        poisson = [r for r in out["poisson"] if r["p99_ms"] <= bound_ms]
-        if poisson:
-            out["server_poisson_ratio"] = server_best["qps"] / poisson[0]["rate"]
-            say(f"  asyncbench Server: {server_best['qps']:g} QPS = {out['server_poisson_ratio']:.2f} of the bare "
-                f"loop under the same Poisson traffic ({poisson[0]['rate']:g}/s within p99 {bound_ms:g} ms)")
+        p99s = [p for r in sweep if r["rate"] == best["asyncbench"] for p in r["asyncbench_p99_ms"]]
+        within = [r for r in out["bare"] if r["p99_ms"] <= max(p99s)]
+        if within:
+            reference = max(within, key=lambda r: r["samples_per_s"])
+            out["server_closed_ratio"] = best["asyncbench"] / reference["samples_per_s"]
+            say(f"  asyncbench Server {best['asyncbench']:g} QPS = {out['server_closed_ratio']:.2f} of the closed bare "
+                f"loop's best within its p99 ({max(p99s):.2f} ms: batch {reference['batch']}, "
+                f"{reference['samples_per_s']:,.0f}/s)")
+        if best["bare"] is not None:
+            out["server_poisson_ratio"] = best["asyncbench"] / best["bare"]
+            say(f"  asyncbench Server {best['asyncbench']:g} QPS = {out['server_poisson_ratio']:.2f} of the bare loop "
+                f"under the same Poisson traffic ({best['bare']:g}/s; each passing in most of {args.repeats} tries)")
     return out
+
+
+def server_sweep(args: argparse.Namespace, url: str, base: list[str], rates: list[float], arena: np.ndarray,
+                 logs: Path, say: Any) -> list[dict[str, Any]]:
+    """Per rate (highest first), ``args.repeats`` alternations of the Poisson-fed bare loop and asyncbench's
+    Server run; stops below the first rate both pass (bare: p99 within the bound; asyncbench: VALID) in
+    most tries. These 2-core machines stall now and then, so one try per rate decides nothing."""
+    bound_ms = SERVER_DEFAULT_TARGET_LATENCY_NS / 1e6
+    sweep = []
+    for rate in rates:
+        row: dict[str, Any] = {"rate": rate, "bare_p99_ms": [], "asyncbench_p99_ms": [], "asyncbench_valid": []}
+        for _ in range(args.repeats):
+            bare = uvloop.run(poisson_loop(url, TRITON_MODEL, rate, args.max_batch, args.slots, args.duration, arena))
+            row["bare_p99_ms"].append(bare["p99_ms"])
+            record = asyncbench_run([*base, "--scenario", "Server", "--target-qps", f"{rate:g}"], logs)
+            row["asyncbench_p99_ms"].append(record["latency_ns"].get("p99", 0) / 1e6)
+            row["asyncbench_valid"].append(record["result"]["validity"] == "VALID")
+        row["bare_passes"] = sum(p <= bound_ms for p in row["bare_p99_ms"])
+        row["asyncbench_passes"] = sum(row["asyncbench_valid"])
+        runs = zip(row["asyncbench_valid"], row["asyncbench_p99_ms"], strict=True)
+        say(f"  Server {rate:g}/s: bare loop (Poisson) p99 {' '.join(f'{p:.2f}' for p in row['bare_p99_ms'])} ms; "
+            f"asyncbench {' '.join(('VALID' if v else 'INVALID') + f' {p:.2f}' for v, p in runs)} ms")
+        sweep.append(row)
+        if row["bare_passes"] * 2 > args.repeats and row["asyncbench_passes"] * 2 > args.repeats:
+            break
+    return sweep
 
 
 def inprocess(args: argparse.Namespace, say: Any) -> dict[str, Any]:
@@ -284,7 +302,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--rates", default="4000,3000,2500,2000,1500,1000,500")
     p.add_argument("--triton-rates", help="inprocess: the Server rates tried through Triton (default: --rates)")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="inprocess: rounds; bare: tries per Server rate (a rate passes in most of them)")
     p.add_argument("--port", type=int, default=18501)
     p.add_argument("--build-dir", default="build")
     p.add_argument("--json", type=Path)

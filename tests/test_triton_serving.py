@@ -210,8 +210,11 @@ def test_a_server_killed_mid_run_ends_the_run_within_10_s(calibrated: BuildPaths
             while not list((tmp_path / "logs").rglob("mlperf_log_detail.txt")) and time.monotonic() < deadline:
                 time.sleep(0.1)  # the test itself has started (LoadGen opened its logs)
             time.sleep(1.0)
+            stub_memory = Path("/dev/shm").glob(f"{doomed.stub_memory_prefix}*")
+            assert next(stub_memory, None) is not None  # its Python backend's regions, named for this server
             doomed.kill()
             killed = time.monotonic()
+            assert not list(Path("/dev/shm").glob(f"{doomed.stub_memory_prefix}*"))  # not left behind
             out, err = run.communicate(timeout=30)
             took = time.monotonic() - killed
         finally:

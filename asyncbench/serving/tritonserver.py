@@ -211,6 +211,9 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="asyncbench-triton-")) if workdir is None else workdir
         self.log_path = self.workdir / "tritonserver.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # The Python backend's shared memory (20 MB per model instance) outlives a killed server: a prefix
+        # of this server's own lets stop() and kill() remove it.
+        self.stub_memory_prefix = f"asyncbench_{os.getpid()}_{endpoints.grpc_port}_"
 
     @property
     def url(self) -> str:
@@ -226,7 +229,8 @@ class TritonServer:
                 f"--http-address={e.host}", f"--http-port={e.http_port}",
                 f"--metrics-address={e.host}", f"--metrics-port={e.metrics_port}",
                 "--exit-on-error=true", "--strict-readiness=true", "--disable-auto-complete-config",
-                f"--exit-timeout-secs={int(STOP_TIMEOUT_S) // 2}", "--log-verbose=0"]
+                f"--exit-timeout-secs={int(STOP_TIMEOUT_S) // 2}", "--log-verbose=0",
+                f"--backend-config=python,shm-region-prefix-name={self.stub_memory_prefix}"]
 
     def start(self, timeout_s: float = 180.0) -> Self:
         """Write the repository, start the server, and wait until the model is ready."""
@@ -286,6 +290,7 @@ class TritonServer:
                 status = process.wait()
             with contextlib.suppress(ProcessLookupError):  # a stub the server left behind
                 os.killpg(process.pid, signal.SIGKILL)
+        self._remove_stub_memory()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return status
@@ -296,6 +301,13 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+            self._remove_stub_memory()
+
+    def _remove_stub_memory(self) -> None:
+        """The Python backend's shared-memory regions of this server, once nothing of it is left to use them."""
+        for path in Path("/dev/shm").glob(f"{self.stub_memory_prefix}*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def __enter__(self) -> Self:
         return self.start()
