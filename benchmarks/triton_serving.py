@@ -1,15 +1,18 @@
 """asyncbench through a Triton Inference Server, against two references, side by side in one run.
 
-Rerun (CPU, loopback):  python benchmarks/triton_serving.py bare [--engine null|onnxruntime] [--duration 5]
+Rerun (CPU, loopback):  python benchmarks/triton_serving.py bare [--engine null|onnxruntime] [--repeats 3]
 Rerun (GPU):            python benchmarks/triton_serving.py inprocess --engine torch [--rates 60000,45000,30000]
 
 ``bare``: one server (asyncbench serve's, null engine modelling a device by default) and a bare
-``tritonclient.grpc.aio`` loop with no LoadGen and no batcher, sending batches of one size with
-the same slots, through the same system shared memory: its samples/s and request p99 per batch
-size. Then asyncbench's Offline samples/s and its highest VALID Server QPS (rates tried
-downwards) through the same server. The ratios: asyncbench Offline / the bare loop at the same
-batch; asyncbench Server / the bare loop's best samples/s among batch sizes whose request p99 is
-within asyncbench's Server p99 at that QPS.
+``tritonclient.grpc.aio`` client on uvloop with no LoadGen and no batcher, through the same system
+shared memory and the same slots, gathering random samples from an arena as large as asyncbench's:
+a closed loop of one batch size (samples/s and request p99 per size), and an open loop fed Poisson
+arrivals (a free slot takes every sample that has arrived: Server's traffic; sample p99). Then
+asyncbench's Offline samples/s, and per Server rate (highest first) ``--repeats`` tries of the
+Poisson-fed loop and of asyncbench's Server run, alternating. The ratios: asyncbench Offline / the
+closed loop at the same batch; asyncbench's highest rate VALID in most tries / the Poisson-fed
+loop's highest rate within the 10 ms p99 in most tries, and / the closed loop's best samples/s
+among batch sizes whose request p99 is within asyncbench's p99 there.
 
 ``inprocess``: the same engine in asyncbench's process and served through Triton: Offline
 samples/s and the highest VALID Server QPS of each, alternating, each scenario a fresh process.
