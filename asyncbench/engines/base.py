@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -248,6 +248,28 @@ class LatencyRecorder:
         with self._lock:
             samples = self._samples.get(batch_size)
             return statistics.median(samples) if samples else None
+
+
+class Loaded(Protocol):
+    """A device as the router sees it: its free slots and what it has in flight."""
+
+    @property
+    def free_slots(self) -> int: ...
+
+    @property
+    def busy_batches(self) -> int: ...
+
+    @property
+    def busy_samples(self) -> int: ...
+
+
+_Device = TypeVar("_Device", bound=Loaded)
+
+
+def least_loaded(devices: Sequence[_Device]) -> _Device | None:
+    """The device for the next batch: one with a free slot and the fewest batches, then samples, in flight
+    (the first on a tie, so one batch at a time stays on the first device); None when every slot is busy."""
+    return min((d for d in devices if d.free_slots), key=lambda d: (d.busy_batches, d.busy_samples), default=None)
 
 
 def batch_sizes_upto(limit: int) -> tuple[int, ...]:

@@ -40,6 +40,7 @@ from asyncbench.engines.base import (
     EngineError,
     ExecutionForm,
     LatencyRecorder,
+    least_loaded,
     run_warmup,
 )
 
@@ -474,8 +475,7 @@ class GpuEngine:
             raise EngineError("the GPU engine has no arena: make_arena was not called")
         rows = self._arena.slots(indices)
         order = np.argsort(rows, kind="stable")  # neighbouring rows merge into one copy
-        worker = min((w for w in self.workers if w.free_slots),
-                     key=lambda w: (w.busy_batches, w.busy_samples), default=None)
+        worker = least_loaded(self.workers)
         if worker is None:
             raise EngineError("every device slot is busy: the pipeline sent more batches than slots")
         return worker, rows, order

@@ -15,12 +15,20 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from asyncbench.contract import RESULT_DTYPE, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
-from asyncbench.engines.base import Capabilities, EngineError, ExecutionForm, HostEngine, batch_sizes_upto
+from asyncbench.engines.base import (
+    Capabilities,
+    EngineError,
+    ExecutionForm,
+    HostEngine,
+    batch_sizes_upto,
+    least_loaded,
+)
 from asyncbench.errors import ConfigError
 
 
@@ -40,6 +48,10 @@ class NullEngine(HostEngine):
     engine (the same modelled device), including the blocking ``infer_indices_now`` of the
     inline path.
     It never looks at pixels, so the pipeline skips the host gather.
+
+    ``devices`` (DEVICE form): that many modelled devices, each with ``slots`` slots and its own
+    queue; a batch goes to the least-loaded one by the GPU engine's own rule (``least_loaded``), so
+    the multi-GPU routing, balance and the host side's share run on a CPU.
 
     Planted faults for the audits: ``drift`` answers each batch's number (mod 1000) instead of 0,
     so the same sample gets different bytes in two runs; ``cache_samples`` (DEVICE form) keeps the
@@ -61,6 +73,7 @@ class NullEngine(HostEngine):
         stall_s: float = 3600.0,
         drift: bool = False,
         cache_samples: int = 0,
+        devices: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -69,12 +82,17 @@ class NullEngine(HostEngine):
                 raise ValueError(f"{label} must be a finite number of seconds >= 0, got {seconds}")
         if cache_samples and form is not ExecutionForm.DEVICE:
             raise ConfigError("null engine spec: cache needs form=device (only that form sees the QSL indices)")
+        if devices < 1 or (devices > 1 and form is not ExecutionForm.DEVICE):
+            raise ConfigError(f"null engine spec: devices={devices} needs form=device and at least 1 (the modelled "
+                              f"GPUs take QSL indices as the GPU engine does)")
         for label, count in (("fail_after_batches", fail_after_batches), ("stall_after_batches", stall_after_batches)):
             if count is not None and count < 0:
                 raise ValueError(f"{label} must be at least 0, got {count}")
         super().__init__()
         self.max_batch_size = max_batch_size
-        self.capabilities = Capabilities(form, slots, slots, batch_sizes_upto(max_batch_size), reads_input=False)
+        self.capabilities = Capabilities(form, slots * devices, slots, batch_sizes_upto(max_batch_size),
+                                         reads_input=False)
+        self.devices = [ModelledDevice(slots) for _ in range(devices)]
         self.fixed_s = fixed_s
         self.per_sample_s = per_sample_s
         self.fail_after_batches = fail_after_batches
@@ -83,7 +101,6 @@ class NullEngine(HostEngine):
         self._closed = threading.Event()
         self._count_lock = threading.Lock()
         self._batches = 0
-        self._device_free_at = 0.0  # LOOP form: when the modelled device finishes its queued work (perf_counter s)
         self.drift = drift
         self.cache_samples = cache_samples
         self._cache: OrderedDict[int, None] = OrderedDict()  # recent QSL indices, oldest first
@@ -94,11 +111,11 @@ class NullEngine(HostEngine):
 
     @property
     def concurrency(self) -> int:
-        """Batches run at once: BLOCKING's slots side by side, else one modelled device."""
-        return self.capabilities.slots if self.capabilities.form is ExecutionForm.BLOCKING else 1
+        """Batches run at once: BLOCKING's slots side by side, else one per modelled device."""
+        return self.capabilities.slots if self.capabilities.form is ExecutionForm.BLOCKING else len(self.devices)
 
     def sustained(self, batch_size: int) -> float | None:
-        """Seconds per batch when kept busy: one modelled device, except BLOCKING's side-by-side slots."""
+        """Seconds per batch when kept busy: the modelled devices side by side, or BLOCKING's slots."""
         return self.expected_latency(batch_size) / self.concurrency
 
     def _begin(self, batch: np.ndarray, charged: int | None = None) -> tuple[int, int, float]:
@@ -156,28 +173,47 @@ class NullEngine(HostEngine):
         to 1 ms). With ``slots`` >= 2 batches queued, the modelled capacity is exactly one batch
         per ``fixed_s + per_sample_s * n``.
         """
+        return await self._on_device(self.devices[0], batch, charged)
+
+    async def _on_device(self, device: ModelledDevice, batch: np.ndarray, charged: int | None) -> np.ndarray:
         index, n, wait = self._begin(batch, charged)
         start = time.perf_counter()
         with self._count_lock:
-            finish = max(start, self._device_free_at) + wait
-            self._device_free_at = finish
-        if finish > start:
-            await asyncio.sleep(finish - start)  # a stall is cut short by the pipeline's timeout (cancellation)
+            finish = max(start, device.free_at) + wait
+            device.free_at = finish
+            device.start(n)
+        try:
+            if finish > start:
+                await asyncio.sleep(finish - start)  # a stall is cut short by the pipeline's timeout (cancellation)
+        finally:
+            device.end(n)
         # No latency record: under load it includes the queue; batching is sized from the idle ``infer`` time.
         return self._answer(index, n)
 
     async def infer_indices(self, indices: Sequence[int]) -> np.ndarray:
-        """DEVICE form: ``infer_async`` for these samples (the pixels are never read)."""
-        return await self.infer_async(self._placeholder(len(indices)), self._uncached(indices))
+        """DEVICE form: the least-loaded modelled device runs these samples (the pixels are never read)."""
+        return await self._on_device(self._route(), self._placeholder(len(indices)), self._uncached(indices))
+
+    def _route(self) -> ModelledDevice:
+        device = least_loaded(self.devices)
+        if device is None:
+            raise EngineError("every device slot is busy: the pipeline sent more batches than slots")
+        return device
 
     def infer_indices_now(self, indices: Sequence[int], timeout_s: float | None) -> np.ndarray:
         """DEVICE form, inline path: the modelled wait on the calling thread, failing past ``timeout_s``."""
         index, n, wait = self._begin(self._placeholder(len(indices)), self._uncached(indices))
-        if timeout_s is not None and wait > timeout_s:
-            self._closed.wait(timeout_s)
-            raise EngineError(f"{self.name}: batch {index} (a batch of {n}) did not finish within {timeout_s:g} s")
-        if wait > 0 and self._closed.wait(wait):
-            raise EngineError(f"{self.name} was closed while batch {index} (a batch of {n}) was running")
+        device = self._route()
+        device.start(n)
+        try:
+            if timeout_s is not None and wait > timeout_s:
+                self._closed.wait(timeout_s)
+                raise EngineError(f"{self.name}: batch {index} (a batch of {n}) did not finish within "
+                                  f"{timeout_s:g} s")
+            if wait > 0 and self._closed.wait(wait):
+                raise EngineError(f"{self.name} was closed while batch {index} (a batch of {n}) was running")
+        finally:
+            device.end(n)
         return self._answer(index, n)
 
     @staticmethod
@@ -190,6 +226,33 @@ class NullEngine(HostEngine):
         self._closed.set()
 
 
+@dataclass
+class ModelledDevice:
+    """One of the null engine's modelled devices: its slots, what it has in flight, when its queue drains,
+    and what it ran (the balance a multi-GPU run shows)."""
+
+    slots: int
+    busy_batches: int = 0
+    busy_samples: int = 0
+    free_at: float = 0.0  # perf_counter seconds when its queued work ends
+    batches: int = 0
+    samples: int = 0
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - self.busy_batches
+
+    def start(self, n: int) -> None:
+        self.busy_batches += 1
+        self.busy_samples += n
+        self.batches += 1
+        self.samples += n
+
+    def end(self, n: int) -> None:
+        self.busy_batches -= 1
+        self.busy_samples -= n
+
+
 # spec key -> (NullEngine argument, factor from the key's unit, integer?, smallest value)
 _SPEC_KEYS: dict[str, tuple[str, float, bool, int]] = {
     "fixed_us": ("fixed_s", 1e-6, False, 0),
@@ -199,6 +262,7 @@ _SPEC_KEYS: dict[str, tuple[str, float, bool, int]] = {
     "stall_after": ("stall_after_batches", 1, True, 0),
     "drift": ("drift", 1, True, 0),
     "cache": ("cache_samples", 1, True, 0),
+    "devices": ("devices", 1, True, 1),
 }
 
 
