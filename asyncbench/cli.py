@@ -54,7 +54,7 @@ from asyncbench.harness.commands import (
 )
 from asyncbench.loadgen import accuracy as accuracy_mod
 from asyncbench.paths import DATA_MAPS, BuildPaths
-from asyncbench.serving.tritonserver import Endpoints, ServedModel
+from asyncbench.serving.tritonserver import Endpoints, ServedModel, shm_token_for
 
 BENCHMARKS = ("mobilenet",)
 
@@ -212,6 +212,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, for_tune: bool = False) -> No
                                                                 "(default mobilenet, as `asyncbench serve` names it)")
     p.add_argument("--triton-shm", action="store_true",
                    help="--engine triton, servers on this host: pass samples through system shared memory")
+    p.add_argument("--triton-shm-token", metavar="TOKEN",
+                   help="--triton-shm with servers that restrict their shared memory (serve --shm-token, or the "
+                        "token serve printed)")
     p.add_argument("--null", dest="null_spec", default="",
                    help="null engine model, e.g. fixed_us=50,per_sample_us=2,fail_after=10,stall_after=5; planted "
                         "faults for the audits: drift=1 (answers change run to run), cache=N (form=device)")
@@ -329,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=positive_int, default=8001)
     p.add_argument("--http-port", type=positive_int, default=8000)
     p.add_argument("--metrics-port", type=positive_int, default=8002)
+    p.add_argument("--shm-token", metavar="TOKEN",
+                   help="clients must send TOKEN to use shared memory (default: none on loopback; a random one, "
+                        "printed, when --host lets other hosts in)")
     p = sub.add_parser("report", help="tabulate result.json of run folders (or tune folders)")
     p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--csv", type=Path, help="also write the table as CSV")
@@ -359,6 +365,8 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
                           "started, or any Triton serving the model)")
     if args.engine is not EngineKind.TRITON and (args.triton_urls or args.triton_shm):
         raise ConfigError(f"--triton-url / --triton-shm are for --engine triton, but --engine is {args.engine}")
+    if args.triton_shm_token is not None and not args.triton_shm:
+        raise ConfigError("--triton-shm-token is the servers' shared-memory token: it goes with --triton-shm")
     loadgen = LoadGenConfig(
         test_mode=args.test_mode, target_qps=args.target_qps, server_target_latency_ms=args.p99_ms,
         min_duration_s=args.min_duration,
@@ -371,7 +379,8 @@ def run_configs(args: argparse.Namespace) -> list[RunConfig]:
                               idle_dispatch=args.idle_dispatch, inline=args.inline)
     engine = EngineConfig(kind=args.engine, precision=args.precision, threads=args.threads,
                           timeout_s=args.engine_timeout, null_spec=args.null_spec, torch_compile=args.torch_compile,
-                          triton_urls=args.triton_urls, triton_model=args.triton_model, triton_shm=args.triton_shm)
+                          triton_urls=args.triton_urls, triton_model=args.triton_model, triton_shm=args.triton_shm,
+                          triton_shm_token=args.triton_shm_token)
     gpu = GpuConfig(count=args.gpus, start_from_device=args.start_from_device, completion=args.completion,
                     cuda_graphs=args.cuda_graphs == "on", inference_streams=args.inference_streams,
                     copy_streams=args.copy_streams)
@@ -425,7 +434,8 @@ def _command(args: argparse.Namespace) -> int:
         return evaluate_command(_inputs(args), args.model, args.batch_size, args.threads)
     if args.command == "serve":
         return serve_command(served_model(args), Endpoints(args.host, args.grpc_port, args.http_port,
-                                                           args.metrics_port), _inputs(args))
+                                                           args.metrics_port, shm_token_for(args.host, args.shm_token)),
+                             _inputs(args))
     if args.command == "tune":
         if len(args.scenarios) != 1:
             raise ConfigError("tune takes one --scenario: Server or MultiStream")

@@ -157,6 +157,10 @@ class BatchingConfig:
 
 
 TRITON_MODEL = "mobilenet"  # the model name `asyncbench serve` serves and `--engine triton` asks for
+# The key of a served model's shared-memory restriction (`serve --shm-token`); gRPC clients send the token in
+# Triton's header for it.
+TRITON_SHM_TOKEN_KEY = "shm-token"
+TRITON_SHM_TOKEN_GRPC_HEADER = f"triton-grpc-protocol-{TRITON_SHM_TOKEN_KEY}"
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class EngineConfig:
     triton_urls: tuple[str, ...] = ()  # --engine triton: the servers' gRPC HOST:PORT addresses
     triton_model: str = TRITON_MODEL
     triton_shm: bool = False  # the servers are on this host: samples go through system shared memory
+    triton_shm_token: str | None = None  # the servers' shared-memory token (`serve --shm-token`, or the one it printed)
 
 
 @dataclass(frozen=True)

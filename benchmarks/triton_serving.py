@@ -231,7 +231,8 @@ def bare(args: argparse.Namespace, say: Any) -> dict[str, Any]:
         out["server_best"] = best
         if best["asyncbench"] is None:
             return out
-        p99s = [p for r in sweep if r["rate"] == best["asyncbench"] for p in r["asyncbench_p99_ms"]]
+        p99s = [p for r in sweep if r["rate"] == best["asyncbench"]
+                for p, valid in zip(r["asyncbench_p99_ms"], r["asyncbench_valid"], strict=True) if valid]
         within = [r for r in out["bare"] if r["p99_ms"] <= max(p99s)]
         if within:
             reference = max(within, key=lambda r: r["samples_per_s"])
@@ -265,7 +266,8 @@ def server_sweep(args: argparse.Namespace, url: str, base: list[str], rates: lis
         row["asyncbench_passes"] = sum(row["asyncbench_valid"])
         runs = zip(row["asyncbench_valid"], row["asyncbench_p99_ms"], strict=True)
         say(f"  Server {rate:g}/s: bare loop (Poisson) p99 {' '.join(f'{p:.2f}' for p in row['bare_p99_ms'])} ms; "
-            f"asyncbench {' '.join(('VALID' if v else 'INVALID') + f' {p:.2f}' for v, p in runs)} ms")
+            f"asyncbench {' '.join(('VALID' if v else 'INVALID') + f' {p:.2f}' for v, p in runs)} ms; medians "
+            f"{statistics.median(row['bare_p99_ms']):.2f} / {statistics.median(row['asyncbench_p99_ms']):.2f} ms")
         sweep.append(row)
         if row["bare_passes"] * 2 > args.repeats and row["asyncbench_passes"] * 2 > args.repeats:
             break

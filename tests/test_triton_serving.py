@@ -23,9 +23,9 @@ import pytest
 
 from asyncbench.cli import main
 from asyncbench.engines.triton_remote import TritonEngine, check_model, parse_urls
-from asyncbench.errors import ConfigError
+from asyncbench.errors import ConfigError, UserError
 from asyncbench.paths import REPO_ROOT, BuildPaths
-from asyncbench.serving.tritonserver import Endpoints, ServedModel, TritonServer, find_distribution
+from asyncbench.serving.tritonserver import Endpoints, ServedModel, TritonServer, find_distribution, shm_token_for
 
 if os.environ.get("CI") != "true" and not all(importlib.util.find_spec(m) for m in ("pytriton", "tritonclient")):
     # CI installs both (the test extra has them) and must run these; elsewhere they may be missing
@@ -287,6 +287,42 @@ def test_warm_up_and_the_runs_loop_are_warmed_outside_the_runs_count(server: Tri
     finally:
         engine.close()
         reader.close()
+
+
+def test_a_shared_memory_token_lets_in_only_the_clients_that_send_it(calibrated: BuildPaths, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    ends = free_endpoints()
+    with TritonServer(served(), Endpoints(ends.host, *ends.ports(), shm_token="t0ken")) as guarded:
+        engine = TritonEngine((guarded.url,), shm=True, shm_token="t0ken")
+        try:
+            assert engine.infer(np.zeros((3, 224, 224, 4), np.int8)).tolist() == [0] * 3
+        finally:
+            engine.close()
+        for token, said in ((None, "wants its token"), ("wrong", "did not take the one given")):
+            with pytest.raises(UserError, match=f"restricts its shared memory and {said}: pass --triton-shm-token"):
+                TritonEngine((guarded.url,), shm=True, shm_token=token)
+        plain = TritonEngine((guarded.url,))  # inference itself stays open
+        try:
+            assert plain.infer(np.zeros((2, 224, 224, 4), np.int8)).tolist() == [0, 0]
+        finally:
+            plain.close()
+        assert _run(calibrated, tmp_path, "--triton-url", guarded.url, "--triton-shm", "--triton-shm-token",
+                    "t0ken", "--min-duration", "0.5", "--target-qps", "30000") == 0
+        assert _record(tmp_path)["result"]["validity"] == "VALID"  # type: ignore[index]
+        capsys.readouterr()
+        assert _run(calibrated, tmp_path, "--triton-url", guarded.url, "--triton-shm") == 1
+        assert "pass --triton-shm-token" in _one_error_line(capsys.readouterr().err)
+        assert _run(calibrated, tmp_path, "--triton-url", guarded.url, "--triton-shm-token", "t0ken") == 2
+        assert "it goes with --triton-shm" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_server_other_hosts_reach_gets_a_shared_memory_token() -> None:
+    assert shm_token_for("127.0.0.1", None) is None and shm_token_for("::1", None) is None
+    first, second = shm_token_for("0.0.0.0", None), shm_token_for("10.1.2.3", None)
+    assert first and second and first != second and len(first) == 32
+    assert shm_token_for("0.0.0.0", "mine") == "mine"
+    with pytest.raises(ConfigError, match="--shm-token must be non-empty"):
+        shm_token_for("127.0.0.1", "a:b")
 
 
 def test_a_server_past_its_slots_takes_the_extra_batches_in_the_message(server: TritonServer) -> None:

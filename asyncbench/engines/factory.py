@@ -98,7 +98,8 @@ def create_engine(kind: EngineKind, cfg: RunConfig, paths: BuildPaths, buckets: 
         from asyncbench.engines.triton_remote import TritonEngine
 
         return TritonEngine(cfg.engine.triton_urls, cfg.engine.triton_model, cfg.batching.max_batch_size,
-                            cfg.batching.inflight, cfg.engine.timeout_s, cfg.engine.triton_shm)
+                            cfg.batching.inflight, cfg.engine.timeout_s, cfg.engine.triton_shm,
+                            cfg.engine.triton_shm_token)
     precision = resolve_precision(kind, cfg.engine.precision)
     max_batch = max(buckets)
     if kind is EngineKind.NULL:

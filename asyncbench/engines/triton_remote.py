@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from asyncbench.config import TRITON_MODEL
+from asyncbench.config import TRITON_MODEL, TRITON_SHM_TOKEN_GRPC_HEADER
 from asyncbench.contract import RESULT_DTYPE, SAMPLE_BYTES, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
 from asyncbench.engines.base import (
     Capabilities,
@@ -175,10 +175,13 @@ class TritonEngine(HostEngine):
     name = "triton"
 
     def __init__(self, urls: tuple[str, ...], model: str = TRITON_MODEL, max_batch_size: int | None = None,
-                 slots_per_server: int | None = None, timeout_s: float = 60.0, shm: bool = False) -> None:
+                 slots_per_server: int | None = None, timeout_s: float = 60.0, shm: bool = False,
+                 shm_token: str | None = None) -> None:
         super().__init__()
         self._grpc = _grpc()
         self.model, self.timeout_s, self.shm = model, timeout_s, shm
+        # Servers that restrict their shared-memory API (`serve --shm-token`) want it in this header.
+        self._shm_headers = {TRITON_SHM_TOKEN_GRPC_HEADER: shm_token} if shm_token else None
         self._sync = [self._grpc.InferenceServerClient(url) for url in urls]
         infos = [self._ask(url, client) for url, client in zip(urls, self._sync, strict=True)]
         served = min(i.max_batch_size for i in infos)
@@ -246,9 +249,13 @@ class TritonEngine(HostEngine):
                                     offset=self.max_batch_size * SAMPLE_BYTES))
         server.owned.append(region)
         try:
-            self._sync[server.index].register_system_shared_memory(name, f"/{name}", size,
+            self._sync[server.index].register_system_shared_memory(name, f"/{name}", size, headers=self._shm_headers,
                                                                    client_timeout=CHECK_TIMEOUT_S)
         except self._grpc.InferenceServerException as e:
+            if "protocol is restricted" in str(e):
+                said = "did not take the one given" if self._shm_headers else "wants its token"
+                raise UserError(f"--triton-shm: the server at {server.url} restricts its shared memory and {said}: "
+                                f"pass --triton-shm-token (`serve --shm-token`, or the token serve printed)") from None
             raise UserError(f"--triton-shm: the server at {server.url} cannot map this host's shared memory "
                             f"({_reason(e)}); it must run on this machine, else drop --triton-shm") from None
         return region
@@ -491,7 +498,8 @@ class TritonEngine(HostEngine):
             for region in server.owned:
                 if server.down is None:  # a server taken out is not asked (a hung one would hold the exit)
                     with contextlib.suppress(Exception):
-                        self._sync[server.index].unregister_system_shared_memory(region.name, client_timeout=1.0)
+                        self._sync[server.index].unregister_system_shared_memory(
+                            region.name, headers=self._shm_headers, client_timeout=1.0)
                 # numpy views keep the buffer exported; drop them before the mapping closes
                 region.batch = region.top1 = np.empty(0)
                 memory, region.memory = region.memory, None

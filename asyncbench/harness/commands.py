@@ -513,8 +513,12 @@ def serve_command(model: ServedModel, endpoints: Endpoints, inputs: Inputs) -> i
               f"{batching}) after {time.monotonic() - started:.1f} s", flush=True)
         print(f"  grpc {endpoints.grpc_url}  http {endpoints.http_url}  metrics "
               f"http://{endpoints.local_host}:{endpoints.metrics_port}/metrics  (bound to {endpoints.host})")
-        print(f"  run against it: python -m asyncbench run --engine triton --triton-url {endpoints.grpc_url}"
-              f"{' --triton-shm' if endpoints.local_host.startswith('127.') else ''}")
+        shm = ""
+        if endpoints.local_host.startswith("127."):
+            shm = " --triton-shm" + (f" --triton-shm-token {endpoints.shm_token}" if endpoints.shm_token else "")
+        print(f"  run against it: python -m asyncbench run --engine triton --triton-url {endpoints.grpc_url}{shm}")
+        if endpoints.shm_token:
+            print("  shared memory: only clients sending its token (--triton-shm-token) may register it")
         print(f"  server log: {server.log_path}; Ctrl-C or SIGTERM stops it", flush=True)
         while server.alive():
             time.sleep(0.2)

@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from asyncbench.config import TRITON_MODEL
+from asyncbench.config import TRITON_MODEL, TRITON_SHM_TOKEN_KEY
 from asyncbench.contract import SAMPLE_SHAPE
 from asyncbench.errors import ConfigError, UserError
 
@@ -80,14 +81,34 @@ class ServedModel:
         return "\n".join(lines) + "\n"
 
 
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+def shm_token_for(host: str, given: str | None) -> str | None:
+    """The shared-memory token a server bound to ``host`` gets: the one given, else none on loopback (only
+    this host reaches it) and a random one on any other address (other hosts must not map this one's
+    /dev/shm)."""
+    if given is not None:
+        if not given or any(c.isspace() or c in ",:=" for c in given):
+            raise ConfigError("--shm-token must be non-empty, without spaces, ',', ':' or '='")
+        return given
+    return None if host.startswith(LOOPBACK) else secrets.token_hex(16)
+
+
 @dataclass(frozen=True)
 class Endpoints:
-    """Where the server listens (Triton's default ports)."""
+    """Where the server listens (Triton's default ports), and the token its shared-memory API asks for.
+
+    With ``shm_token`` a client must send it in the ``shm-token`` header to register shared memory
+    (Triton's restricted protocols): a server reachable from other hosts should not let them map
+    this host's ``/dev/shm``. Inference, health and statistics stay open.
+    """
 
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int = 8000
     metrics_port: int = 8002
+    shm_token: str | None = None
 
     @property
     def local_host(self) -> str:
@@ -230,7 +251,9 @@ class TritonServer:
                 f"--metrics-address={e.host}", f"--metrics-port={e.metrics_port}",
                 "--exit-on-error=true", "--strict-readiness=true", "--disable-auto-complete-config",
                 f"--exit-timeout-secs={int(STOP_TIMEOUT_S) // 2}", "--log-verbose=0",
-                f"--backend-config=python,shm-region-prefix-name={self.stub_memory_prefix}"]
+                f"--backend-config=python,shm-region-prefix-name={self.stub_memory_prefix}",
+                *([f"--grpc-restricted-protocol=shared-memory:{TRITON_SHM_TOKEN_KEY}={e.shm_token}",
+                   f"--http-restricted-api=shared-memory:{TRITON_SHM_TOKEN_KEY}={e.shm_token}"] if e.shm_token else [])]
 
     def start(self, timeout_s: float = 180.0) -> Self:
         """Write the repository, start the server, and wait until the model is ready."""
