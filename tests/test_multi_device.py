@@ -80,19 +80,31 @@ def test_modelled_devices_need_the_device_form() -> None:
 
 
 def test_the_harness_scales_with_the_modelled_devices(calibrated: BuildPaths, tmp_path: Path) -> None:
-    """One modelled device sustains 5,714/s at batch 16: 6,000 QPS is past it (said before the run, then
+    """One modelled device sustains 12,308/s at batch 32: 13,000 QPS is past it (said before the run, then
     INVALID); two take the same rate VALID through LoadGen, the loop and the batcher."""
     results = {}
+    timeline = tmp_path / "timeline.json"
     for devices in (1, 2):
         logs = tmp_path / str(devices)
-        done = run_cli("run", "--engine", "null", "--null", f"form=device,devices={devices},fixed_us=2000,"
-                       "per_sample_us=50", "--scenario", "Server", "--target-qps", "6000", "--min-duration", "2",
-                       "--no-progress", "--build-dir", str(calibrated.root), "--log-dir", str(logs))
+        done = run_cli("run", "--engine", "null", "--null", f"form=device,devices={devices},fixed_us=1000,"
+                       "per_sample_us=50", "--scenario", "Server", "--target-qps", "13000", "--min-duration", "3",
+                       "--no-progress", "--build-dir", str(calibrated.root), "--log-dir", str(logs),
+                       "--timeline", str(timeline))
         assert done.returncode == 0, done.stdout + done.stderr
         record = json.loads(next(logs.glob("*_Server/result.json")).read_text())
         results[devices] = (record["result"]["validity"], done.stdout)
-    assert results[1][0] == "INVALID" and "6000 QPS is above" in results[1][1]
+    assert results[1][0] == "INVALID" and "13000 QPS is above" in results[1][1]
     assert results[2][0] == "VALID", results[2][1]
+    # The two-device run's timeline: a track per modelled device, every batch on one, the load shared.
+    trace = json.loads(timeline.read_text())
+    tracks = {e["tid"]: e["args"]["name"] for e in trace["traceEvents"] if e.get("name") == "thread_name"}
+    device_tracks = {tid: name for tid, name in tracks.items() if name.startswith("null:")}
+    assert sorted(device_tracks.values()) == ["null:0 inference stream 0 (engine, top-1 back)",
+                                              "null:1 inference stream 0 (engine, top-1 back)"]
+    computes = [e for e in trace["traceEvents"] if e.get("tid") in device_tracks and e.get("ph") == "X"]
+    assert len(computes) == trace["otherData"]["device_batches"] == trace["otherData"]["batches"]
+    shares = [sum(e["args"]["size"] for e in computes if e["tid"] == tid) for tid in device_tracks]
+    assert min(shares) > 0.35 * sum(shares), shares
 
 
 def test_gpus_past_the_visible_count_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

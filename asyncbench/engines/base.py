@@ -151,7 +151,7 @@ class DeviceEngine(Engine, Protocol):
 
 @dataclass(frozen=True)
 class DeviceSpan:
-    """One batch's work on a GPU from CUDA events, on the host's monotonic clock (ns)."""
+    """One batch's work on a GPU from CUDA events (or on a modelled device), on the host's monotonic clock (ns)."""
 
     device: int
     batch: int  # the device's batch count
@@ -163,6 +163,7 @@ class DeviceSpan:
     compute_end: int  # top-1 copied back
     stream: int = 0  # the device's inference stream that ran it
     copy_stream: int = 0  # the device's copy stream that brought it in
+    kind: str = "cuda"  # the device's name in the timeline ("null": the null engine's modelled devices)
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ import numpy as np
 from asyncbench.contract import RESULT_DTYPE, SAMPLE_DTYPE, SAMPLE_SHAPE, check_batch
 from asyncbench.engines.base import (
     Capabilities,
+    DeviceSpan,
     EngineError,
     ExecutionForm,
     HostEngine,
@@ -92,7 +93,9 @@ class NullEngine(HostEngine):
         self.max_batch_size = max_batch_size
         self.capabilities = Capabilities(form, slots * devices, slots, batch_sizes_upto(max_batch_size),
                                          reads_input=False)
-        self.devices = [ModelledDevice(slots) for _ in range(devices)]
+        self.devices = [ModelledDevice(i, slots) for i in range(devices)]
+        self._spans: list[DeviceSpan] | None = None  # with --timeline: each batch on its modelled device
+        self._clock_offset_ns = 0  # monotonic minus perf_counter, taken when tracing starts
         self.fixed_s = fixed_s
         self.per_sample_s = per_sample_s
         self.fail_after_batches = fail_after_batches
@@ -179,9 +182,14 @@ class NullEngine(HostEngine):
         index, n, wait = self._begin(batch, charged)
         start = time.perf_counter()
         with self._count_lock:
-            finish = max(start, device.free_at) + wait
+            begins = max(start, device.free_at)
+            finish = begins + wait
             device.free_at = finish
             device.start(n)
+            if self._spans is not None:
+                at = int(begins * 1e9) + self._clock_offset_ns
+                self._spans.append(DeviceSpan(device.index, device.batches, n, n, at, at, at,
+                                              int(finish * 1e9) + self._clock_offset_ns, kind="null"))
         try:
             if finish > start:
                 await asyncio.sleep(finish - start)  # a stall is cut short by the pipeline's timeout (cancellation)
@@ -216,6 +224,16 @@ class NullEngine(HostEngine):
             device.end(n)
         return self._answer(index, n)
 
+    def trace_devices(self) -> None:
+        """Keep every later batch's span on its modelled device (the timeline's device tracks)."""
+        self._clock_offset_ns = time.monotonic_ns() - time.perf_counter_ns()
+        self._spans = []
+
+    def device_spans(self) -> tuple[list[DeviceSpan], int]:
+        """Stop keeping spans; those kept, placed exactly (the model's own clock is the host's)."""
+        spans, self._spans = self._spans or [], None
+        return spans, 0
+
     @staticmethod
     def _placeholder(n: int) -> np.ndarray:
         """A batch of ``n`` samples for the checks ``_begin`` makes: one zero sample broadcast (never read)."""
@@ -231,6 +249,7 @@ class ModelledDevice:
     """One of the null engine's modelled devices: its slots, what it has in flight, when its queue drains,
     and what it ran (the balance a multi-GPU run shows)."""
 
+    index: int
     slots: int
     busy_batches: int = 0
     busy_samples: int = 0

@@ -83,23 +83,26 @@ class Timeline(Observer):
                 {"ph": "C", "pid": _PID, "name": "batches in flight", "ts": us(b.started),
                  "args": {"in flight": b.in_flight}},
             ]
-        # One track per stream of each device: its copy streams, then its inference streams.
+        # One track per stream of each device: its copy streams (a modelled device copies nothing), then its
+        # inference streams.
         tracks: dict[tuple[int, int, int], int] = {}
-        for key in sorted({(d.device, 0, d.copy_stream) for d in self.device_spans}
+        kinds = {d.device: d.kind for d in self.device_spans}
+        for key in sorted({(d.device, 0, d.copy_stream) for d in self.device_spans if d.copy_end > d.copy_start}
                           | {(d.device, 1, d.stream) for d in self.device_spans}):
             tracks[key] = _TID_DEVICE0 + len(tracks)
             device, compute, lane = key
-            name = (f"cuda:{device} inference stream {lane} (engine, top-1 back)" if compute
-                    else f"cuda:{device} copy stream {lane} (host to device)")
+            name = (f"{kinds[device]}:{device} inference stream {lane} (engine, top-1 back)" if compute
+                    else f"{kinds[device]}:{device} copy stream {lane} (host to device)")
             events.append({"ph": "M", "pid": _PID, "tid": tracks[key], "name": "thread_name", "args": {"name": name}})
         for d in self.device_spans:
             args = {"device batch": d.batch, "size": d.size, "bucket": d.bucket}
-            events += [
-                {"ph": "X", "pid": _PID, "tid": tracks[(d.device, 0, d.copy_stream)], "name": f"copy in ({d.size})",
-                 "ts": us(d.copy_start), "dur": (d.copy_end - d.copy_start) / 1000, "args": args},
-                {"ph": "X", "pid": _PID, "tid": tracks[(d.device, 1, d.stream)], "name": f"compute ({d.bucket})",
-                 "ts": us(d.compute_start), "dur": (d.compute_end - d.compute_start) / 1000, "args": args},
-            ]
+            if d.copy_end > d.copy_start:
+                events.append({"ph": "X", "pid": _PID, "tid": tracks[(d.device, 0, d.copy_stream)],
+                               "name": f"copy in ({d.size})", "ts": us(d.copy_start),
+                               "dur": (d.copy_end - d.copy_start) / 1000, "args": args})
+            events.append({"ph": "X", "pid": _PID, "tid": tracks[(d.device, 1, d.stream)],
+                           "name": f"compute ({d.bucket})", "ts": us(d.compute_start),
+                           "dur": (d.compute_end - d.compute_start) / 1000, "args": args})
         events += self._server_events(us)
         return events
 
