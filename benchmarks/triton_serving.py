@@ -37,7 +37,7 @@ import numpy as np
 import uvloop
 
 from asyncbench.config import TRITON_MODEL
-from asyncbench.contract import SAMPLE_SHAPE
+from asyncbench.contract import SAMPLE_BYTES, SAMPLE_SHAPE
 from asyncbench.harness.plan import SERVER_DEFAULT_TARGET_LATENCY_NS
 from asyncbench.host import cpu_flags, cpu_model
 from asyncbench.serving.tritonserver import Endpoints, ServedModel, TritonServer
@@ -65,12 +65,11 @@ class _Bare:
         self.aio, self.size = aio, size
         self.sync = grpcclient.InferenceServerClient(url)
         self.client = aio.InferenceServerClient(url)
-        sample = int(np.prod(SAMPLE_SHAPE))
         self.regions: list[tuple[str, shared_memory.SharedMemory, np.ndarray]] = []
         for i in range(slots):
             name = f"bare-{os.getpid()}-{size}-{i}"
-            memory = shared_memory.SharedMemory(name, create=True, size=size * (sample + 4))
-            self.sync.register_system_shared_memory(name, f"/{name}", size * (sample + 4))
+            memory = shared_memory.SharedMemory(name, create=True, size=size * (SAMPLE_BYTES + 4))
+            self.sync.register_system_shared_memory(name, f"/{name}", size * (SAMPLE_BYTES + 4))
             view = np.ndarray((size, *SAMPLE_SHAPE), np.int8, memory.buf)
             view[:] = 0  # its pages touched before the clock starts, as asyncbench's warm-up does
             self.regions.append((name, memory, view))
@@ -79,9 +78,9 @@ class _Bare:
         """One request of the first ``n`` samples in region ``region`` (written by the caller)."""
         aio, (name, _, _) = self.aio, self.regions[region]
         request = aio.InferInput("input", [n, *SAMPLE_SHAPE], "INT8")
-        request.set_shared_memory(name, n * int(np.prod(SAMPLE_SHAPE)))
+        request.set_shared_memory(name, n * SAMPLE_BYTES)
         output = aio.InferRequestedOutput("top1")
-        output.set_shared_memory(name, n * 4, offset=self.size * int(np.prod(SAMPLE_SHAPE)))
+        output.set_shared_memory(name, n * 4, offset=self.size * SAMPLE_BYTES)
         await self.client.infer(model, [request], outputs=[output])
 
     async def warm(self, model: str) -> None:

@@ -274,13 +274,17 @@ class TritonEngine(HostEngine):
                 np.copyto(region.batch[:n], batch)
             request, output = self._request(grpc, server, n, region, batch)
             start = time.perf_counter()
-            try:
-                result = self._sync[server.index].infer(self.model, [request], outputs=[output],
-                                                        client_timeout=self.timeout_s)
-            except grpc.InferenceServerException as e:
-                raise EngineError(f"Triton server {server.url}: {_reason(e)}") from None
+            result = self._infer_sync(server, request, output)
             self._latency.record(n, time.perf_counter() - start)
             return self._result(result, region, n, server)
+
+    def _infer_sync(self, server: _Server, request: Any, output: Any) -> Any:
+        """One request on ``server``'s blocking client; a client error is an EngineError naming the server."""
+        try:
+            return self._sync[server.index].infer(self.model, [request], outputs=[output],
+                                                  client_timeout=self.timeout_s)
+        except self._grpc.InferenceServerException as e:
+            raise EngineError(f"Triton server {server.url}: {_reason(e)}") from None
 
     def warmup(self, batch_sizes: Sequence[int]) -> dict[int, float]:
         """The sizes through the blocking path, then one full batch through every slot's send buffer: each
@@ -291,12 +295,8 @@ class TritonEngine(HostEngine):
             for server in self._servers:
                 for region in server.regions:
                     np.copyto(region.batch, full)
-                    request, output = self._request(self._grpc, server, self.max_batch_size, region, region.batch)
-                    try:
-                        self._sync[server.index].infer(self.model, [request], outputs=[output],
-                                                       client_timeout=self.timeout_s)
-                    except self._grpc.InferenceServerException as e:
-                        raise EngineError(f"Triton server {server.url}: {_reason(e)}") from None
+                    self._infer_sync(server, *self._request(self._grpc, server, self.max_batch_size, region,
+                                                             region.batch))
         return result
 
     def _request(self, module: Any, server: _Server, n: int, region: _Region | None,
@@ -357,9 +357,9 @@ class TritonEngine(HostEngine):
 
         async def warm(server: _Server) -> None:
             def one() -> Any:
-                request = aio.InferInput(server.info.input_name, [1, *SAMPLE_SHAPE], "INT8")
-                request.set_data_from_numpy(sample)
-                return clients[server.index].infer(self.model, [request], client_timeout=CHECK_TIMEOUT_S)
+                request, output = self._request(aio, server, 1, None, sample)
+                return clients[server.index].infer(self.model, [request], outputs=[output],
+                                                   client_timeout=CHECK_TIMEOUT_S)
 
             with contextlib.suppress(self._grpc.InferenceServerException):
                 for _ in range(2):
